@@ -1,0 +1,17 @@
+//! engram: mechanistic interpretability of Llama- and Gemma-family language models on candle.
+//!
+//! Data flows one way: model source → weights + config + tokenizer → one hooked forward pass →
+//! captured activations / interventions → a probe's computation → tables + charts + manifest.
+
+pub mod batch;
+pub mod cli;
+pub mod data;
+pub mod error;
+pub mod hooks;
+pub mod model;
+pub mod probes;
+pub mod progress;
+pub mod report;
+pub mod toy;
+
+pub use error::{Context, Error, Result};

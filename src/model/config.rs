@@ -1,0 +1,520 @@
+//! One normalised model configuration for every supported architecture.
+//!
+//! Architecture differences are data here (norm offset, softcaps, window pattern, rope per layer,
+//! sandwich norms, q/k norms, biases), read at a few named places in the forward pass.
+//! Built from a Hugging Face `config.json` (both the transformers ≤4 keys `rope_theta` /
+//! `rope_scaling` and the transformers 5 `rope_parameters`) or from GGUF metadata.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+    Gemma,
+    Gemma2,
+    Gemma3,
+}
+
+impl Arch {
+    pub fn parse(model_type: &str) -> Result<Arch> {
+        Ok(match model_type {
+            "llama" => Arch::Llama,
+            "mistral" => Arch::Mistral,
+            "qwen2" => Arch::Qwen2,
+            "gemma" => Arch::Gemma,
+            "gemma2" => Arch::Gemma2,
+            "gemma3" | "gemma3_text" => Arch::Gemma3,
+            other => return Err(Error::UnsupportedArch(other.to_string())),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+            Arch::Gemma => "gemma",
+            Arch::Gemma2 => "gemma2",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+
+    /// Gemma family: √d embedding scale and (1 + w) RMSNorm weights.
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Arch::Gemma | Arch::Gemma2 | Arch::Gemma3)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Silu,
+    /// tanh approximation (`gelu_pytorch_tanh`, `gelu_new`)
+    GeluTanh,
+    /// exact erf GELU
+    Gelu,
+}
+
+impl Activation {
+    pub fn parse(s: &str) -> Result<Activation> {
+        Ok(match s {
+            "silu" | "swish" => Activation::Silu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
+            "gelu" => Activation::Gelu,
+            other => return Err(Error::msg(format!("unsupported activation `{other}`"))),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    None,
+    Linear {
+        factor: f64,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// Rotary embedding settings of one kind of layer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rope {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+impl Rope {
+    /// Inverse frequencies for a head of width `d_head`, computed in f32 as transformers does.
+    pub fn inv_freq(&self, d_head: usize) -> Vec<f32> {
+        let base = self.theta as f32;
+        let mut inv: Vec<f32> = (0..d_head)
+            .step_by(2)
+            .map(|i| 1.0 / base.powf(i as f32 / d_head as f32))
+            .collect();
+        match &self.scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => {
+                for f in &mut inv {
+                    *f /= *factor as f32;
+                }
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let (factor, low, high, old) = (
+                    *factor as f32,
+                    *low_freq_factor as f32,
+                    *high_freq_factor as f32,
+                    *original_max_position_embeddings as f32,
+                );
+                let low_wavelen = old / low;
+                let high_wavelen = old / high;
+                for f in &mut inv {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    let scaled = if wavelen > low_wavelen {
+                        *f / factor
+                    } else {
+                        *f
+                    };
+                    let smooth = (old / wavelen - low) / (high - low);
+                    let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
+                    // transformers: ~(wavelen < high) & ~(wavelen > low); NaN-free here.
+                    let is_medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                    *f = if is_medium { smoothed } else { scaled };
+                }
+            }
+        }
+        inv
+    }
+}
+
+/// Attention settings of one layer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LayerAttention {
+    /// Keys further back than this many positions are masked (`i - j >= window`).
+    pub sliding_window: Option<usize>,
+    /// Index into [`ModelConfig::ropes`].
+    pub rope: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub d_mlp: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub norm_eps: f64,
+    pub max_position_embeddings: usize,
+    pub act: Activation,
+    pub tie_word_embeddings: bool,
+    /// Bias on q, k, v projections (Qwen2).
+    pub qkv_bias: bool,
+    /// RMSNorm multiplies by (offset + w): 1 for Gemma, 0 otherwise.
+    pub norm_offset: f64,
+    /// Embeddings are multiplied by this (√d for Gemma).
+    pub embed_scale: Option<f64>,
+    /// Attention logits are multiplied by this (1/√d_head, or 1/√query_pre_attn_scalar).
+    pub attn_scale: f64,
+    /// cap·tanh(x/cap) on attention logits (Gemma 2).
+    pub attn_softcap: Option<f64>,
+    /// cap·tanh(x/cap) on the final logits (Gemma 2).
+    pub final_softcap: Option<f64>,
+    /// Post-attention and pre/post feed-forward norms (Gemma 2/3).
+    pub sandwich_norms: bool,
+    /// RMSNorm on q and k per head (Gemma 3).
+    pub qk_norm: bool,
+    /// The distinct rope settings; layers index into this.
+    pub ropes: Vec<Rope>,
+    pub layers: Vec<LayerAttention>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+fn get_usize(v: &Value, key: &str) -> Option<usize> {
+    v.get(key).and_then(|x| x.as_u64()).map(|x| x as usize)
+}
+
+fn get_f64(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(|x| x.as_f64())
+}
+
+fn need_usize(v: &Value, key: &str) -> Result<usize> {
+    get_usize(v, key).ok_or_else(|| Error::msg(format!("config.json: missing or invalid `{key}`")))
+}
+
+fn ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
+        _ => vec![],
+    }
+}
+
+/// Parse one rope parameter object (`rope_scaling` or an entry of `rope_parameters`).
+fn parse_scaling(obj: Option<&Value>) -> Result<RopeScaling> {
+    let Some(obj) = obj.filter(|o| o.is_object()) else {
+        return Ok(RopeScaling::None);
+    };
+    let kind = obj
+        .get("rope_type")
+        .or_else(|| obj.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
+    let f = |k: &str, d: f64| get_f64(obj, k).unwrap_or(d);
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: f("factor", 1.0),
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: f("factor", 8.0),
+            low_freq_factor: f("low_freq_factor", 1.0),
+            high_freq_factor: f("high_freq_factor", 4.0),
+            original_max_position_embeddings: f("original_max_position_embeddings", 8192.0),
+        },
+        other => {
+            return Err(Error::msg(format!(
+                "unsupported rope scaling type `{other}` (supported: default, linear, llama3)"
+            )))
+        }
+    })
+}
+
+impl ModelConfig {
+    /// Build from a Hugging Face config.json value.
+    pub fn from_hf_json(root: &Value) -> Result<ModelConfig> {
+        let model_type = root
+            .get("model_type")
+            .and_then(|m| m.as_str())
+            .ok_or_else(|| Error::msg("config.json: missing `model_type`"))?;
+        // Multimodal Gemma 3 keeps the language model under text_config.
+        let v = if model_type == "gemma3" {
+            root.get("text_config").unwrap_or(root)
+        } else {
+            root
+        };
+        let arch = Arch::parse(model_type)?;
+        let d_model = need_usize(v, "hidden_size")?;
+        let n_heads = need_usize(v, "num_attention_heads")?;
+        let n_layers = need_usize(v, "num_hidden_layers")?;
+        let d_head = get_usize(v, "head_dim").unwrap_or(d_model / n_heads);
+        let n_kv_heads = get_usize(v, "num_key_value_heads").unwrap_or(n_heads);
+        let act_name = v
+            .get("hidden_activation")
+            .or_else(|| v.get("hidden_act"))
+            .and_then(|a| a.as_str())
+            .unwrap_or(if arch.is_gemma() {
+                "gelu_pytorch_tanh"
+            } else {
+                "silu"
+            });
+        // transformers' Gemma 1 uses the tanh approximation whatever hidden_act says.
+        let act = if arch == Arch::Gemma {
+            Activation::GeluTanh
+        } else {
+            Activation::parse(act_name)?
+        };
+
+        // Rope: transformers 5 `rope_parameters` (flat, or per layer type), else legacy keys.
+        let legacy_theta = get_f64(v, "rope_theta");
+        let params = v.get("rope_parameters");
+        let (global, local) = match params {
+            Some(p)
+                if p.get("full_attention").is_some() || p.get("sliding_attention").is_some() =>
+            {
+                let g = p.get("full_attention");
+                let l = p.get("sliding_attention");
+                let rope = |o: Option<&Value>, default_theta: f64| -> Result<Rope> {
+                    Ok(Rope {
+                        theta: o
+                            .and_then(|o| get_f64(o, "rope_theta"))
+                            .unwrap_or(default_theta),
+                        scaling: parse_scaling(o)?,
+                    })
+                };
+                let g = rope(g, legacy_theta.unwrap_or(10000.0))?;
+                let l = rope(l, get_f64(v, "rope_local_base_freq").unwrap_or(10000.0))?;
+                (g, Some(l))
+            }
+            Some(p) if p.is_object() => (
+                Rope {
+                    theta: get_f64(p, "rope_theta").or(legacy_theta).unwrap_or(10000.0),
+                    scaling: parse_scaling(Some(p))?,
+                },
+                None,
+            ),
+            _ => (
+                Rope {
+                    theta: legacy_theta.unwrap_or(10000.0),
+                    scaling: parse_scaling(v.get("rope_scaling"))?,
+                },
+                None,
+            ),
+        };
+        let local = match (arch, local) {
+            (_, Some(l)) => Some(l),
+            (Arch::Gemma3, None) => Some(Rope {
+                theta: get_f64(v, "rope_local_base_freq").unwrap_or(10000.0),
+                scaling: RopeScaling::None,
+            }),
+            _ => None,
+        };
+
+        // Which layers use a sliding window.
+        let window = get_usize(v, "sliding_window");
+        let layer_types: Option<Vec<bool>> = v.get("layer_types").and_then(|lt| {
+            lt.as_array().map(|a| {
+                a.iter()
+                    .map(|t| t.as_str() == Some("sliding_attention"))
+                    .collect()
+            })
+        });
+        let sliding: Vec<bool> = match layer_types {
+            Some(lt) if lt.len() == n_layers => lt,
+            Some(lt) => {
+                return Err(Error::msg(format!(
+                    "config.json: layer_types has {} entries for {n_layers} layers",
+                    lt.len()
+                )))
+            }
+            None => (0..n_layers)
+                .map(|i| match arch {
+                    Arch::Gemma2 => i % 2 == 0,
+                    Arch::Gemma3 => {
+                        let pattern = get_usize(v, "sliding_window_pattern").unwrap_or(6);
+                        (i + 1) % pattern != 0
+                    }
+                    Arch::Mistral => window.is_some(),
+                    Arch::Qwen2 => {
+                        v.get("use_sliding_window").and_then(|x| x.as_bool()) == Some(true)
+                            && i >= get_usize(v, "max_window_layers").unwrap_or(n_layers)
+                    }
+                    _ => false,
+                })
+                .collect(),
+        };
+        let mut ropes = vec![global];
+        if let Some(l) = local {
+            ropes.push(l);
+        }
+        let layers = sliding
+            .iter()
+            .map(|&s| LayerAttention {
+                sliding_window: if s { window } else { None },
+                rope: if s && ropes.len() > 1 { 1 } else { 0 },
+            })
+            .collect();
+
+        let qpas = get_f64(v, "query_pre_attn_scalar");
+        let attn_scale = match (arch, qpas) {
+            (Arch::Gemma2 | Arch::Gemma3, Some(q)) => q.powf(-0.5),
+            _ => (d_head as f64).powf(-0.5),
+        };
+        let softcap = |k: &str| get_f64(v, k).filter(|x| *x > 0.0);
+        let is_g23 = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
+        let cfg = ModelConfig {
+            arch,
+            vocab_size: need_usize(v, "vocab_size")?,
+            d_model,
+            d_mlp: need_usize(v, "intermediate_size")?,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            d_head,
+            norm_eps: get_f64(v, "rms_norm_eps").unwrap_or(1e-6),
+            max_position_embeddings: get_usize(v, "max_position_embeddings").unwrap_or(4096),
+            act,
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .or_else(|| root.get("tie_word_embeddings"))
+                .and_then(|x| x.as_bool())
+                .unwrap_or(arch.is_gemma()),
+            qkv_bias: match arch {
+                Arch::Qwen2 => true,
+                _ => v
+                    .get("attention_bias")
+                    .and_then(|x| x.as_bool())
+                    .unwrap_or(false),
+            },
+            norm_offset: if arch.is_gemma() { 1.0 } else { 0.0 },
+            embed_scale: arch.is_gemma().then(|| (d_model as f64).sqrt()),
+            attn_scale,
+            attn_softcap: if is_g23 {
+                softcap("attn_logit_softcapping")
+            } else {
+                None
+            },
+            final_softcap: if is_g23 {
+                softcap("final_logit_softcapping")
+            } else {
+                None
+            },
+            sandwich_norms: is_g23,
+            qk_norm: arch == Arch::Gemma3,
+            ropes,
+            layers,
+            bos_token_id: ids(v.get("bos_token_id").or_else(|| root.get("bos_token_id")))
+                .first()
+                .copied(),
+            eos_token_ids: ids(v.get("eos_token_id").or_else(|| root.get("eos_token_id"))),
+            pad_token_id: ids(v.get("pad_token_id").or_else(|| root.get("pad_token_id")))
+                .first()
+                .copied(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.n_heads == 0
+            || self.n_kv_heads == 0
+            || !self.n_heads.is_multiple_of(self.n_kv_heads)
+        {
+            return Err(Error::msg(format!(
+                "config: {} attention heads are not a multiple of {} kv heads",
+                self.n_heads, self.n_kv_heads
+            )));
+        }
+        if !self.d_head.is_multiple_of(2) {
+            return Err(Error::msg(format!(
+                "config: head_dim {} must be even for rotary embeddings",
+                self.d_head
+            )));
+        }
+        if self.layers.len() != self.n_layers {
+            return Err(Error::msg(
+                "config: layer settings do not match num_hidden_layers",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Query heads per kv head.
+    pub fn group_size(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+
+    /// Total number of parameters implied by the shapes (embeddings counted once when tied).
+    pub fn n_params(&self) -> usize {
+        let attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_kv_heads);
+        let mlp = 3 * self.d_model * self.d_mlp;
+        let emb = self.vocab_size * self.d_model;
+        self.n_layers * (attn + mlp) + emb * if self.tie_word_embeddings { 1 } else { 2 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_scaling_changes_only_low_frequencies() {
+        let r = Rope {
+            theta: 500000.0,
+            scaling: RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192.0,
+            },
+        };
+        let plain = Rope {
+            theta: 500000.0,
+            scaling: RopeScaling::None,
+        };
+        let (a, b) = (r.inv_freq(128), plain.inv_freq(128));
+        assert_eq!(a[0], b[0]);
+        assert!((a[63] - b[63] / 8.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn parses_legacy_and_v5_rope() {
+        let legacy: Value = serde_json::json!({
+            "model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 100,
+            "rope_theta": 500000.0,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+        });
+        let c = ModelConfig::from_hf_json(&legacy).unwrap();
+        assert_eq!(c.ropes[0].theta, 500000.0);
+        assert!(matches!(c.ropes[0].scaling, RopeScaling::Llama3 { .. }));
+        let mut v5 = legacy.clone();
+        v5.as_object_mut().unwrap().remove("rope_theta");
+        v5.as_object_mut().unwrap().remove("rope_scaling");
+        v5["rope_parameters"] =
+            serde_json::json!({"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6});
+        let c = ModelConfig::from_hf_json(&v5).unwrap();
+        assert_eq!(c.ropes[0].theta, 1e6);
+        assert_eq!(c.ropes[0].scaling, RopeScaling::Linear { factor: 2.0 });
+        let mut bad = legacy.clone();
+        bad["model_type"] = "gpt2".into();
+        assert!(matches!(
+            ModelConfig::from_hf_json(&bad),
+            Err(Error::UnsupportedArch(_))
+        ));
+    }
+}

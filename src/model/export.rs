@@ -1,0 +1,154 @@
+//! Write any loaded model as a Hugging Face folder: config.json, model.safetensors,
+//! tokenizer.json (+ tokenizer_config.json). Loading the folder gives the same logits.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::config::{Arch, ModelConfig, Rope, RopeScaling};
+use super::Model;
+use crate::report::{write_atomic, write_atomic_path};
+use crate::{Error, Result};
+
+fn rope_json(r: &Rope) -> Value {
+    match &r.scaling {
+        RopeScaling::None => json!({"rope_type": "default", "rope_theta": r.theta}),
+        RopeScaling::Linear { factor } => {
+            json!({"rope_type": "linear", "factor": factor, "rope_theta": r.theta})
+        }
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => json!({
+            "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+            "high_freq_factor": high_freq_factor,
+            "original_max_position_embeddings": original_max_position_embeddings,
+            "rope_theta": r.theta
+        }),
+    }
+}
+
+/// A transformers-5 style config.json for `cfg` (also readable by engram).
+pub fn hf_config(cfg: &ModelConfig) -> Value {
+    let (model_type, class) = match cfg.arch {
+        Arch::Llama => ("llama", "LlamaForCausalLM"),
+        Arch::Mistral => ("mistral", "MistralForCausalLM"),
+        Arch::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
+        Arch::Gemma => ("gemma", "GemmaForCausalLM"),
+        Arch::Gemma2 => ("gemma2", "Gemma2ForCausalLM"),
+        Arch::Gemma3 => ("gemma3_text", "Gemma3ForCausalLM"),
+    };
+    let act = match cfg.act {
+        super::config::Activation::Silu => "silu",
+        super::config::Activation::GeluTanh => "gelu_pytorch_tanh",
+        super::config::Activation::Gelu => "gelu",
+    };
+    let window = cfg.layers.iter().find_map(|l| l.sliding_window);
+    let mut v = json!({
+        "architectures": [class],
+        "model_type": model_type,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_mlp,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.d_head,
+        "rms_norm_eps": cfg.norm_eps,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "torch_dtype": "float32",
+        "sliding_window": window,
+    });
+    let o = v.as_object_mut().expect("object");
+    if cfg.arch.is_gemma() {
+        o.insert("hidden_activation".into(), act.into());
+    } else {
+        o.insert("hidden_act".into(), act.into());
+    }
+    if cfg.ropes.len() > 1 {
+        o.insert(
+            "rope_parameters".into(),
+            json!({"full_attention": rope_json(&cfg.ropes[0]),
+                   "sliding_attention": rope_json(&cfg.ropes[1])}),
+        );
+    } else {
+        o.insert("rope_parameters".into(), rope_json(&cfg.ropes[0]));
+        o.insert("rope_theta".into(), cfg.ropes[0].theta.into());
+    }
+    if matches!(cfg.arch, Arch::Gemma2 | Arch::Gemma3) {
+        let types: Vec<&str> = cfg
+            .layers
+            .iter()
+            .map(|l| {
+                if l.sliding_window.is_some() {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect();
+        o.insert("layer_types".into(), json!(types));
+        o.insert(
+            "query_pre_attn_scalar".into(),
+            json!((cfg.attn_scale.powi(-2)).round()),
+        );
+        o.insert("attn_logit_softcapping".into(), json!(cfg.attn_softcap));
+        o.insert("final_logit_softcapping".into(), json!(cfg.final_softcap));
+    }
+    if cfg.arch == Arch::Qwen2 {
+        o.insert("use_sliding_window".into(), false.into());
+    }
+    if let Some(b) = cfg.bos_token_id {
+        o.insert("bos_token_id".into(), b.into());
+    }
+    if !cfg.eos_token_ids.is_empty() {
+        o.insert("eos_token_id".into(), json!(cfg.eos_token_ids));
+    }
+    if let Some(p) = cfg.pad_token_id {
+        o.insert("pad_token_id".into(), p.into());
+    }
+    v
+}
+
+/// Write `model` as a Hugging Face folder under `out`.
+pub fn write_hf_folder(model: &Model, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let cfg = hf_config(model.cfg());
+    write_atomic(
+        &out.join("config.json"),
+        serde_json::to_string_pretty(&cfg)
+            .map_err(|e| Error::msg(e.to_string()))?
+            .as_bytes(),
+    )?;
+    let tensors: HashMap<String, candle_core::Tensor> = model.hf_tensors()?.into_iter().collect();
+    write_atomic_path(&out.join("model.safetensors"), |tmp| {
+        candle_core::safetensors::save(&tensors, tmp)?;
+        Ok(())
+    })?;
+    if let Some(tok) = &model.tokenizer {
+        let json = tok
+            .inner()
+            .to_string(true)
+            .map_err(|e| Error::msg(format!("serialising the tokenizer: {e}")))?;
+        write_atomic(&out.join("tokenizer.json"), json.as_bytes())?;
+        let token = |id: Option<u32>| id.and_then(|i| tok.token_str(i));
+        let tc = json!({
+            "bos_token": token(tok.bos_id),
+            "eos_token": token(tok.eos_ids.first().copied()),
+            "pad_token": token(tok.pad_id),
+            "add_bos_token": tok.add_bos,
+            "chat_template": tok.chat_template,
+        });
+        write_atomic(
+            &out.join("tokenizer_config.json"),
+            serde_json::to_string_pretty(&tc)
+                .map_err(|e| Error::msg(e.to_string()))?
+                .as_bytes(),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! Model sources, configs, weights, tokenizers and the hooked forward pass.
+//!
+//! ```no_run
+//! use engram::model::{Model, LoadOptions};
+//! use engram::hooks::{HookFilter, Hooks};
+//! let model = Model::load("smollm2", &LoadOptions::default())?;
+//! let batch = model.batch(&["The Eiffel Tower is located in the city of"])?;
+//! let (logits, cache) = model.run_with_cache(&batch, &HookFilter::new(&["blocks.*.attn.hook_pattern"]))?;
+//! # Ok::<(), engram::Error>(())
+//! ```
+
+pub mod config;
+pub mod export;
+pub mod source;
+pub mod tokenizer;
+pub mod transformer;
+pub mod weights;
+
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, D};
+
+pub use config::{Arch, ModelConfig};
+pub use source::{ResolvedSource, SourceKind};
+pub use tokenizer::Tokenizer;
+pub use transformer::{Batch, LogitsAt, RunOptions, Transformer};
+
+use crate::hooks::{ActivationCache, HookFilter, Hooks};
+use crate::{Error, Result};
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub dtype: DType,
+    pub device: Device,
+    /// Hub revision (branch, tag or commit).
+    pub revision: Option<String>,
+    /// Use this tokenizer.json instead of the one beside the weights or inside the GGUF.
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            revision: None,
+            tokenizer: None,
+        }
+    }
+}
+
+/// Parse `f32`, `bf16`, `f16`.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" | "float32" => DType::F32,
+        "bf16" | "bfloat16" => DType::BF16,
+        "f16" | "float16" => DType::F16,
+        other => crate::bail!("unsupported dtype `{other}` (f32, bf16, f16)"),
+    })
+}
+
+/// Pick the device: `cpu`, `cuda[:N]`, `metal` (the latter two need the cargo features).
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "metal" => Ok(Device::new_metal(0)?),
+        s if s.starts_with("cuda") => {
+            let n = s
+                .strip_prefix("cuda:")
+                .map(|n| n.parse::<usize>())
+                .transpose()
+                .map_err(|_| Error::msg(format!("bad device `{s}`")))?
+                .unwrap_or(0);
+            Ok(Device::new_cuda(n)?)
+        }
+        other => crate::bail!("unknown device `{other}` (cpu, cuda[:N], metal)"),
+    }
+}
+
+/// A loaded model: the transformer, its tokenizer, and where it came from.
+pub struct Model {
+    pub transformer: Transformer,
+    pub tokenizer: Option<Tokenizer>,
+    pub source: ResolvedSource,
+    /// Seconds spent loading.
+    pub load_seconds: f64,
+}
+
+impl Deref for Model {
+    type Target = Transformer;
+    fn deref(&self) -> &Transformer {
+        &self.transformer
+    }
+}
+
+impl Model {
+    /// Load from a `.gguf` file, a Hugging Face folder, a Hub repo id or an alias.
+    pub fn load(spec: &str, opts: &LoadOptions) -> Result<Model> {
+        let t0 = Instant::now();
+        let mut source = source::resolve(spec, opts.revision.as_deref())?;
+        if let Some(t) = &opts.tokenizer {
+            source.tokenizer = Some(t.clone());
+        }
+        let (transformer, tokenizer) = match source.kind {
+            SourceKind::Gguf => {
+                let w = weights::GgufWeights::open(&source.path)?;
+                let cfg = w.config()?;
+                let tok = match &source.tokenizer {
+                    Some(_) => None,
+                    None => Some(Tokenizer::from_gguf(&w.content)?),
+                };
+                (Transformer::load(&w, cfg, opts.dtype, &opts.device)?, tok)
+            }
+            SourceKind::HfFolder | SourceKind::Hub => {
+                let cfg_path = source.path.join("config.json");
+                let text =
+                    std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
+                let cfg = ModelConfig::from_hf_json(&v)
+                    .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
+                let w = weights::SafetensorsWeights::open_dir(&source.path)?;
+                let tok =
+                    if source.tokenizer.is_none() && source.path.join("tokenizer.json").is_file() {
+                        Some(Tokenizer::from_hf_dir(&source.path)?)
+                    } else {
+                        None
+                    };
+                (Transformer::load(&w, cfg, opts.dtype, &opts.device)?, tok)
+            }
+        };
+        let tokenizer = match (&source.tokenizer, tokenizer) {
+            (Some(t), _) => {
+                let dir = t.parent().unwrap_or(std::path::Path::new("."));
+                if !t.is_file() {
+                    return Err(Error::io(
+                        t,
+                        std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer not found"),
+                    ));
+                }
+                Some(Tokenizer::from_hf_dir(dir)?)
+            }
+            (None, tok) => tok,
+        };
+        Ok(Model {
+            transformer,
+            tokenizer,
+            source,
+            load_seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Wrap an already-built transformer (tests, toy models).
+    pub fn from_parts(
+        transformer: Transformer,
+        tokenizer: Option<Tokenizer>,
+        source: ResolvedSource,
+    ) -> Model {
+        Model {
+            transformer,
+            tokenizer,
+            source,
+            load_seconds: 0.0,
+        }
+    }
+
+    pub fn cfg(&self) -> &ModelConfig {
+        &self.transformer.cfg
+    }
+
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            Error::msg("this model has no tokenizer (give --tokenizer tokenizer.json)")
+        })
+    }
+
+    /// The id used for left padding (pad, else eos, else 0); padded positions are masked anyway.
+    pub fn pad_id(&self) -> u32 {
+        let tok = self.tokenizer.as_ref();
+        tok.and_then(|t| t.pad_id)
+            .or(self.cfg().pad_token_id)
+            .or_else(|| tok.and_then(|t| t.eos_ids.first().copied()))
+            .unwrap_or(0)
+    }
+
+    /// Token ids of `text`, with BOS when the model expects it.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer()?.encode(text, true)
+    }
+
+    /// Encode and left-pad several prompts.
+    pub fn batch<S: AsRef<str>>(&self, texts: &[S]) -> Result<Batch> {
+        let seqs = texts
+            .iter()
+            .map(|t| self.encode(t.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        Batch::new(&seqs, self.pad_id())
+    }
+
+    /// Full logits `[batch, seq, vocab]` (f32).
+    pub fn forward(&self, batch: &Batch, hooks: &mut Hooks) -> Result<Tensor> {
+        self.transformer
+            .forward_with(batch, hooks, RunOptions::default())
+    }
+
+    /// TransformerLens `run_with_cache`: logits and the activations `filter` names.
+    pub fn run_with_cache(
+        &self,
+        batch: &Batch,
+        filter: &HookFilter,
+    ) -> Result<(Tensor, ActivationCache)> {
+        let mut hooks = Hooks::capture(filter.clone());
+        let logits = self.forward(batch, &mut hooks)?;
+        Ok((logits, hooks.cache))
+    }
+
+    /// Greedy generation of up to `max_new` tokens per prompt (stops a row at EOS), with any
+    /// interventions in `hooks` applied at every step. Returns only the new tokens.
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        max_new: usize,
+        hooks: &mut Hooks,
+    ) -> Result<Vec<Vec<u32>>> {
+        let eos: Vec<u32> = match &self.tokenizer {
+            Some(t) => t.eos_ids.clone(),
+            None => self.cfg().eos_token_ids.clone(),
+        };
+        let mut out: Vec<Vec<u32>> = vec![vec![]; prompts.len()];
+        if prompts.is_empty() || max_new == 0 {
+            return Ok(out);
+        }
+        let mut done = vec![false; prompts.len()];
+        let limit = self.cfg().max_position_embeddings;
+        let opts = RunOptions {
+            logits: LogitsAt::Last,
+            stop_at_layer: None,
+        };
+        let mut cache = transformer::KvCache::new();
+        let mut batch = Batch::new(prompts, self.pad_id())?;
+        for _ in 0..max_new {
+            if cache.len + batch.seq_len > limit {
+                break;
+            }
+            let logits = self
+                .transformer
+                .forward_cached(&batch, hooks, opts, &mut cache)?;
+            let next: Vec<u32> = logits.squeeze(1)?.argmax(D::Minus1)?.to_vec1()?;
+            for (i, &tok) in next.iter().enumerate() {
+                if !done[i] {
+                    out[i].push(tok);
+                    done[i] = eos.contains(&tok);
+                }
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+            let rows: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+            batch = Batch::new(&rows, 0)?;
+        }
+        Ok(out)
+    }
+
+    /// Greedy continuation of a text prompt, decoded.
+    pub fn complete(&self, prompt: &str, max_new: usize) -> Result<String> {
+        let ids = self.encode(prompt)?;
+        let new = self.generate(&[ids], max_new, &mut Hooks::none())?;
+        self.tokenizer()?.decode(&new[0], true)
+    }
+
+    /// A short description of the model for manifests.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "spec": self.source.spec,
+            "kind": self.source.kind,
+            "path": self.source.path,
+            "revision": self.source.revision,
+            "commit": self.source.commit,
+            "arch": self.cfg().arch,
+            "dtype": format!("{:?}", self.dtype).to_lowercase(),
+            "n_layers": self.cfg().n_layers,
+            "d_model": self.cfg().d_model,
+        })
+    }
+}
+
+/// Cast any tensor to a flat `Vec<f32>`.
+pub fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+}

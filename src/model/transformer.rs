@@ -1,0 +1,802 @@
+//! THE forward pass: one config-driven decoder for Llama, Mistral, Qwen2 and Gemma 1/2/3, with a
+//! hook call at every named point (see [`crate::hooks`]).
+//!
+//! Per block (`x` = residual stream):
+//! ```text
+//! resid_pre → ln1 → q,k,v (fused projection; + bias for Qwen2) → [q/k norm: Gemma 3]
+//!   → rope (per-layer base: Gemma 3 local vs global) → scores = q·kᵀ·scale
+//!   → [softcap: Gemma 2] → causal + padding + [sliding window] mask → pattern = softmax
+//!   → z = pattern·v → attn_out = z·W_O → [post-attention norm: Gemma 2/3]
+//! resid_mid = resid_pre + attn_out
+//!   → ln2 → gate, up (fused) → post = act(gate)·up → mlp_out = post·W_down → [post-ff norm]
+//! resid_post = resid_mid + mlp_out
+//! ```
+//! then the final norm, the unembedding and [final softcap: Gemma 2].
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::config::{Activation, ModelConfig};
+use super::weights::WeightSource;
+use crate::hooks::{HookPoint, Hooks};
+use crate::{Error, Result};
+
+/// A batch of token sequences, left-padded to one length.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// `[batch, seq]` token ids (pads included).
+    pub ids: Vec<Vec<u32>>,
+    /// Number of pad tokens at the start of each row.
+    pub pad_left: Vec<usize>,
+    pub seq_len: usize,
+}
+
+impl Batch {
+    /// Left-pad `seqs` with `pad_id` to the longest length.
+    pub fn new(seqs: &[Vec<u32>], pad_id: u32) -> Result<Batch> {
+        if seqs.is_empty() {
+            crate::bail!("empty batch");
+        }
+        let seq_len = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        if seq_len == 0 {
+            crate::bail!("empty sequence in batch");
+        }
+        let mut ids = Vec::with_capacity(seqs.len());
+        let mut pad_left = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            if s.is_empty() {
+                crate::bail!("empty sequence in batch");
+            }
+            let pad = seq_len - s.len();
+            let mut row = vec![pad_id; pad];
+            row.extend_from_slice(s);
+            ids.push(row);
+            pad_left.push(pad);
+        }
+        Ok(Batch {
+            ids,
+            pad_left,
+            seq_len,
+        })
+    }
+
+    pub fn single(seq: &[u32]) -> Result<Batch> {
+        Batch::new(&[seq.to_vec()], 0)
+    }
+
+    /// Build from explicit ids and an attention mask (1 = real token); pads must be on the left.
+    pub fn from_mask(ids: Vec<Vec<u32>>, mask: &[Vec<u32>]) -> Result<Batch> {
+        let seq_len = ids.first().map(|r| r.len()).unwrap_or(0);
+        let mut pad_left = vec![];
+        for (r, m) in ids.iter().zip(mask) {
+            if r.len() != seq_len || m.len() != seq_len {
+                crate::bail!("ragged batch: rows must have the same length");
+            }
+            let pad = m.iter().take_while(|&&x| x == 0).count();
+            if m[pad..].contains(&0) {
+                crate::bail!("only left padding is supported");
+            }
+            pad_left.push(pad);
+        }
+        Ok(Batch {
+            ids,
+            pad_left,
+            seq_len,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn is_padded(&self) -> bool {
+        self.pad_left.iter().any(|&p| p > 0)
+    }
+
+    /// Position id of (row, index): counts real tokens, 0 on pads.
+    pub fn position(&self, row: usize, t: usize) -> usize {
+        t.saturating_sub(self.pad_left[row])
+    }
+
+    /// `[batch, seq]` mask, 1 for real tokens.
+    pub fn mask(&self) -> Vec<Vec<u8>> {
+        self.pad_left
+            .iter()
+            .map(|&p| (0..self.seq_len).map(|t| (t >= p) as u8).collect())
+            .collect()
+    }
+
+    pub fn tokens_tensor(&self, device: &Device) -> Result<Tensor> {
+        let flat: Vec<u32> = self.ids.iter().flatten().copied().collect();
+        Ok(Tensor::from_vec(flat, (self.len(), self.seq_len), device)?)
+    }
+}
+
+/// Which logits the forward pass computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogitsAt {
+    /// `[batch, seq, vocab]`
+    #[default]
+    All,
+    /// `[batch, 1, vocab]`: only the last position (generation, last-token probes).
+    Last,
+    /// No unembedding at all (activations only); returns the final-norm output.
+    None,
+}
+
+/// Options of one forward pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    pub logits: LogitsAt,
+    /// Stop after this many blocks (TransformerLens `stop_at_layer`); returns the residual stream.
+    pub stop_at_layer: Option<usize>,
+}
+
+/// Keys and values of earlier positions, per layer, for incremental decoding.
+/// The batch composition and its left padding are fixed for the cache's lifetime.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    kv: Vec<Option<(Tensor, Tensor)>>,
+    pad_left: Vec<usize>,
+    /// Positions (padded) already in the cache.
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+struct Block {
+    ln1: Tensor,
+    w_qkv: Tensor,
+    b_qkv: Option<Tensor>,
+    w_o: Tensor,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    post_attn_ln: Option<Tensor>,
+    ln2: Tensor,
+    w_gate_up: Tensor,
+    w_down: Tensor,
+    post_ff_ln: Option<Tensor>,
+}
+
+/// The weights of one transformer and the forward pass over them.
+pub struct Transformer {
+    pub cfg: ModelConfig,
+    pub device: Device,
+    pub dtype: DType,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Tensor,
+    inv_freqs: Vec<Vec<f32>>,
+}
+
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (bsz, t, d) = x.dims3()?;
+    let y = x.reshape((bsz * t, d))?.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    Ok(y.reshape((bsz, t, ()))?)
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = if x.is_contiguous() {
+        x.clone()
+    } else {
+        x.contiguous()?
+    };
+    if x.dtype() == DType::F32 {
+        Ok(candle_nn::ops::rms_norm(&x, w, eps as f32)?)
+    } else {
+        // Normalise in f32 as transformers does, then multiply in f32 and cast back.
+        let xf = x.to_dtype(DType::F32)?;
+        let y = candle_nn::ops::rms_norm(&xf, &w.to_dtype(DType::F32)?, eps as f32)?;
+        Ok(y.to_dtype(x.dtype())?)
+    }
+}
+
+fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
+    Ok(((x / cap)?.tanh()? * cap)?)
+}
+
+impl Transformer {
+    /// Load every weight of `cfg` from a source (Hugging Face names).
+    pub fn load(
+        src: &dyn WeightSource,
+        cfg: ModelConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Transformer> {
+        // Dequantizing GGUF tensors is CPU-bound: do it on all cores first.
+        let prefetched;
+        let src: &dyn WeightSource = if src.parallel_load() {
+            prefetched = super::weights::prefetch(src, device)?;
+            &prefetched
+        } else {
+            src
+        };
+        let get = |n: &str| src.get(n, dtype, device);
+        // Norm weights: keep f32 precision for the (offset + w) addition, then cast.
+        let norm = |n: &str| -> Result<Tensor> {
+            let w = src.get(n, DType::F32, device)?;
+            Ok((w + cfg.norm_offset)?.to_dtype(dtype)?)
+        };
+        let opt_norm = |n: &str| -> Result<Option<Tensor>> {
+            if src.contains(n) {
+                norm(n).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let embed = get("model.embed_tokens.weight")?;
+        let (v, d) = embed.dims2()?;
+        if v < cfg.vocab_size || d != cfg.d_model {
+            crate::bail!(
+                "embedding matrix is {v}×{d}, the config says {}×{}",
+                cfg.vocab_size,
+                cfg.d_model
+            );
+        }
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let p = |s: &str| format!("model.layers.{i}.{s}");
+            let q = get(&p("self_attn.q_proj.weight"))?;
+            let k = get(&p("self_attn.k_proj.weight"))?;
+            let vv = get(&p("self_attn.v_proj.weight"))?;
+            let expect = |t: &Tensor, rows: usize, name: &str| -> Result<()> {
+                if t.dims() != [rows, cfg.d_model] {
+                    crate::bail!(
+                        "layer {i}: {name} has shape {:?}, expected [{rows}, {}]",
+                        t.dims(),
+                        cfg.d_model
+                    );
+                }
+                Ok(())
+            };
+            expect(&q, cfg.n_heads * cfg.d_head, "q_proj")?;
+            expect(&k, cfg.n_kv_heads * cfg.d_head, "k_proj")?;
+            expect(&vv, cfg.n_kv_heads * cfg.d_head, "v_proj")?;
+            let w_qkv = Tensor::cat(&[&q, &k, &vv], 0)?;
+            let b_qkv = if cfg.qkv_bias {
+                let b = |n: &str| get(&p(&format!("self_attn.{n}_proj.bias")));
+                Some(Tensor::cat(&[b("q")?, b("k")?, b("v")?], 0)?)
+            } else {
+                None
+            };
+            let gate = get(&p("mlp.gate_proj.weight"))?;
+            let up = get(&p("mlp.up_proj.weight"))?;
+            expect(&gate, cfg.d_mlp, "gate_proj")?;
+            let (ln2, post_attn_ln, post_ff_ln) = if cfg.sandwich_norms {
+                (
+                    norm(&p("pre_feedforward_layernorm.weight"))?,
+                    Some(norm(&p("post_attention_layernorm.weight"))?),
+                    Some(norm(&p("post_feedforward_layernorm.weight"))?),
+                )
+            } else {
+                (norm(&p("post_attention_layernorm.weight"))?, None, None)
+            };
+            let (q_norm, k_norm) = if cfg.qk_norm {
+                (
+                    opt_norm(&p("self_attn.q_norm.weight"))?,
+                    opt_norm(&p("self_attn.k_norm.weight"))?,
+                )
+            } else {
+                (None, None)
+            };
+            blocks.push(Block {
+                ln1: norm(&p("input_layernorm.weight"))?,
+                w_qkv,
+                b_qkv,
+                w_o: get(&p("self_attn.o_proj.weight"))?,
+                q_norm,
+                k_norm,
+                post_attn_ln,
+                ln2,
+                w_gate_up: Tensor::cat(&[&gate, &up], 0)?,
+                w_down: get(&p("mlp.down_proj.weight"))?,
+                post_ff_ln,
+            });
+        }
+        let lm_head = if src.contains("lm_head.weight") {
+            get("lm_head.weight")?
+        } else {
+            embed.clone()
+        };
+        let inv_freqs = cfg.ropes.iter().map(|r| r.inv_freq(cfg.d_head)).collect();
+        Ok(Transformer {
+            norm: norm("model.norm.weight")?,
+            embed,
+            blocks,
+            lm_head,
+            inv_freqs,
+            dtype,
+            device: device.clone(),
+            cfg,
+        })
+    }
+
+    /// cos/sin tables `[batch, t, d_head/2]` (or `[t, d_head/2]` without padding) for padded
+    /// indices `past..past + t`.
+    fn rope_tables(
+        &self,
+        pad_left: &[usize],
+        past: usize,
+        t: usize,
+    ) -> Result<Vec<(Tensor, Tensor)>> {
+        let half = self.cfg.d_head / 2;
+        let padded = pad_left.iter().any(|&p| p > 0);
+        let rows = if padded { pad_left.len() } else { 1 };
+        self.inv_freqs
+            .iter()
+            .map(|inv| {
+                let mut cos = Vec::with_capacity(rows * t * half);
+                let mut sin = Vec::with_capacity(rows * t * half);
+                for &pad in pad_left.iter().take(rows) {
+                    for i in past..past + t {
+                        let pos = i.saturating_sub(pad) as f32;
+                        for f in inv {
+                            let a = pos * f;
+                            cos.push(a.cos());
+                            sin.push(a.sin());
+                        }
+                    }
+                }
+                let shape: Vec<usize> = if padded {
+                    vec![rows, t, half]
+                } else {
+                    vec![t, half]
+                };
+                let c = Tensor::from_vec(cos, shape.clone(), &self.device)?.to_dtype(self.dtype)?;
+                let s = Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?;
+                Ok((c, s))
+            })
+            .collect()
+    }
+
+    /// Additive mask `[batch | 1, 1, t, past + t]` (f32) for queries at padded indices
+    /// `past..past + t`: causal, padding keys hidden, optional sliding window.
+    fn mask(
+        &self,
+        pad_left: &[usize],
+        past: usize,
+        t: usize,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
+        let padded = pad_left.iter().any(|&p| p > 0);
+        let rows = if padded { pad_left.len() } else { 1 };
+        let tk = past + t;
+        let mut m = vec![0f32; rows * t * tk];
+        for (r, &pad) in pad_left.iter().take(rows).enumerate() {
+            for qi in 0..t {
+                let i = past + qi;
+                for j in 0..tk {
+                    let causal = j <= i;
+                    let in_window = window.is_none_or(|w| i - j.min(i) < w);
+                    // Pad keys are invisible, except to pad queries themselves (so no row is
+                    // fully masked; pad rows are ignored downstream).
+                    let key_ok = j >= pad || i < pad && i == j;
+                    if !(causal && in_window && key_ok) {
+                        m[(r * t + qi) * tk + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        // Scores are softmaxed in f32 whatever the model's dtype.
+        Ok(Tensor::from_vec(m, (rows, 1, t, tk), &self.device)?)
+    }
+
+    /// The hooked forward pass. Returns logits as f32 (`[batch, seq | 1, vocab]`), or the
+    /// residual stream / final-norm output when `opts` asks for no logits.
+    pub fn forward_with(
+        &self,
+        batch: &Batch,
+        hooks: &mut Hooks,
+        opts: RunOptions,
+    ) -> Result<Tensor> {
+        self.forward_inner(batch, hooks, opts, None)
+    }
+
+    /// Incremental decoding: run `batch` (new tokens for every row; for the first call the
+    /// left-padded prompts) after what `cache` holds, and append its keys and values.
+    /// Hooks see only the new positions (`hook_pattern` is `[batch, head, new, past + new]`).
+    pub fn forward_cached(
+        &self,
+        batch: &Batch,
+        hooks: &mut Hooks,
+        opts: RunOptions,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        if cache.len == 0 {
+            cache.pad_left = batch.pad_left.clone();
+            cache.kv = vec![None; self.cfg.n_layers];
+        } else if batch.len() != cache.pad_left.len() || batch.is_padded() {
+            crate::bail!("a KV cache continues the same batch with unpadded new tokens");
+        }
+        self.forward_inner(batch, hooks, opts, Some(cache))
+    }
+
+    fn forward_inner(
+        &self,
+        batch: &Batch,
+        hooks: &mut Hooks,
+        opts: RunOptions,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        hooks.begin(cfg.n_layers)?;
+        let (b, t) = (batch.len(), batch.seq_len);
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let pad_left: Vec<usize> = match &cache {
+            Some(c) => c.pad_left.clone(),
+            None => batch.pad_left.clone(),
+        };
+        if past + t > cfg.max_position_embeddings {
+            crate::bail!(
+                "sequence of {} tokens is longer than the model's context ({})",
+                past + t,
+                cfg.max_position_embeddings
+            );
+        }
+        let ids = batch.tokens_tensor(&self.device)?;
+        if let Some(&bad) = batch
+            .ids
+            .iter()
+            .flatten()
+            .find(|&&i| i as usize >= cfg.vocab_size)
+        {
+            crate::bail!(
+                "token id {bad} is out of the vocabulary ({})",
+                cfg.vocab_size
+            );
+        }
+        let mut x =
+            self.embed
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, t, cfg.d_model))?;
+        if let Some(s) = cfg.embed_scale {
+            // transformers multiplies by the scale rounded to the weights' dtype.
+            let s = Tensor::new(s as f32, &self.device)?.to_dtype(self.dtype)?;
+            x = x.broadcast_mul(&s)?;
+        }
+        x = hooks.apply(HookPoint::Embed, x)?;
+
+        let ropes = self.rope_tables(&pad_left, past, t)?;
+        let mut masks: Vec<(Option<usize>, Tensor)> = vec![];
+        let n_run = opts.stop_at_layer.unwrap_or(cfg.n_layers).min(cfg.n_layers);
+        for (l, blk) in self.blocks.iter().enumerate().take(n_run) {
+            let window = cfg.layers[l].sliding_window.filter(|&w| w < past + t);
+            let mask = match masks.iter().find(|(w, _)| *w == window) {
+                Some((_, m)) => m.clone(),
+                None => {
+                    let m = self.mask(&pad_left, past, t, window)?;
+                    masks.push((window, m.clone()));
+                    m
+                }
+            };
+            let (cos, sin) = &ropes[cfg.layers[l].rope];
+            let kv = cache.as_deref_mut().map(|c| &mut c.kv[l]);
+            x = self.block(l, blk, x, &mask, cos, sin, hooks, kv)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        if opts.stop_at_layer.is_some() {
+            return Ok(x);
+        }
+        let x = match opts.logits {
+            LogitsAt::Last => x.narrow(1, t - 1, 1)?,
+            _ => x,
+        };
+        let h = rms_norm(&x, &self.norm, cfg.norm_eps)?;
+        let h = hooks.apply(HookPoint::LnFinal, h)?;
+        if opts.logits == LogitsAt::None {
+            return Ok(h);
+        }
+        let logits = linear(&h, &self.lm_head, None)?.to_dtype(DType::F32)?;
+        match cfg.final_softcap {
+            Some(cap) => softcap(&logits, cap),
+            None => Ok(logits),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        l: usize,
+        blk: &Block,
+        x: Tensor,
+        mask: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        hooks: &mut Hooks,
+        kv_cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, t, _) = x.dims3()?;
+        let (nh, nk, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+        let g = nh / nk;
+        let x = hooks.apply(HookPoint::ResidPre(l), x)?;
+
+        // Attention.
+        let h = rms_norm(&x, &blk.ln1, cfg.norm_eps)?;
+        let qkv = linear(&h, &blk.w_qkv, blk.b_qkv.as_ref())?;
+        let q = qkv.narrow(2, 0, nh * dh)?.reshape((b, t, nh, dh))?;
+        let k = qkv.narrow(2, nh * dh, nk * dh)?.reshape((b, t, nk, dh))?;
+        let v = qkv
+            .narrow(2, (nh + nk) * dh, nk * dh)?
+            .reshape((b, t, nk, dh))?;
+        let q = match &blk.q_norm {
+            Some(w) => rms_norm(&q, w, cfg.norm_eps)?,
+            None => q,
+        };
+        let k = match &blk.k_norm {
+            Some(w) => rms_norm(&k, w, cfg.norm_eps)?,
+            None => k,
+        };
+        let q = hooks.apply(HookPoint::Q(l), q)?;
+        let k = hooks.apply(HookPoint::K(l), k)?;
+        let v = hooks.apply(HookPoint::V(l), v)?;
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let mut q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let mut k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        if hooks.wants(HookPoint::RotQ(l)) {
+            q = hooks
+                .apply(HookPoint::RotQ(l), q.transpose(1, 2)?)?
+                .transpose(1, 2)?
+                .contiguous()?;
+        }
+        if hooks.wants(HookPoint::RotK(l)) {
+            k = hooks
+                .apply(HookPoint::RotK(l), k.transpose(1, 2)?)?
+                .transpose(1, 2)?
+                .contiguous()?;
+        }
+        let v = v.transpose(1, 2)?.contiguous()?; // [b, nk, t, dh]
+        let (k, v) = match kv_cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let tk = k.dim(2)?;
+        // Grouped-query attention without repeating k/v: fold each kv group's query heads
+        // into the query axis.
+        let qg = q.reshape((b, nk, g * t, dh))?;
+        let scores = qg.matmul(&k.t()?)?.reshape((b, nh, t, tk))?;
+        let mut scores = (scores.to_dtype(DType::F32)? * cfg.attn_scale)?;
+        if let Some(cap) = cfg.attn_softcap {
+            scores = softcap(&scores, cap)?;
+        }
+        let scores = scores.broadcast_add(mask)?;
+        let scores = hooks.apply(HookPoint::AttnScores(l), scores)?;
+        let pattern = candle_nn::ops::softmax_last_dim(&scores)?;
+        let pattern = hooks.apply(HookPoint::Pattern(l), pattern)?;
+        let pattern = pattern.to_dtype(self.dtype)?;
+        let z = pattern
+            .reshape((b, nk, g * t, tk))?
+            .matmul(&v)?
+            .reshape((b, nh, t, dh))?
+            .transpose(1, 2)?; // [b, t, nh, dh]
+        let z = hooks.apply(HookPoint::Z(l), z)?;
+        let attn = if hooks.wants(HookPoint::Result(l)) {
+            // Each head's contribution: z_h · W_O[:, h]ᵀ → [b, t, nh, d].
+            let w = blk
+                .w_o
+                .reshape((cfg.d_model, nh, dh))?
+                .permute((1, 2, 0))?
+                .contiguous()?; // [nh, dh, d]
+            let zh = z.transpose(1, 2)?.contiguous()?; // [b, nh, t, dh]
+            let result = zh.broadcast_matmul(&w)?.transpose(1, 2)?; // [b, t, nh, d]
+            if hooks.edits(HookPoint::Result(l)) {
+                hooks.apply(HookPoint::Result(l), result)?.sum(2)?
+            } else {
+                // Capture only: keep the fused projection so numerics match an unhooked run.
+                hooks.apply(HookPoint::Result(l), result)?;
+                linear(&z.reshape((b, t, nh * dh))?, &blk.w_o, None)?
+            }
+        } else {
+            linear(&z.reshape((b, t, nh * dh))?, &blk.w_o, None)?
+        };
+        let attn = match &blk.post_attn_ln {
+            Some(w) => rms_norm(&attn, w, cfg.norm_eps)?,
+            None => attn,
+        };
+        let attn = hooks.apply(HookPoint::AttnOut(l), attn)?;
+        let x = (x + attn)?;
+        let x = hooks.apply(HookPoint::ResidMid(l), x)?;
+
+        // MLP.
+        let h = rms_norm(&x, &blk.ln2, cfg.norm_eps)?;
+        let gu = linear(&h, &blk.w_gate_up, None)?;
+        let gate = gu.narrow(2, 0, cfg.d_mlp)?;
+        let up = gu.narrow(2, cfg.d_mlp, cfg.d_mlp)?;
+        let gate = hooks.apply(HookPoint::MlpPre(l), gate)?;
+        let up = hooks.apply(HookPoint::MlpPreLinear(l), up)?;
+        let act = match cfg.act {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+            Activation::Gelu => gate.gelu_erf()?,
+        };
+        let post = (act * up)?;
+        let post = hooks.apply(HookPoint::MlpPost(l), post)?;
+        let mlp = linear(&post, &blk.w_down, None)?;
+        let mlp = match &blk.post_ff_ln {
+            Some(w) => rms_norm(&mlp, w, cfg.norm_eps)?,
+            None => mlp,
+        };
+        let mlp = hooks.apply(HookPoint::MlpOut(l), mlp)?;
+        let x = (x + mlp)?;
+        hooks.apply(HookPoint::ResidPost(l), x)
+    }
+
+    // ---- weight views for probes (TransformerLens conventions) ----
+
+    fn check_layer(&self, l: usize) -> Result<&Block> {
+        self.blocks.get(l).ok_or(Error::LayerOutOfRange {
+            layer: l,
+            n_layers: self.cfg.n_layers,
+        })
+    }
+
+    /// `W_E`: `[vocab, d_model]`.
+    pub fn w_e(&self) -> &Tensor {
+        &self.embed
+    }
+
+    /// `W_U`ᵀ as stored: `[vocab, d_model]` (the unembedding rows).
+    pub fn unembed_rows(&self) -> &Tensor {
+        &self.lm_head
+    }
+
+    /// `W_V` of layer `l`: `[n_kv_heads, d_model, d_head]`.
+    pub fn w_v(&self, l: usize) -> Result<Tensor> {
+        let c = &self.cfg;
+        let w = self.check_layer(l)?.w_qkv.narrow(
+            0,
+            (c.n_heads + c.n_kv_heads) * c.d_head,
+            c.n_kv_heads * c.d_head,
+        )?;
+        Ok(w.reshape((c.n_kv_heads, c.d_head, c.d_model))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    /// `W_Q` of layer `l`: `[n_heads, d_model, d_head]`.
+    pub fn w_q(&self, l: usize) -> Result<Tensor> {
+        let c = &self.cfg;
+        let w = self
+            .check_layer(l)?
+            .w_qkv
+            .narrow(0, 0, c.n_heads * c.d_head)?;
+        Ok(w.reshape((c.n_heads, c.d_head, c.d_model))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    /// `W_K` of layer `l`: `[n_kv_heads, d_model, d_head]`.
+    pub fn w_k(&self, l: usize) -> Result<Tensor> {
+        let c = &self.cfg;
+        let w =
+            self.check_layer(l)?
+                .w_qkv
+                .narrow(0, c.n_heads * c.d_head, c.n_kv_heads * c.d_head)?;
+        Ok(w.reshape((c.n_kv_heads, c.d_head, c.d_model))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    /// `W_O` of layer `l`: `[n_heads, d_head, d_model]`.
+    pub fn w_o(&self, l: usize) -> Result<Tensor> {
+        let c = &self.cfg;
+        let w = &self.check_layer(l)?.w_o; // [d, nh*dh]
+        Ok(w.reshape((c.d_model, c.n_heads, c.d_head))?
+            .permute((1, 2, 0))?
+            .contiguous()?)
+    }
+
+    /// MLP input weights (gate, up) of layer `l`: each `[d_mlp, d_model]` (rows = neurons).
+    pub fn w_gate_up(&self, l: usize) -> Result<(Tensor, Tensor)> {
+        let c = &self.cfg;
+        let w = &self.check_layer(l)?.w_gate_up;
+        Ok((w.narrow(0, 0, c.d_mlp)?, w.narrow(0, c.d_mlp, c.d_mlp)?))
+    }
+
+    /// `W_out` of layer `l`: `[d_mlp, d_model]` (row n = neuron n's output direction).
+    pub fn w_out(&self, l: usize) -> Result<Tensor> {
+        Ok(self.check_layer(l)?.w_down.t()?.contiguous()?)
+    }
+
+    /// The attention input norm's effective weight (offset included) of layer `l`: `[d_model]`.
+    pub fn ln1_weight(&self, l: usize) -> Result<Tensor> {
+        Ok(self.check_layer(l)?.ln1.clone())
+    }
+
+    /// The final norm's effective weight (offset included): `[d_model]`.
+    pub fn final_norm_weight(&self) -> &Tensor {
+        &self.norm
+    }
+
+    /// Every weight under its Hugging Face name, in the checkpoint's own convention (norm offsets
+    /// removed, fused projections split): what `convert` writes.
+    pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let c = &self.cfg;
+        let unnorm = |w: &Tensor| -> Result<Tensor> {
+            Ok((w.to_dtype(DType::F32)? - c.norm_offset)?.to_dtype(self.dtype)?)
+        };
+        let mut out = vec![
+            ("model.embed_tokens.weight".to_string(), self.embed.clone()),
+            ("model.norm.weight".to_string(), unnorm(&self.norm)?),
+        ];
+        if !c.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), self.lm_head.clone()));
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = |s: &str| format!("model.layers.{i}.{s}");
+            let (nq, nk) = (c.n_heads * c.d_head, c.n_kv_heads * c.d_head);
+            out.push((p("input_layernorm.weight"), unnorm(&b.ln1)?));
+            out.push((p("self_attn.q_proj.weight"), b.w_qkv.narrow(0, 0, nq)?));
+            out.push((p("self_attn.k_proj.weight"), b.w_qkv.narrow(0, nq, nk)?));
+            out.push((
+                p("self_attn.v_proj.weight"),
+                b.w_qkv.narrow(0, nq + nk, nk)?,
+            ));
+            if let Some(bias) = &b.b_qkv {
+                out.push((p("self_attn.q_proj.bias"), bias.narrow(0, 0, nq)?));
+                out.push((p("self_attn.k_proj.bias"), bias.narrow(0, nq, nk)?));
+                out.push((p("self_attn.v_proj.bias"), bias.narrow(0, nq + nk, nk)?));
+            }
+            out.push((p("self_attn.o_proj.weight"), b.w_o.clone()));
+            if let Some(w) = &b.q_norm {
+                out.push((p("self_attn.q_norm.weight"), unnorm(w)?));
+            }
+            if let Some(w) = &b.k_norm {
+                out.push((p("self_attn.k_norm.weight"), unnorm(w)?));
+            }
+            if c.sandwich_norms {
+                if let Some(w) = &b.post_attn_ln {
+                    out.push((p("post_attention_layernorm.weight"), unnorm(w)?));
+                }
+                out.push((p("pre_feedforward_layernorm.weight"), unnorm(&b.ln2)?));
+                if let Some(w) = &b.post_ff_ln {
+                    out.push((p("post_feedforward_layernorm.weight"), unnorm(w)?));
+                }
+            } else {
+                out.push((p("post_attention_layernorm.weight"), unnorm(&b.ln2)?));
+            }
+            out.push((
+                p("mlp.gate_proj.weight"),
+                b.w_gate_up.narrow(0, 0, c.d_mlp)?,
+            ));
+            out.push((
+                p("mlp.up_proj.weight"),
+                b.w_gate_up.narrow(0, c.d_mlp, c.d_mlp)?,
+            ));
+            out.push((p("mlp.down_proj.weight"), b.w_down.clone()));
+        }
+        out.into_iter()
+            .map(|(n, t)| Ok((n, t.contiguous()?)))
+            .collect()
+    }
+}
+
+/// Log-softmax over the last axis in f32.
+pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::log_softmax(
+        &logits.to_dtype(DType::F32)?,
+        D::Minus1,
+    )?)
+}

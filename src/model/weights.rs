@@ -1,0 +1,546 @@
+//! Weights behind one interface: "give me the tensor with this Hugging Face name".
+//!
+//! - safetensors: memory-mapped, single file or sharded (`model.safetensors.index.json`);
+//! - GGUF: every tensor dequantized (candle's kernels: Q4_0, Q4_1, Q4_K, Q5_0, Q5_K, Q6_K, Q8_0,
+//!   F16, BF16, F32, ...), GGUF names mapped onto Hugging Face names, llama.cpp's Q/K row
+//!   permutation undone for Llama, Gemma's stored (1 + w) norm weights shifted back to w.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{Activation, Arch, LayerAttention, ModelConfig, Rope, RopeScaling};
+use crate::{Context, Error, Result};
+
+/// A source of named tensors (Hugging Face names, e.g. `model.layers.0.self_attn.q_proj.weight`).
+pub trait WeightSource: Send + Sync {
+    /// Load a tensor, converted to `dtype` on `device`.
+    fn get(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor>;
+    fn contains(&self, name: &str) -> bool;
+    /// Every tensor name, Hugging Face style.
+    fn names(&self) -> Vec<String>;
+    /// Whether loading is CPU-bound (dequantization) and worth doing on all cores at once.
+    fn parallel_load(&self) -> bool {
+        false
+    }
+}
+
+/// Load every tensor of `src` as f32 in parallel (rayon) into memory.
+pub fn prefetch(src: &dyn WeightSource, device: &Device) -> Result<MapWeights> {
+    use rayon::prelude::*;
+    let names = src.names();
+    let tensors = names
+        .par_iter()
+        .map(|n| Ok((n.clone(), src.get(n, DType::F32, device)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    Ok(MapWeights::new(tensors))
+}
+
+/// Memory-mapped safetensors files.
+pub struct SafetensorsWeights {
+    st: candle_core::safetensors::MmapedSafetensors,
+    names: Vec<String>,
+    /// Prefix that maps `model.` names onto this checkpoint (e.g. `model.language_model.`).
+    prefix_map: Option<(String, String)>,
+}
+
+impl SafetensorsWeights {
+    /// Open `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if single.exists() {
+            vec![single]
+        } else if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).ctx(|| format!("{}", index.display()))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ctx(|| format!("{}: no weight_map", index.display()))?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect();
+            files.sort();
+            files.dedup();
+            files.into_iter().map(|f| dir.join(f)).collect()
+        } else {
+            crate::bail!(
+                "{}: no model.safetensors or model.safetensors.index.json",
+                dir.display()
+            );
+        };
+        for f in &files {
+            if !f.exists() {
+                crate::bail!("{}: weight shard is missing", f.display());
+            }
+        }
+        Self::open_files(&files)
+    }
+
+    pub fn open_files(files: &[PathBuf]) -> Result<Self> {
+        // SAFETY: the files are memory-mapped read-only; modifying them while mapped is the
+        // caller's responsibility, as with every mmap-based loader.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }
+            .map_err(|e| Error::msg(format!("{}: {e}", files[0].display())))?;
+        let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
+        let prefix_map = if names.iter().any(|n| n.starts_with("model.layers.")) {
+            None
+        } else {
+            ["model.language_model.", "language_model.model."]
+                .iter()
+                .find(|p| names.iter().any(|n| n.starts_with(*p)))
+                .map(|p| ("model.".to_string(), p.to_string()))
+        };
+        Ok(SafetensorsWeights {
+            st,
+            names,
+            prefix_map,
+        })
+    }
+
+    fn real_name(&self, name: &str) -> String {
+        match &self.prefix_map {
+            Some((from, to)) if name.starts_with(from.as_str()) => {
+                format!("{to}{}", &name[from.len()..])
+            }
+            _ => name.to_string(),
+        }
+    }
+}
+
+impl WeightSource for SafetensorsWeights {
+    fn get(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let real = self.real_name(name);
+        if !self.names.contains(&real) {
+            return Err(Error::MissingTensor(name.to_string()));
+        }
+        let t = self
+            .st
+            .load(&real, device)
+            .map_err(|e| Error::msg(format!("tensor `{real}`: {e}")))?;
+        Ok(t.to_dtype(dtype)?)
+    }
+    fn contains(&self, name: &str) -> bool {
+        let real = self.real_name(name);
+        self.names.contains(&real)
+    }
+    fn names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+}
+
+/// How a GGUF tensor becomes a Hugging Face tensor.
+#[derive(Clone, Copy, Debug)]
+enum Fix {
+    None,
+    /// Undo llama.cpp's rotary row permutation with this many heads.
+    Unpermute(usize),
+    /// Gemma norms are stored as (1 + w).
+    MinusOne,
+}
+
+/// A GGUF file: metadata + lazily dequantized tensors.
+pub struct GgufWeights {
+    pub path: PathBuf,
+    pub content: gguf_file::Content,
+    file: Mutex<File>,
+    /// HF name → (GGUF name, fix)
+    map: BTreeMap<String, (String, Fix)>,
+}
+
+impl GgufWeights {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| {
+            Error::msg(format!("{}: not a readable GGUF file: {e}", path.display()))
+        })?;
+        // A truncated file has tensor data offsets past its end.
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        for (name, info) in &content.tensor_infos {
+            let end = content.tensor_data_offset + info.offset;
+            if end > len {
+                crate::bail!(
+                    "{}: truncated GGUF file (tensor `{name}` starts past the end)",
+                    path.display()
+                );
+            }
+        }
+        let cfg = config_from_gguf(&content)?;
+        let map = gguf_name_map(&cfg, &content);
+        Ok(GgufWeights {
+            path: path.to_path_buf(),
+            content,
+            file: Mutex::new(file),
+            map,
+        })
+    }
+
+    pub fn config(&self) -> Result<ModelConfig> {
+        config_from_gguf(&self.content)
+    }
+}
+
+fn gguf_name_map(cfg: &ModelConfig, ct: &gguf_file::Content) -> BTreeMap<String, (String, Fix)> {
+    let gemma = cfg.arch.is_gemma();
+    let norm_fix = if gemma { Fix::MinusOne } else { Fix::None };
+    let llama_perm = cfg.arch == Arch::Llama || cfg.arch == Arch::Mistral;
+    let mut m = BTreeMap::new();
+    let mut put = |hf: String, gg: String, fix: Fix| {
+        if ct.tensor_infos.contains_key(&gg) {
+            m.insert(hf, (gg, fix));
+        }
+    };
+    put(
+        "model.embed_tokens.weight".into(),
+        "token_embd.weight".into(),
+        Fix::None,
+    );
+    put(
+        "model.norm.weight".into(),
+        "output_norm.weight".into(),
+        norm_fix,
+    );
+    put("lm_head.weight".into(), "output.weight".into(), Fix::None);
+    for i in 0..cfg.n_layers {
+        let hf = |s: &str| format!("model.layers.{i}.{s}");
+        let gg = |s: &str| format!("blk.{i}.{s}");
+        let (qfix, kfix) = if llama_perm {
+            (Fix::Unpermute(cfg.n_heads), Fix::Unpermute(cfg.n_kv_heads))
+        } else {
+            (Fix::None, Fix::None)
+        };
+        put(
+            hf("input_layernorm.weight"),
+            gg("attn_norm.weight"),
+            norm_fix,
+        );
+        for (p, g, fix) in [("q", "q", qfix), ("k", "k", kfix), ("v", "v", Fix::None)] {
+            put(
+                hf(&format!("self_attn.{p}_proj.weight")),
+                gg(&format!("attn_{g}.weight")),
+                fix,
+            );
+            put(
+                hf(&format!("self_attn.{p}_proj.bias")),
+                gg(&format!("attn_{g}.bias")),
+                fix,
+            );
+        }
+        put(
+            hf("self_attn.o_proj.weight"),
+            gg("attn_output.weight"),
+            Fix::None,
+        );
+        put(
+            hf("self_attn.q_norm.weight"),
+            gg("attn_q_norm.weight"),
+            norm_fix,
+        );
+        put(
+            hf("self_attn.k_norm.weight"),
+            gg("attn_k_norm.weight"),
+            norm_fix,
+        );
+        if cfg.sandwich_norms {
+            put(
+                hf("post_attention_layernorm.weight"),
+                gg("post_attention_norm.weight"),
+                norm_fix,
+            );
+            put(
+                hf("pre_feedforward_layernorm.weight"),
+                gg("ffn_norm.weight"),
+                norm_fix,
+            );
+            put(
+                hf("post_feedforward_layernorm.weight"),
+                gg("post_ffw_norm.weight"),
+                norm_fix,
+            );
+        } else {
+            put(
+                hf("post_attention_layernorm.weight"),
+                gg("ffn_norm.weight"),
+                norm_fix,
+            );
+        }
+        put(hf("mlp.gate_proj.weight"), gg("ffn_gate.weight"), Fix::None);
+        put(hf("mlp.up_proj.weight"), gg("ffn_up.weight"), Fix::None);
+        put(hf("mlp.down_proj.weight"), gg("ffn_down.weight"), Fix::None);
+    }
+    m
+}
+
+impl WeightSource for GgufWeights {
+    fn get(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let (gg, fix) = self
+            .map
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let qt = {
+            let mut f = self
+                .file
+                .lock()
+                .map_err(|_| Error::msg("GGUF file lock poisoned"))?;
+            self.content
+                .tensor(&mut *f, gg, device)
+                .map_err(|e| Error::msg(format!("{}: tensor `{gg}`: {e}", self.path.display())))?
+        };
+        let t = qt.dequantize(device)?;
+        let t = match *fix {
+            Fix::None => t,
+            Fix::MinusOne => (t - 1.0)?,
+            Fix::Unpermute(n_head) => unpermute_rows(&t, n_head)?,
+        };
+        Ok(t.to_dtype(dtype)?)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+    fn parallel_load(&self) -> bool {
+        true
+    }
+    fn names(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
+    }
+}
+
+/// Inverse of llama.cpp's `permute(w, n_head)`: rows grouped (head, half, pair) → (head, pair, half).
+pub fn unpermute_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    let t = t
+        .reshape((n_head, rows / n_head / 2, 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?;
+    Ok(t)
+}
+
+fn md<'a>(ct: &'a gguf_file::Content, key: &str) -> Option<&'a gguf_file::Value> {
+    ct.metadata.get(key)
+}
+
+fn md_u64(ct: &gguf_file::Content, key: &str) -> Option<u64> {
+    use gguf_file::Value::*;
+    match md(ct, key)? {
+        U8(v) => Some(*v as u64),
+        I8(v) => Some(*v as u64),
+        U16(v) => Some(*v as u64),
+        I16(v) => Some(*v as u64),
+        U32(v) => Some(*v as u64),
+        I32(v) => Some(*v as u64),
+        U64(v) => Some(*v),
+        I64(v) => Some(*v as u64),
+        _ => None,
+    }
+}
+
+fn md_f64(ct: &gguf_file::Content, key: &str) -> Option<f64> {
+    use gguf_file::Value::*;
+    match md(ct, key)? {
+        F32(v) => Some(*v as f64),
+        F64(v) => Some(*v),
+        _ => md_u64(ct, key).map(|v| v as f64),
+    }
+}
+
+fn md_str(ct: &gguf_file::Content, key: &str) -> Option<String> {
+    md(ct, key).and_then(|v| v.to_string().ok().cloned())
+}
+
+/// Read a [`ModelConfig`] from GGUF metadata (`general.architecture` and `<arch>.*` keys).
+pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig> {
+    let arch_name = md_str(ct, "general.architecture")
+        .ok_or_else(|| Error::msg("GGUF: missing `general.architecture`"))?;
+    let arch = Arch::parse(&arch_name)?;
+    let a = |k: &str| format!("{arch_name}.{k}");
+    let need = |k: &str| -> Result<usize> {
+        md_u64(ct, &a(k))
+            .map(|v| v as usize)
+            .ok_or_else(|| Error::msg(format!("GGUF: missing `{}`", a(k))))
+    };
+    let d_model = need("embedding_length")?;
+    let n_layers = need("block_count")?;
+    let n_heads = need("attention.head_count")?;
+    let n_kv_heads = md_u64(ct, &a("attention.head_count_kv"))
+        .map(|v| v as usize)
+        .unwrap_or(n_heads);
+    let d_head = md_u64(ct, &a("attention.key_length"))
+        .map(|v| v as usize)
+        .unwrap_or(d_model / n_heads);
+    let vocab_size = match md_u64(ct, &a("vocab_size")) {
+        Some(v) => v as usize,
+        None => ct
+            .tensor_infos
+            .get("token_embd.weight")
+            .map(|t| t.shape.dims()[0])
+            .ok_or_else(|| Error::msg("GGUF: no vocab size and no token_embd.weight"))?,
+    };
+    let theta = md_f64(ct, &a("rope.freq_base")).unwrap_or(10000.0);
+    let scaling = match md_str(ct, &a("rope.scaling.type")).as_deref() {
+        Some("linear") => RopeScaling::Linear {
+            factor: md_f64(ct, &a("rope.scaling.factor")).unwrap_or(1.0),
+        },
+        _ => RopeScaling::None,
+    };
+    let window = md_u64(ct, &a("attention.sliding_window")).map(|v| v as usize);
+    let mut ropes = vec![Rope { theta, scaling }];
+    let sliding: Vec<bool> = (0..n_layers)
+        .map(|i| match arch {
+            Arch::Gemma2 => i % 2 == 0,
+            // llama.cpp hard-codes Gemma 3's pattern: every 6th layer is global.
+            Arch::Gemma3 => (i + 1) % 6 != 0,
+            Arch::Mistral => window.is_some(),
+            _ => false,
+        })
+        .collect();
+    if arch == Arch::Gemma3 {
+        // llama.cpp hard-codes the local rope base of Gemma 3.
+        ropes.push(Rope {
+            theta: 10000.0,
+            scaling: RopeScaling::None,
+        });
+    }
+    let layers = sliding
+        .iter()
+        .map(|&s| LayerAttention {
+            sliding_window: if s { window } else { None },
+            rope: if s && ropes.len() > 1 { 1 } else { 0 },
+        })
+        .collect();
+    let is_g23 = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
+    let softcap = |k: &str| md_f64(ct, &a(k)).filter(|x| *x > 0.0);
+    let tokens_u32 = |k: &str| md_u64(ct, k).map(|v| v as u32);
+    let cfg = ModelConfig {
+        arch,
+        vocab_size,
+        d_model,
+        d_mlp: need("feed_forward_length")?,
+        n_layers,
+        n_heads,
+        n_kv_heads,
+        d_head,
+        norm_eps: md_f64(ct, &a("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6),
+        max_position_embeddings: md_u64(ct, &a("context_length")).unwrap_or(4096) as usize,
+        act: if arch.is_gemma() {
+            Activation::GeluTanh
+        } else {
+            Activation::Silu
+        },
+        tie_word_embeddings: !ct.tensor_infos.contains_key("output.weight"),
+        qkv_bias: ct.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        norm_offset: if arch.is_gemma() { 1.0 } else { 0.0 },
+        embed_scale: arch.is_gemma().then(|| (d_model as f64).sqrt()),
+        attn_scale: match arch {
+            Arch::Gemma2 | Arch::Gemma3 => {
+                // llama.cpp: query_pre_attn_scalar = head_dim, except Gemma 2/3 27B (d/heads).
+                let q = if arch == Arch::Gemma3 && n_layers == 62
+                    || arch == Arch::Gemma2 && n_layers == 46
+                {
+                    (d_model / n_heads) as f64
+                } else {
+                    d_head as f64
+                };
+                q.powf(-0.5)
+            }
+            _ => (d_head as f64).powf(-0.5),
+        },
+        attn_softcap: if is_g23 {
+            softcap("attn_logit_softcapping")
+        } else {
+            None
+        },
+        final_softcap: if is_g23 {
+            softcap("final_logit_softcapping")
+        } else {
+            None
+        },
+        sandwich_norms: is_g23,
+        qk_norm: arch == Arch::Gemma3,
+        ropes,
+        layers,
+        bos_token_id: tokens_u32("tokenizer.ggml.bos_token_id"),
+        eos_token_ids: tokens_u32("tokenizer.ggml.eos_token_id")
+            .into_iter()
+            .collect(),
+        pad_token_id: tokens_u32("tokenizer.ggml.padding_token_id"),
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Collect every tensor a source holds into a name → tensor map (used by `convert`).
+pub fn load_all(
+    src: &dyn WeightSource,
+    dtype: DType,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    src.names()
+        .into_iter()
+        .map(|n| {
+            let t = src.get(&n, dtype, device)?;
+            Ok((n, t))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() -> Result<()> {
+        // llama.cpp: w.reshape(n_head, 2, rows/n_head/2, rest).swapaxes(1, 2).reshape(shape)
+        let (n_head, d_head, cols) = (3usize, 4usize, 2usize);
+        let rows = n_head * d_head;
+        let w = Tensor::arange(0f32, (rows * cols) as f32, &Device::Cpu)?.reshape((rows, cols))?;
+        let permuted = w
+            .reshape((n_head, 2, d_head / 2, cols))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((rows, cols))?;
+        let back = unpermute_rows(&permuted, n_head)?;
+        let diff = (back - &w)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
+        Ok(())
+    }
+}
+
+/// Tensors held in memory under Hugging Face names (toy models, tests, conversions).
+#[derive(Clone, Debug, Default)]
+pub struct MapWeights {
+    pub tensors: HashMap<String, Tensor>,
+}
+
+impl MapWeights {
+    pub fn new(tensors: HashMap<String, Tensor>) -> Self {
+        MapWeights { tensors }
+    }
+}
+
+impl WeightSource for MapWeights {
+    fn get(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        Ok(t.to_device(device)?.to_dtype(dtype)?)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tensors.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}

@@ -1,0 +1,6 @@
+//! The research probes: each is params → run(&Model, params) → tables + charts + manifest.
+
+pub mod cmr;
+pub mod heads;
+pub mod neurons;
+pub mod sae;

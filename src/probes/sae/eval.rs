@@ -1,0 +1,664 @@
+//! SAE metrics over a store's held-out shards, and (with a model) CE-loss recovered and KL when
+//! the reconstruction is spliced back in at the hook point.
+//!
+//! - R² = 1 − Σ‖m − m̂‖² / Σ‖m − m̄‖² (m̄ = the mean over the evaluation samples);
+//!   MSE = Σ‖m − m̂‖² / (N·d) (per element); L0 = mean number of active latents per sample;
+//!   dead = latents that never fire on the evaluation samples.
+//! - CE-loss recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean), KL = mean over predicted
+//!   positions of KL(p_clean ‖ p_spliced). Documents are cut into windows of `context − 1`
+//!   tokens with the model's BOS in front; the reconstruction (or zero) replaces the activation at
+//!   every real non-BOS position (the BOS position stays clean, as it is not in the training
+//!   data), through `Edit::Patch`; losses are averaged over the predictions made at those
+//!   positions.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use super::atoms::{self, AtomStats};
+use super::store::ActivationStore;
+use super::{Sae, SaeKind};
+use crate::hooks::{Edit, HookPoint, Hooks, Intervention};
+use crate::model::{Batch, Model};
+use crate::progress::Progress;
+use crate::Result;
+
+/// Evaluation settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EvalParams {
+    /// Held-out shards at the end of the store (must match training's `eval_shards`).
+    pub eval_shards: usize,
+    /// Evaluation samples (from the held-out shards).
+    pub max_samples: usize,
+    /// Samples for S̃ (from every shard).
+    pub atom_samples: usize,
+    /// Ridge ε of S̃, relative to tr(E[m mᵀ]) / d.
+    pub ridge: f64,
+    /// Distinct top tokens listed per latent.
+    pub top_tokens: usize,
+    /// Documents for CE / KL (taken after those the store consumed).
+    pub ce_docs: usize,
+    pub ce_context: usize,
+    pub ce_batch: usize,
+}
+
+impl Default for EvalParams {
+    fn default() -> Self {
+        EvalParams {
+            eval_shards: 1,
+            max_samples: 32768,
+            atom_samples: 100_000,
+            ridge: 1e-4,
+            top_tokens: 5,
+            ce_docs: 8,
+            ce_context: 128,
+            ce_batch: 4,
+        }
+    }
+}
+
+/// CE / KL of one SAE spliced into the model.
+#[derive(Clone, Debug, Serialize)]
+pub struct CeResult {
+    pub ce_clean: f64,
+    pub ce_zero: f64,
+    pub ce_sae: f64,
+    pub ce_recovered: f64,
+    pub kl: f64,
+    pub positions: usize,
+}
+
+/// Everything measured for one SAE.
+#[derive(Clone, Debug, Serialize)]
+pub struct SaeEval {
+    pub label: String,
+    pub kind: SaeKind,
+    pub layer: Option<usize>,
+    pub dict_size: usize,
+    pub r2: f64,
+    pub mse: f64,
+    pub l0: f64,
+    pub dead: usize,
+    pub n_samples: usize,
+    /// Per latent: share of samples where it fires, mean activation when firing.
+    pub frequency: Vec<f64>,
+    pub mean_activation: Vec<f64>,
+    pub threshold: Option<Vec<f64>>,
+    /// Per latent: up to `top_tokens` (token id, max activation), distinct tokens.
+    pub top_tokens: Vec<Vec<(u32, f32)>>,
+    /// Per-sample L0.
+    #[serde(skip)]
+    pub support: Vec<f64>,
+    pub ce: Option<CeResult>,
+    pub atoms: Option<AtomStats>,
+}
+
+/// R², MSE, L0, frequencies and top tokens of `sae` on row-major `[N, d]` samples.
+pub fn reconstruction_metrics(
+    sae: &Sae,
+    label: &str,
+    acts: &[f32],
+    tokens: &[u32],
+    top_k_tokens: usize,
+) -> Result<SaeEval> {
+    let d = sae.d_in();
+    let n_lat = sae.d_sae();
+    let n = acts.len() / d;
+    let mut mean = vec![0f64; d];
+    for row in acts.chunks(d) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += v as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n.max(1) as f64);
+    let (mut sse, mut sst) = (0f64, 0f64);
+    let mut fires = vec![0u64; n_lat];
+    let mut sums = vec![0f64; n_lat];
+    let mut top: Vec<Vec<(u32, f32)>> = vec![vec![]; n_lat];
+    let mut support = Vec::with_capacity(n);
+    let dev = sae.device().clone();
+    let chunk = 2048;
+    for (c, block) in acts.chunks(chunk * d).enumerate() {
+        let rows = block.len() / d;
+        let x = Tensor::from_slice(block, (rows, d), &dev)?;
+        let z = sae.encode(&x)?;
+        let xh = sae.decode(&z)?;
+        sse += (xh - &x)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        for row in block.chunks(d) {
+            for (&v, m) in row.iter().zip(&mean) {
+                sst += (v as f64 - m) * (v as f64 - m);
+            }
+        }
+        let zv: Vec<f32> = z.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+        for r in 0..rows {
+            let tok = tokens.get(c * chunk + r).copied().unwrap_or(0);
+            let mut l0 = 0usize;
+            for (j, &v) in zv[r * n_lat..(r + 1) * n_lat].iter().enumerate() {
+                if v > 0.0 {
+                    l0 += 1;
+                    fires[j] += 1;
+                    sums[j] += v as f64;
+                    if top_k_tokens > 0 {
+                        push_top(&mut top[j], tok, v, top_k_tokens);
+                    }
+                }
+            }
+            support.push(l0 as f64);
+        }
+    }
+    let layer = sae
+        .hook_name()
+        .and_then(|h| h.parse::<HookPoint>().ok())
+        .and_then(|p| p.layer());
+    Ok(SaeEval {
+        label: label.to_string(),
+        kind: sae.kind,
+        layer,
+        dict_size: n_lat,
+        r2: if sst > 0.0 { 1.0 - sse / sst } else { f64::NAN },
+        mse: sse / (n.max(1) * d) as f64,
+        l0: support.iter().sum::<f64>() / n.max(1) as f64,
+        dead: fires.iter().filter(|&&f| f == 0).count(),
+        n_samples: n,
+        frequency: fires.iter().map(|&f| f as f64 / n.max(1) as f64).collect(),
+        mean_activation: fires
+            .iter()
+            .zip(&sums)
+            .map(|(&f, &s)| if f > 0 { s / f as f64 } else { 0.0 })
+            .collect(),
+        threshold: sae
+            .threshold
+            .as_ref()
+            .map(|t| -> Result<Vec<f64>> {
+                Ok(t.to_dtype(DType::F64)?.to_device(&Device::Cpu)?.to_vec1()?)
+            })
+            .transpose()?,
+        top_tokens: top,
+        support,
+        ce: None,
+        atoms: None,
+    })
+}
+
+fn push_top(list: &mut Vec<(u32, f32)>, tok: u32, v: f32, k: usize) {
+    if let Some(e) = list.iter_mut().find(|e| e.0 == tok) {
+        if v > e.1 {
+            e.1 = v;
+        }
+    } else if list.len() < k {
+        list.push((tok, v));
+    } else if let Some((i, _)) = list
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
+    {
+        if v > list[i].1 {
+            list[i] = (tok, v);
+        }
+    } else {
+        return;
+    }
+    list.sort_by(|a, b| b.1.total_cmp(&a.1));
+}
+
+/// Mean next-token CE over masked positions and, against `clean_logp`, the mean KL.
+fn ce_and_kl(
+    logits: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+    clean_logp: Option<&Tensor>,
+) -> Result<(f64, f64, Tensor)> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let nll = logp
+        .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
+        .squeeze(D::Minus1)?
+        .neg()?;
+    let ce = (nll * mask)?.sum_all()?.to_scalar::<f32>()? as f64;
+    let kl = match clean_logp {
+        Some(c) => {
+            let per = (c.exp()? * (c - &logp)?)?.sum(D::Minus1)?;
+            (per * mask)?.sum_all()?.to_scalar::<f32>()? as f64
+        }
+        None => 0.0,
+    };
+    Ok((ce, kl, logp))
+}
+
+/// CE-loss recovered and KL of each SAE at `point` over token windows (each starting with BOS
+/// when `bos` is given).
+pub fn ce_recovered(
+    model: &Model,
+    saes: &[&Sae],
+    point: HookPoint,
+    windows: &[Vec<u32>],
+    has_bos: bool,
+    batch_size: usize,
+    progress: &Progress,
+) -> Result<Vec<CeResult>> {
+    let (mut clean, mut zero, mut n_pos) = (0f64, 0f64, 0usize);
+    let mut sae_ce = vec![0f64; saes.len()];
+    let mut sae_kl = vec![0f64; saes.len()];
+    let bar = progress.bar(windows.len() as u64, "CE / KL with spliced SAEs");
+    for rows in windows.chunks(batch_size.max(1)) {
+        let batch = Batch::new(rows, model.pad_id())?;
+        let (b, t) = (batch.len(), batch.seq_len);
+        if t < 2 {
+            continue;
+        }
+        // Positions whose activation is replaced, and whose predictions are scored.
+        let mut m = vec![0f32; b * t];
+        for (r, &pad) in batch.pad_left.iter().enumerate() {
+            let first = pad + usize::from(has_bos);
+            for p in first..t {
+                m[r * t + p] = 1.0;
+            }
+        }
+        let dev = model.device.clone();
+        let splice = Tensor::from_vec(m.clone(), (b, t, 1), &dev)?;
+        // Scored predictions: positions p < t − 1 (target is token p + 1).
+        let score_mask = Tensor::from_vec(m, (b, t), &dev)?.narrow(1, 0, t - 1)?;
+        n_pos += score_mask.sum_all()?.to_scalar::<f32>()? as usize;
+        let ids = batch.tokens_tensor(&dev)?;
+        let targets = ids.narrow(1, 1, t - 1)?.contiguous()?;
+        let mut hooks = Hooks::capture_points(&[point]);
+        let logits = model.forward(&batch, &mut hooks)?;
+        let act = hooks.cache.expect(point)?.clone();
+        let lg = logits.narrow(1, 0, t - 1)?;
+        let (c, _, clean_logp) = ce_and_kl(&lg, &targets, &score_mask, None)?;
+        clean += c;
+        let keep = (1.0 - &splice)?;
+        let run = |value: Tensor| -> Result<Tensor> {
+            let mut hooks = Hooks::none().with(Intervention::new(point, Edit::Patch { value }));
+            let l = model.forward(&batch, &mut hooks)?;
+            Ok(l.narrow(1, 0, t - 1)?)
+        };
+        let zl = run(act.broadcast_mul(&keep)?)?;
+        zero += ce_and_kl(&zl, &targets, &score_mask, None)?.0;
+        for (i, sae) in saes.iter().enumerate() {
+            let rec = sae
+                .reconstruct(&act.to_device(sae.device())?)?
+                .to_device(&dev)?
+                .to_dtype(act.dtype())?;
+            let value = (act.broadcast_mul(&keep)? + rec.broadcast_mul(&splice)?)?;
+            let sl = run(value)?;
+            let (ce, kl, _) = ce_and_kl(&sl, &targets, &score_mask, Some(&clean_logp))?;
+            sae_ce[i] += ce;
+            sae_kl[i] += kl;
+        }
+        bar.inc(rows.len() as u64);
+    }
+    bar.finish();
+    let np = n_pos.max(1) as f64;
+    let (clean, zero) = (clean / np, zero / np);
+    Ok(sae_ce
+        .iter()
+        .zip(&sae_kl)
+        .map(|(&ce, &kl)| {
+            let ce = ce / np;
+            CeResult {
+                ce_clean: clean,
+                ce_zero: zero,
+                ce_sae: ce,
+                ce_recovered: (zero - ce) / (zero - clean),
+                kl: kl / np,
+                positions: n_pos,
+            }
+        })
+        .collect())
+}
+
+/// The evaluation of several SAEs on one store.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub hook: String,
+    pub layer: Option<usize>,
+    pub d: usize,
+    pub saes: Vec<SaeEval>,
+    /// The standard basis (neurons) under the same geometry.
+    pub neurons: Option<AtomStats>,
+    pub notes: Vec<String>,
+}
+
+/// Windows of `context` tokens (BOS first when `bos`) from documents `docs`.
+pub fn windows(docs: &[Vec<u32>], context: usize, bos: Option<u32>, max: usize) -> Vec<Vec<u32>> {
+    let body = context.saturating_sub(usize::from(bos.is_some())).max(1);
+    let mut out = vec![];
+    for d in docs {
+        for w in d.chunks(body) {
+            if out.len() >= max {
+                return out;
+            }
+            if w.len() < 2 {
+                continue;
+            }
+            let mut row: Vec<u32> = bos.into_iter().collect();
+            row.extend_from_slice(w);
+            out.push(row);
+        }
+    }
+    out
+}
+
+/// Evaluate `saes` (label, SAE) on the store; with `model` and token documents, also CE / KL.
+pub fn evaluate(
+    saes: &[(String, Sae)],
+    store: &ActivationStore,
+    model: Option<(&Model, &[Vec<u32>])>,
+    params: &EvalParams,
+    progress: &Progress,
+) -> Result<EvalReport> {
+    let d = store.d();
+    let (_, eval_shards) = store.split(params.eval_shards);
+    let (acts, toks) = store.sample(&eval_shards, params.max_samples)?;
+    let mut notes = vec![format!(
+        "evaluation: {} samples from shards {:?}",
+        toks.len(),
+        eval_shards
+    )];
+    let mut out = vec![];
+    for (label, sae) in saes {
+        if sae.d_in() != d {
+            crate::bail!("SAE `{label}` has d_in {} but the store has d {d}", sae.d_in());
+        }
+        out.push(reconstruction_metrics(
+            sae,
+            label,
+            &acts,
+            &toks,
+            params.top_tokens,
+        )?);
+    }
+    // Atoms: S̃ from up to atom_samples activations of every shard.
+    let all: Vec<usize> = (0..store.n_shards()).collect();
+    let (sample, _) = store.sample(&all, params.atom_samples)?;
+    notes.push(format!(
+        "S̃ from {} activations, ridge {} × tr/d",
+        sample.len() / d.max(1),
+        params.ridge
+    ));
+    let s = atoms::second_moment_inverse(&sample, d, params.ridge)?;
+    for (e, (_, sae)) in out.iter_mut().zip(saes) {
+        e.atoms = Some(atoms::atom_stats(
+            &e.label,
+            &sae.w_dec.to_device(&Device::Cpu)?,
+            &e.support,
+            &s,
+        )?);
+    }
+    let eval_sample_len = acts.len().min(params.max_samples * d);
+    let neurons = Some(atoms::neuron_stats(&acts[..eval_sample_len], d, &s)?);
+    let point: Option<HookPoint> = store.meta.hook.parse().ok();
+    if let (Some((model, docs)), Some(point)) = (model, point) {
+        let bos = model.tokenizer.as_ref().and_then(|t| {
+            t.bos_id
+                .filter(|&b| model.encode("a").ok().and_then(|v| v.first().copied()) == Some(b))
+        });
+        let w = windows(docs, params.ce_context, bos, params.ce_docs.max(1) * 4);
+        let w: Vec<Vec<u32>> = w.into_iter().take(params.ce_docs.max(1) * 2).collect();
+        notes.push(format!(
+            "CE / KL over {} windows of ≤ {} tokens",
+            w.len(),
+            params.ce_context
+        ));
+        let refs: Vec<&Sae> = saes.iter().map(|(_, s)| s).collect();
+        let ce = ce_recovered(
+            model,
+            &refs,
+            point,
+            &w,
+            bos.is_some(),
+            params.ce_batch,
+            progress,
+        )?;
+        for (e, c) in out.iter_mut().zip(ce) {
+            e.ce = Some(c);
+        }
+    }
+    Ok(EvalReport {
+        hook: store.meta.hook.clone(),
+        layer: point.and_then(|p| p.layer()),
+        d,
+        saes: out,
+        neurons,
+        notes,
+    })
+}
+
+/// Write `metrics.parquet`, `atoms.parquet`, `coherence.parquet` and the charts into `dir`.
+pub fn write_outputs(
+    r: &EvalReport,
+    token_text: &dyn Fn(u32) -> String,
+    dir: &Path,
+) -> Result<Vec<String>> {
+    use crate::report::chart::{BarChart, Histogram, LineChart, Series};
+    use crate::report::table::{write_parquet, Table};
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    let mut files = vec![];
+    let names = |v: Vec<std::path::PathBuf>| -> Vec<String> {
+        v.iter()
+            .filter_map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+            .collect()
+    };
+    // metrics.parquet: one row per SAE, then the neurons.
+    let mut kind = vec![];
+    let mut label = vec![];
+    let mut layer = vec![];
+    let mut dict = vec![];
+    let (mut r2, mut mse, mut l0, mut dead) = (vec![], vec![], vec![], vec![]);
+    let (mut cer, mut kl, mut qs, mut coh) = (vec![], vec![], vec![], vec![]);
+    let (mut qse, mut cohe, mut ce_clean, mut ce_sae, mut ce_zero) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for e in &r.saes {
+        kind.push(e.kind.name().to_string());
+        label.push(e.label.clone());
+        layer.push(e.layer.map(|l| l as u32));
+        dict.push(e.dict_size as u32);
+        r2.push(e.r2);
+        mse.push(e.mse);
+        l0.push(e.l0);
+        dead.push(e.dead as u32);
+        cer.push(e.ce.as_ref().map(|c| c.ce_recovered));
+        kl.push(e.ce.as_ref().map(|c| c.kl));
+        ce_clean.push(e.ce.as_ref().map(|c| c.ce_clean));
+        ce_sae.push(e.ce.as_ref().map(|c| c.ce_sae));
+        ce_zero.push(e.ce.as_ref().map(|c| c.ce_zero));
+        qs.push(e.atoms.as_ref().map(|a| a.q_star));
+        coh.push(e.atoms.as_ref().map(|a| a.coherence));
+        qse.push(e.atoms.as_ref().map(|a| a.q_star_euclid));
+        cohe.push(e.atoms.as_ref().map(|a| a.coherence_euclid));
+    }
+    if let Some(n) = &r.neurons {
+        kind.push("neurons".into());
+        label.push("neurons".into());
+        layer.push(r.layer.map(|l| l as u32));
+        dict.push(r.d as u32);
+        r2.push(1.0);
+        mse.push(0.0);
+        l0.push(n.mean_support);
+        dead.push(0);
+        cer.push(None);
+        kl.push(None);
+        ce_clean.push(None);
+        ce_sae.push(None);
+        ce_zero.push(None);
+        qs.push(Some(n.q_star));
+        coh.push(Some(n.coherence));
+        qse.push(Some(n.q_star_euclid));
+        cohe.push(Some(n.coherence_euclid));
+    }
+    let mut df = Table::new()
+        .col("kind", kind.clone())
+        .col("label", label.clone())
+        .col("layer", layer)
+        .col("dict_size", dict)
+        .col("r2", r2.clone())
+        .col("mse", mse)
+        .col("l0", l0.clone())
+        .col("dead", dead)
+        .col("ce_recovered", cer)
+        .col("kl", kl)
+        .col("q_star", qs.clone())
+        .col("coherence", coh)
+        .col("q_star_euclid", qse)
+        .col("coherence_euclid", cohe)
+        .col("ce_clean", ce_clean)
+        .col("ce_sae", ce_sae)
+        .col("ce_zero_ablation", ce_zero)
+        .build()?;
+    write_parquet(&mut df, &dir.join("metrics.parquet"))?;
+    files.push("metrics.parquet".into());
+
+    // atoms.parquet: one row per latent per SAE.
+    let (mut k, mut lab, mut lat, mut fr, mut ma, mut th, mut tt, mut ca, mut cu) = (
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+    );
+    for e in &r.saes {
+        for i in 0..e.dict_size {
+            k.push(e.kind.name().to_string());
+            lab.push(e.label.clone());
+            lat.push(i as u32);
+            fr.push(e.frequency[i]);
+            ma.push(e.mean_activation[i]);
+            th.push(e.threshold.as_ref().map(|t| t[i]));
+            tt.push(
+                e.top_tokens[i]
+                    .iter()
+                    .map(|(t, v)| format!("{}:{v:.2}", token_text(*t)))
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+            );
+            ca.push(e.atoms.as_ref().map(|a| a.per_atom_aip[i]));
+            cu.push(e.atoms.as_ref().map(|a| a.per_atom_euclid[i]));
+        }
+    }
+    let mut df = Table::new()
+        .col("kind", k)
+        .col("label", lab)
+        .col("latent", lat)
+        .col("frequency", fr)
+        .col("mean_activation", ma)
+        .col("threshold", th)
+        .col("top_tokens", tt)
+        .col("coherence_aip", ca)
+        .col("coherence_euclid", cu)
+        .build()?;
+    write_parquet(&mut df, &dir.join("atoms.parquet"))?;
+    files.push("atoms.parquet".into());
+
+    // Charts.
+    let mut series: Vec<Series> = vec![];
+    for kd in SaeKind::ALL {
+        let pts: Vec<(f64, f64)> = r
+            .saes
+            .iter()
+            .filter(|e| e.kind == kd)
+            .map(|e| (e.l0, e.r2))
+            .collect();
+        if !pts.is_empty() {
+            let mut pts = pts;
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            series.push(Series::new(kd.name(), pts));
+        }
+    }
+    if !series.is_empty() {
+        files.extend(names(
+            LineChart {
+                title: format!("Faithfulness vs sparsity ({})", r.hook),
+                x_label: "L0 (active latents per token)".into(),
+                y_label: "R²".into(),
+                series,
+            }
+            .save(dir, "r2_vs_l0")?,
+        ));
+    }
+    let cats: Vec<String> = label
+        .iter()
+        .zip(&kind)
+        .map(|(l, k)| if l == k { k.clone() } else { format!("{l} ({k})") })
+        .collect();
+    files.extend(names(
+        BarChart {
+            title: "Uniqueness quantile q* (μ_q < 1/(2K_q − 1), AIP geometry)".into(),
+            x_label: "dictionary".into(),
+            y_label: "q*".into(),
+            categories: cats,
+            groups: vec![(
+                "q*".into(),
+                qs.iter().map(|q| q.unwrap_or(f64::NAN)).collect(),
+            )],
+        }
+        .save(dir, "q_star")?,
+    ));
+    let mut hs: Vec<(String, Vec<f64>)> = vec![];
+    for e in &r.saes {
+        if let Some(a) = &e.atoms {
+            hs.push((format!("{} Euclidean", e.label), a.per_atom_euclid.clone()));
+            hs.push((format!("{} AIP", e.label), a.per_atom_aip.clone()));
+        }
+    }
+    if let Some(n) = &r.neurons {
+        hs.push(("neurons AIP".into(), n.per_atom_aip.clone()));
+    }
+    if !hs.is_empty() {
+        files.extend(names(
+            Histogram {
+                title: "Per-atom coherence max_j |⟨a_i, a_j⟩|: Euclidean vs AIP".into(),
+                x_label: "coherence".into(),
+                series: hs,
+                bins: 50,
+                log_y: true,
+            }
+            .save(dir, "coherence_hist")?,
+        ));
+    }
+    let fh: Vec<(String, Vec<f64>)> = r
+        .saes
+        .iter()
+        .map(|e| {
+            (
+                e.label.clone(),
+                e.frequency
+                    .iter()
+                    .map(|&f| if f > 0.0 { f.log10() } else { -7.0 })
+                    .collect(),
+            )
+        })
+        .collect();
+    if !fh.is_empty() {
+        files.extend(names(
+            Histogram {
+                title: "Latent activation frequency (dead latents at −7)".into(),
+                x_label: "log10 frequency".into(),
+                series: fh,
+                bins: 50,
+                log_y: false,
+            }
+            .save(dir, "frequency_hist")?,
+        ));
+    }
+    let text = serde_json::to_string_pretty(&serde_json::json!({
+        "hook": r.hook,
+        "notes": r.notes,
+        "saes": r.saes.iter().map(|e| serde_json::json!({
+            "label": e.label, "kind": e.kind, "r2": e.r2, "mse": e.mse, "l0": e.l0,
+            "dead": e.dead, "ce": e.ce, "q_star": e.atoms.as_ref().map(|a| a.q_star),
+            "coherence": e.atoms.as_ref().map(|a| a.coherence),
+        })).collect::<Vec<_>>(),
+        "neurons": r.neurons.as_ref().map(|n| serde_json::json!({
+            "q_star": n.q_star, "coherence": n.coherence, "mean_support": n.mean_support})),
+    }))
+    .map_err(|e| crate::Error::msg(format!("summary.json: {e}")))?;
+    crate::report::write_atomic(&dir.join("summary.json"), text.as_bytes())?;
+    files.push("summary.json".into());
+    Ok(files)
+}

@@ -1,0 +1,567 @@
+//! The activation store: activations of one hook point over a corpus, streamed to disk in
+//! safetensors shards, shuffled, resumable.
+//!
+//! Layout of a store directory:
+//! - `store.json`: model, hook, d, counts, the shard list and `next_doc` (see [`StoreMeta`]);
+//!   rewritten atomically after every round, so a killed run loses at most one round.
+//! - `shard_00000.safetensors`, ...: `activations [n, d]` (f32) and `tokens [n]` (u32, the token
+//!   at each position, for top-token tables).
+//!
+//! Shuffling: documents are consumed in *rounds*; a round fills a buffer of
+//! `shard_size × shards_per_round` activations (BOS and pad positions excluded), shuffles it with
+//! a generator seeded by `(seed, round)`, and writes it as `shards_per_round` shards. Activations
+//! are therefore mixed across the shards of a round (across hundreds of documents), and a resumed
+//! collection produces byte-identical shards to a single pass. The reader ([`StoreReader`])
+//! shuffles again across a pool of shards while it yields minibatches.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::hooks::{HookPoint, Hooks};
+use crate::model::{Batch, LogitsAt, Model, RunOptions};
+use crate::progress::Progress;
+use crate::{Error, Result};
+
+/// One shard of a store.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ShardInfo {
+    pub file: String,
+    pub n: usize,
+}
+
+/// `store.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StoreMeta {
+    pub model: String,
+    pub hook: String,
+    pub d: usize,
+    pub shard_size: usize,
+    pub shards_per_round: usize,
+    pub seed: u64,
+    /// Tokens per forward window (BOS included).
+    pub context: usize,
+    /// The number of activations asked for.
+    pub target_tokens: usize,
+    /// Activations written so far.
+    pub n_tokens: usize,
+    /// Documents consumed so far (the next round starts here).
+    pub next_doc: usize,
+    pub rounds: usize,
+    pub shards: Vec<ShardInfo>,
+    /// True once `target_tokens` are written or the corpus is exhausted.
+    pub complete: bool,
+    #[serde(default)]
+    pub corpus: String,
+}
+
+impl StoreMeta {
+    pub fn new(model: &str, hook: &str, d: usize) -> Self {
+        StoreMeta {
+            model: model.into(),
+            hook: hook.into(),
+            d,
+            shard_size: 16384,
+            shards_per_round: 4,
+            seed: 0,
+            context: 256,
+            target_tokens: 200_000,
+            n_tokens: 0,
+            next_doc: 0,
+            rounds: 0,
+            shards: vec![],
+            complete: false,
+            corpus: String::new(),
+        }
+    }
+
+    /// Whether `other` describes the same collection (ignoring progress fields).
+    fn same_setup(&self, other: &StoreMeta) -> bool {
+        self.model == other.model
+            && self.hook == other.hook
+            && self.d == other.d
+            && self.shard_size == other.shard_size
+            && self.shards_per_round == other.shards_per_round
+            && self.seed == other.seed
+            && self.context == other.context
+            && self.corpus == other.corpus
+    }
+}
+
+/// An activation store on disk.
+#[derive(Clone, Debug)]
+pub struct ActivationStore {
+    pub dir: PathBuf,
+    pub meta: StoreMeta,
+}
+
+impl ActivationStore {
+    /// Open an existing store.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let p = dir.join("store.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let meta: StoreMeta =
+            serde_json::from_str(&text).map_err(|e| Error::msg(format!("{}: {e}", p.display())))?;
+        Ok(ActivationStore {
+            dir: dir.to_path_buf(),
+            meta,
+        })
+    }
+
+    /// Open the store in `dir` to continue it if it was made with the same settings, else start
+    /// a new one (an existing store with other settings is an error). A larger `target_tokens`
+    /// re-opens a completed store.
+    pub fn create_or_resume(dir: &Path, meta: StoreMeta) -> Result<Self> {
+        if dir.join("store.json").is_file() {
+            let mut s = Self::open(dir)?;
+            if !s.meta.same_setup(&meta) {
+                crate::bail!(
+                    "{}: a store with other settings exists (model {}, hook {}, seed {}); use a new --out",
+                    dir.display(),
+                    s.meta.model,
+                    s.meta.hook,
+                    s.meta.seed
+                );
+            }
+            if meta.target_tokens > s.meta.target_tokens {
+                s.meta.target_tokens = meta.target_tokens;
+                s.meta.complete = false;
+            }
+            return Ok(s);
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let s = ActivationStore {
+            dir: dir.to_path_buf(),
+            meta: StoreMeta {
+                n_tokens: 0,
+                next_doc: 0,
+                rounds: 0,
+                shards: vec![],
+                complete: false,
+                ..meta
+            },
+        };
+        s.write_meta()?;
+        Ok(s)
+    }
+
+    fn write_meta(&self) -> Result<()> {
+        let text = serde_json::to_string_pretty(&self.meta)
+            .map_err(|e| Error::msg(format!("store.json: {e}")))?;
+        crate::report::write_atomic(&self.dir.join("store.json"), text.as_bytes())
+    }
+
+    pub fn d(&self) -> usize {
+        self.meta.d
+    }
+
+    pub fn n_shards(&self) -> usize {
+        self.meta.shards.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.meta.n_tokens
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.meta.n_tokens == 0
+    }
+
+    /// Shuffle one round's activations (seeded by `(seed, round)`), write its shards and record
+    /// them with `next_doc`. `acts` is `[n, d]` row-major, `tokens` `[n]`.
+    pub fn write_round(&mut self, acts: Vec<f32>, tokens: Vec<u32>, next_doc: usize) -> Result<()> {
+        let d = self.meta.d;
+        let n = tokens.len();
+        if acts.len() != n * d {
+            crate::bail!("write_round: {} values for {n} rows of d = {d}", acts.len());
+        }
+        let mut perm: Vec<usize> = (0..n).collect();
+        let mut rng = StdRng::seed_from_u64(
+            self.meta
+                .seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(self.meta.rounds as u64),
+        );
+        perm.shuffle(&mut rng);
+        let per = n.div_ceil(self.meta.shards_per_round.max(1)).max(1);
+        for chunk in perm.chunks(per) {
+            let idx = self.meta.shards.len();
+            let file = format!("shard_{idx:05}.safetensors");
+            let mut a = Vec::with_capacity(chunk.len() * d);
+            let mut t = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                a.extend_from_slice(&acts[i * d..(i + 1) * d]);
+                t.push(tokens[i]);
+            }
+            let at = Tensor::from_vec(a, (chunk.len(), d), &Device::Cpu)?;
+            let tt = Tensor::from_vec(t, chunk.len(), &Device::Cpu)?;
+            let path = self.dir.join(&file);
+            crate::report::write_atomic_path(&path, |tmp| {
+                candle_core::safetensors::save(
+                    &[("activations".to_string(), at), ("tokens".to_string(), tt)]
+                        .into_iter()
+                        .collect::<std::collections::HashMap<_, _>>(),
+                    tmp,
+                )?;
+                Ok(())
+            })?;
+            self.meta.shards.push(ShardInfo {
+                file,
+                n: chunk.len(),
+            });
+        }
+        self.meta.n_tokens += n;
+        self.meta.next_doc = next_doc;
+        self.meta.rounds += 1;
+        self.write_meta()
+    }
+
+    /// Mark the store complete.
+    pub fn finish(&mut self) -> Result<()> {
+        self.meta.complete = true;
+        self.write_meta()
+    }
+
+    /// Read shard `i`: activations `[n, d]` row-major and tokens.
+    pub fn read_shard(&self, i: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+        let info = self
+            .meta
+            .shards
+            .get(i)
+            .ok_or_else(|| Error::msg(format!("shard {i} out of range")))?;
+        let path = self.dir.join(&info.file);
+        let mut t = candle_core::safetensors::load(&path, &Device::Cpu)
+            .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+        let a = t
+            .remove("activations")
+            .ok_or_else(|| Error::MissingTensor(format!("activations in {}", path.display())))?;
+        let toks = t
+            .remove("tokens")
+            .ok_or_else(|| Error::MissingTensor(format!("tokens in {}", path.display())))?;
+        let a: Vec<f32> = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let toks: Vec<u32> = toks.to_vec1()?;
+        if a.len() != info.n * self.meta.d || toks.len() != info.n {
+            crate::bail!("{}: expected {} rows", path.display(), info.n);
+        }
+        Ok((a, toks))
+    }
+
+    /// Up to `max` activations (and their tokens) from `shards`, in shard order (shards are
+    /// already shuffled, so a prefix is a random sample).
+    pub fn sample(&self, shards: &[usize], max: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+        let d = self.meta.d;
+        let (mut a, mut t) = (vec![], vec![]);
+        for &i in shards {
+            if t.len() >= max {
+                break;
+            }
+            let (sa, st) = self.read_shard(i)?;
+            let take = (max - t.len()).min(st.len());
+            a.extend_from_slice(&sa[..take * d]);
+            t.extend_from_slice(&st[..take]);
+        }
+        Ok((a, t))
+    }
+
+    /// Split shard indices into (train, eval): the last `eval_shards` shards are held out when
+    /// the store has more shards than that, else everything is used for both.
+    pub fn split(&self, eval_shards: usize) -> (Vec<usize>, Vec<usize>) {
+        let n = self.n_shards();
+        if eval_shards == 0 || n <= eval_shards {
+            return ((0..n).collect(), (0..n).collect());
+        }
+        (
+            (0..n - eval_shards).collect(),
+            (n - eval_shards..n).collect(),
+        )
+    }
+
+    /// A reader of shuffled minibatches over `shards`.
+    pub fn reader(&self, shards: Vec<usize>, batch_size: usize, seed: u64) -> StoreReader<'_> {
+        StoreReader {
+            store: self,
+            shards,
+            batch_size,
+            rng: StdRng::seed_from_u64(seed),
+            order: vec![],
+            pool: vec![],
+            pool_rows: 0,
+            pool_shards: 2,
+            epoch: 0,
+        }
+    }
+}
+
+/// Shuffled minibatches over a set of shards, forever (epoch after epoch). Memory holds at most
+/// `pool_shards + 1` shards: each new shard is appended to a pool that is reshuffled, and
+/// batches are drawn from the pool while it holds more than `pool_shards − 1` shards' worth.
+pub struct StoreReader<'a> {
+    store: &'a ActivationStore,
+    shards: Vec<usize>,
+    batch_size: usize,
+    rng: StdRng,
+    order: Vec<usize>,
+    pool: Vec<f32>,
+    pool_rows: usize,
+    /// Number of shards mixed in the pool.
+    pub pool_shards: usize,
+    /// Completed passes over the shards.
+    pub epoch: usize,
+}
+
+impl StoreReader<'_> {
+    fn refill(&mut self) -> Result<()> {
+        let d = self.store.meta.d;
+        if self.order.is_empty() {
+            if self.shards.is_empty() {
+                crate::bail!("the activation store has no shards");
+            }
+            self.order = self.shards.clone();
+            self.order.shuffle(&mut self.rng);
+            self.epoch += 1;
+        }
+        let i = self.order.pop().unwrap_or(0);
+        let (a, _) = self.store.read_shard(i)?;
+        self.pool.extend_from_slice(&a);
+        self.pool_rows += a.len() / d;
+        // Shuffle the pool rows in place (Fisher–Yates on rows).
+        use rand::Rng;
+        for r in (1..self.pool_rows).rev() {
+            let j = self.rng.random_range(0..=r);
+            if j != r {
+                for c in 0..d {
+                    self.pool.swap(r * d + c, j * d + c);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next minibatch `[batch_size, d]` (row-major).
+    pub fn next_batch(&mut self) -> Result<Vec<f32>> {
+        let d = self.store.meta.d;
+        let shard = self
+            .store
+            .meta
+            .shards
+            .iter()
+            .map(|s| s.n)
+            .max()
+            .unwrap_or(1);
+        let low = (self.pool_shards.saturating_sub(1) * shard).max(self.batch_size);
+        while self.pool_rows < low + self.batch_size {
+            self.refill()?;
+            if self.shards.len() == 1 && self.pool_rows >= self.batch_size {
+                break;
+            }
+        }
+        let b = self.batch_size;
+        let start = (self.pool_rows - b) * d;
+        let out = self.pool.split_off(start);
+        self.pool_rows -= b;
+        Ok(out)
+    }
+
+    /// The next minibatch as a `[batch_size, d]` tensor on `device`.
+    pub fn next_tensor(&mut self, device: &Device) -> Result<Tensor> {
+        let v = self.next_batch()?;
+        Ok(Tensor::from_vec(
+            v,
+            (self.batch_size, self.store.meta.d),
+            device,
+        )?)
+    }
+}
+
+/// Documents to collect from: raw texts (tokenized with the model's tokenizer) or token ids.
+pub enum Docs<'a> {
+    Text(&'a [String]),
+    Tokens(&'a [Vec<u32>]),
+}
+
+impl Docs<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Docs::Text(v) => v.len(),
+            Docs::Tokens(v) => v.len(),
+        }
+    }
+}
+
+/// Settings of a collection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CollectParams {
+    pub hook: String,
+    pub tokens: usize,
+    pub shard_size: usize,
+    pub shards_per_round: usize,
+    pub seed: u64,
+    pub context: usize,
+    /// Windows per forward pass.
+    pub batch: usize,
+    /// Stop after this many new rounds (tests of resumption; `None` = run to the end).
+    pub max_new_rounds: Option<usize>,
+    /// A label of the corpus recorded in `store.json`.
+    pub corpus: String,
+}
+
+impl Default for CollectParams {
+    fn default() -> Self {
+        CollectParams {
+            hook: "blocks.15.hook_resid_post".into(),
+            tokens: 200_000,
+            shard_size: 16384,
+            shards_per_round: 4,
+            seed: 0,
+            context: 256,
+            batch: 8,
+            max_new_rounds: None,
+            corpus: String::new(),
+        }
+    }
+}
+
+/// Collect activations of `params.hook` over `docs` into the store at `dir` (resuming it when
+/// it exists). Each document is split into windows of `context − 1` tokens, each window gets
+/// the model's BOS (when it uses one); BOS and pad positions are not stored.
+pub fn collect(
+    model: &Model,
+    docs: Docs<'_>,
+    params: &CollectParams,
+    dir: &Path,
+    progress: &Progress,
+) -> Result<ActivationStore> {
+    let cfg = model.cfg();
+    let point = HookPoint::parse_for(&params.hook, cfg.n_layers)?;
+    let d = if matches!(
+        point,
+        HookPoint::MlpPre(_) | HookPoint::MlpPreLinear(_) | HookPoint::MlpPost(_)
+    ) {
+        cfg.d_mlp
+    } else {
+        cfg.d_model
+    };
+    if point.layout() != crate::hooks::Layout::Stream {
+        crate::bail!("SAE stores need a [batch, pos, d] hook point, not `{point}`");
+    }
+    let mut meta = StoreMeta::new(&model.source.spec, &params.hook, d);
+    meta.shard_size = params.shard_size.max(1);
+    meta.shards_per_round = params.shards_per_round.max(1);
+    meta.seed = params.seed;
+    meta.context = params.context.max(2);
+    meta.target_tokens = params.tokens;
+    meta.corpus = params.corpus.clone();
+    let mut store = ActivationStore::create_or_resume(dir, meta)?;
+    if store.meta.complete {
+        return Ok(store);
+    }
+    // BOS when the model's tokenizer adds one (or, without a tokenizer, the config's BOS).
+    let bos = match &model.tokenizer {
+        Some(t) => t
+            .bos_id
+            .filter(|&b| model.encode("a").ok().and_then(|v| v.first().copied()) == Some(b)),
+        None => cfg.bos_token_id,
+    };
+    let tokenizer = model.tokenizer.as_ref();
+    let specials: Vec<u32> = tokenizer.map(|t| t.special_ids()).unwrap_or_default();
+    let stop_at = point.layer().map(|l| l + 1);
+    let round_cap = store.meta.shard_size * store.meta.shards_per_round;
+    let bar = progress.bar(store.meta.target_tokens as u64, "collecting activations");
+    bar.inc(store.meta.n_tokens as u64);
+    let mut new_rounds = 0usize;
+    let mut doc = store.meta.next_doc;
+    let n_docs = docs.len();
+    while store.meta.n_tokens < store.meta.target_tokens && doc < n_docs {
+        if params.max_new_rounds.is_some_and(|m| new_rounds >= m) {
+            bar.finish();
+            return Ok(store);
+        }
+        let want = round_cap.min(store.meta.target_tokens - store.meta.n_tokens);
+        let mut acts: Vec<f32> = Vec::with_capacity(want * d);
+        let mut toks: Vec<u32> = Vec::with_capacity(want);
+        // Windows waiting for a forward pass.
+        let mut pending: Vec<Vec<u32>> = vec![];
+        let flush =
+            |pending: &mut Vec<Vec<u32>>, acts: &mut Vec<f32>, toks: &mut Vec<u32>| -> Result<()> {
+                if pending.is_empty() {
+                    return Ok(());
+                }
+                let batch = Batch::new(pending, model.pad_id())?;
+                let mut hooks = Hooks::capture_points(&[point]);
+                model.transformer.forward_with(
+                    &batch,
+                    &mut hooks,
+                    RunOptions {
+                        logits: LogitsAt::None,
+                        stop_at_layer: stop_at,
+                    },
+                )?;
+                let x = hooks.cache.expect(point)?.to_dtype(DType::F32)?;
+                let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                let t = batch.seq_len;
+                for (r, row) in batch.ids.iter().enumerate() {
+                    for (p, &id) in row.iter().enumerate().skip(batch.pad_left[r]) {
+                        if (bos.is_some() && p == batch.pad_left[r])
+                            || specials.binary_search(&id).is_ok()
+                        {
+                            continue;
+                        }
+                        let off = (r * t + p) * d;
+                        acts.extend_from_slice(&x[off..off + d]);
+                        toks.push(id);
+                    }
+                }
+                pending.clear();
+                Ok(())
+            };
+        while toks.len() < want && doc < n_docs {
+            let ids: Vec<u32> = match &docs {
+                Docs::Text(v) => match tokenizer {
+                    Some(t) => t.encode(&v[doc], false)?,
+                    None => crate::bail!("collecting from text needs a tokenizer"),
+                },
+                Docs::Tokens(v) => v[doc].clone(),
+            };
+            doc += 1;
+            let body = store.meta.context - usize::from(bos.is_some());
+            for w in ids.chunks(body.max(1)) {
+                let mut row = Vec::with_capacity(w.len() + 1);
+                if let Some(b) = bos {
+                    row.push(b);
+                }
+                row.extend_from_slice(w);
+                pending.push(row);
+                if pending.len() >= params.batch.max(1) {
+                    let before = toks.len();
+                    flush(&mut pending, &mut acts, &mut toks)?;
+                    bar.inc((toks.len().min(want) - before.min(want)) as u64);
+                }
+            }
+            // A document's last windows go with the next ones, but never across a round.
+            if toks.len() + pending.iter().map(|r| r.len()).sum::<usize>() >= want || doc >= n_docs
+            {
+                let before = toks.len();
+                flush(&mut pending, &mut acts, &mut toks)?;
+                bar.inc((toks.len().min(want) - before.min(want)) as u64);
+            }
+        }
+        let before = toks.len();
+        flush(&mut pending, &mut acts, &mut toks)?;
+        bar.inc((toks.len().min(want) - before.min(want)) as u64);
+        toks.truncate(want);
+        acts.truncate(want * d);
+        if toks.is_empty() {
+            break;
+        }
+        store.write_round(acts, toks, doc)?;
+        new_rounds += 1;
+    }
+    bar.finish();
+    store.finish()?;
+    Ok(store)
+}

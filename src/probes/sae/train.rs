@@ -1,0 +1,478 @@
+//! SAE training with a hand-written backward pass (candle tensor ops, no autograd).
+//!
+//! All three kinds share the data, the budget, the optimiser and the bookkeeping:
+//! - inputs are scaled by one scalar `c` so that E‖c·m‖² = d (estimated on up to 16k training
+//!   activations); `c` is folded into the saved weights;
+//! - pre-activations `p = x·W_enc + b_enc`, latents `z = σ(p)`, reconstruction
+//!   `x̂ = z·W_dec + b_dec`, loss `mean_batch ‖x − x̂‖² + sparsity`;
+//! - `threshold`: σ(p) = p·H(p − τ), τ = exp(log τ) per latent; sparsity λ·Σ H(p − τ) (L0).
+//!   Straight-through estimator (Rajamanoharan et al. 2024) with a rectangle kernel
+//!   K(u) = 1[|u| < ½] of bandwidth ε: ∂σ/∂p = H(p − τ), ∂σ/∂τ = −(τ/ε)·K((p − τ)/ε),
+//!   ∂H/∂τ = −(1/ε)·K((p − τ)/ε), ∂H/∂p = 0;
+//! - `topk`: σ keeps the k largest pre-activations (then ReLU); no sparsity term;
+//! - `relu`: σ = ReLU, sparsity λ₁·Σ z (decoder rows have unit norm, so this is the usual
+//!   λ₁·Σ z_i‖W_dec,i‖);
+//! - Adam (β = 0.9, 0.999), learning rate constant then linearly decayed over the last
+//!   `lr_decay` share of steps, sparsity coefficient warmed up linearly over `sparsity_warmup`;
+//!   the decoder-gradient component parallel to each decoder row is removed before the step and
+//!   the rows are renormalised to unit norm after it;
+//! - seeded initialisation: decoder rows uniform on the sphere (seeded Box–Muller), W_enc = W_decᵀ,
+//!   b_enc = 0, b_dec = the data mean, τ = `init_threshold`;
+//! - dead latents: a latent is dead when it has not fired in the last `dead_after` samples.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, D};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::store::ActivationStore;
+use super::{randn, topk_mask, Sae, SaeKind};
+use crate::progress::Progress;
+use crate::Result;
+
+/// Training settings (defaults are for residual streams of small models).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainParams {
+    pub kind: SaeKind,
+    /// Dictionary size; default `expansion · d`.
+    pub dict_size: Option<usize>,
+    pub expansion: usize,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    /// λ of the L0 penalty (threshold SAEs), in units of the normalised data (E‖x‖² = d).
+    pub l0_coeff: f64,
+    /// k of TopK SAEs.
+    pub k: usize,
+    /// λ₁ of the L1 penalty (ReLU SAEs).
+    pub l1_coeff: f64,
+    /// Bandwidth ε of the STE's rectangle kernel (normalised units).
+    pub bandwidth: f64,
+    /// Initial threshold τ (normalised units).
+    pub init_threshold: f64,
+    /// Share of steps over which the sparsity coefficient ramps up from 0.
+    pub sparsity_warmup: f64,
+    /// Share of the last steps over which the learning rate decays linearly to 0.
+    pub lr_decay: f64,
+    /// A latent is dead after this many samples without firing.
+    pub dead_after: usize,
+    pub seed: u64,
+    /// Shards of the store held out for evaluation (the last ones).
+    pub eval_shards: usize,
+    /// Save a checkpoint every this many steps (0 = never).
+    pub checkpoint_every: usize,
+    /// Log the losses every this many steps.
+    pub log_every: usize,
+    /// Scale inputs so that E‖x‖² = d.
+    pub normalize: bool,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        TrainParams {
+            kind: SaeKind::Threshold,
+            dict_size: None,
+            expansion: 4,
+            steps: 2000,
+            batch_size: 1024,
+            lr: 1e-3,
+            l0_coeff: 0.5,
+            k: 32,
+            l1_coeff: 1.0,
+            bandwidth: 0.05,
+            init_threshold: 0.1,
+            sparsity_warmup: 0.1,
+            lr_decay: 0.2,
+            dead_after: 200_000,
+            seed: 0,
+            eval_shards: 1,
+            checkpoint_every: 0,
+            log_every: 50,
+            normalize: true,
+        }
+    }
+}
+
+/// One logged step.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepLog {
+    pub step: usize,
+    pub loss: f64,
+    pub mse: f64,
+    /// Fraction of variance unexplained of the batch.
+    pub fvu: f64,
+    pub l0: f64,
+    pub dead: usize,
+}
+
+/// What training did.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainReport {
+    pub kind: SaeKind,
+    pub d: usize,
+    pub dict_size: usize,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub seconds: f64,
+    pub steps_per_sec: f64,
+    /// The input scale `c` (E‖c·m‖² = d), folded into the saved weights.
+    pub scale: f64,
+    pub dead: usize,
+    pub log: Vec<StepLog>,
+}
+
+struct Adam {
+    m: Tensor,
+    v: Tensor,
+}
+
+impl Adam {
+    fn new(p: &Tensor) -> Result<Self> {
+        Ok(Adam {
+            m: p.zeros_like()?,
+            v: p.zeros_like()?,
+        })
+    }
+
+    /// p ← p − lr·m̂/(√v̂ + eps), with bias correction folded into `lr_t`.
+    fn step(&mut self, p: &Tensor, g: &Tensor, lr_t: f64) -> Result<Tensor> {
+        const B1: f64 = 0.9;
+        const B2: f64 = 0.999;
+        self.m = ((&self.m * B1)? + (g * (1.0 - B1))?)?;
+        self.v = ((&self.v * B2)? + (g.sqr()? * (1.0 - B2))?)?;
+        let upd = (&self.m / (self.v.sqrt()? + 1e-8)?)?;
+        Ok((p - (upd * lr_t)?)?)
+    }
+}
+
+/// The state of one SAE being trained (normalised units).
+pub struct Trainer {
+    pub params: TrainParams,
+    pub d: usize,
+    pub n: usize,
+    w_enc: Tensor,
+    w_dec: Tensor,
+    b_enc: Tensor,
+    b_dec: Tensor,
+    log_th: Option<Tensor>,
+    opt: Vec<Adam>,
+    pub step: usize,
+    /// Samples since each latent last fired.
+    pub since_fired: Vec<u64>,
+    /// Number of times each latent fired.
+    pub fired: Vec<u64>,
+    pub samples: u64,
+    device: Device,
+}
+
+fn unit_rows(w: &Tensor) -> Result<Tensor> {
+    let norms = (w.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-12)?;
+    Ok(w.broadcast_div(&norms)?)
+}
+
+impl Trainer {
+    /// Seeded initialisation; `mean` (normalised units) initialises b_dec.
+    pub fn new(params: TrainParams, d: usize, mean: &[f32], device: &Device) -> Result<Self> {
+        let n = params.dict_size.unwrap_or(params.expansion * d).max(1);
+        let mut rng = StdRng::seed_from_u64(params.seed);
+        let w_dec = Tensor::from_vec(randn(&mut rng, n * d), (n, d), device)?;
+        let w_dec = unit_rows(&w_dec)?;
+        let w_enc = w_dec.t()?.contiguous()?;
+        let b_enc = Tensor::zeros(n, DType::F32, device)?;
+        let b_dec = Tensor::from_slice(mean, d, device)?;
+        let log_th = (params.kind == SaeKind::Threshold)
+            .then(|| Tensor::full(params.init_threshold.max(1e-6).ln() as f32, n, device))
+            .transpose()?;
+        let mut opt = vec![
+            Adam::new(&w_enc)?,
+            Adam::new(&w_dec)?,
+            Adam::new(&b_enc)?,
+            Adam::new(&b_dec)?,
+        ];
+        if let Some(t) = &log_th {
+            opt.push(Adam::new(t)?);
+        }
+        Ok(Trainer {
+            params,
+            d,
+            n,
+            w_enc,
+            w_dec,
+            b_enc,
+            b_dec,
+            log_th,
+            opt,
+            step: 0,
+            since_fired: vec![0; n],
+            fired: vec![0; n],
+            samples: 0,
+            device: device.clone(),
+        })
+    }
+
+    fn lr_at(&self, step: usize) -> f64 {
+        let p = &self.params;
+        let decay_start = ((1.0 - p.lr_decay) * p.steps as f64) as usize;
+        if p.lr_decay > 0.0 && step >= decay_start && p.steps > decay_start {
+            p.lr * (p.steps - step) as f64 / (p.steps - decay_start) as f64
+        } else {
+            p.lr
+        }
+    }
+
+    fn sparsity_at(&self, step: usize) -> f64 {
+        let p = &self.params;
+        let coeff = match p.kind {
+            SaeKind::Threshold => p.l0_coeff,
+            SaeKind::Relu => p.l1_coeff,
+            SaeKind::TopK => 0.0,
+        };
+        let warm = (p.sparsity_warmup * p.steps as f64).max(1.0);
+        coeff * ((step + 1) as f64 / warm).min(1.0)
+    }
+
+    /// One optimisation step on a normalised batch `x: [B, d]`.
+    pub fn train_step(&mut self, x: &Tensor) -> Result<StepLog> {
+        let (b, _) = x.dims2()?;
+        let bf = b as f64;
+        let lam = self.sparsity_at(self.step);
+        let pre = x.matmul(&self.w_enc)?.broadcast_add(&self.b_enc)?;
+        let pos = pre.gt(0f32)?.to_dtype(DType::F32)?;
+        let th = self.log_th.as_ref().map(|t| t.exp()).transpose()?;
+        let mask = match self.params.kind {
+            SaeKind::Relu => pos,
+            SaeKind::TopK => (topk_mask(&pre, self.params.k)? * pos)?,
+            SaeKind::Threshold => {
+                let th = th.as_ref().expect("threshold");
+                (pre.broadcast_gt(th)?.to_dtype(DType::F32)? * pos)?
+            }
+        };
+        let z = (&pre * &mask)?;
+        let xhat = z.matmul(&self.w_dec)?.broadcast_add(&self.b_dec)?;
+        let r = (xhat - x)?;
+        let sse = r.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        let mse = sse / bf;
+        let var = x
+            .broadcast_sub(&x.mean_keepdim(0)?)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
+        let fired_now: Vec<f32> = mask.sum(0)?.to_vec1()?;
+        let l0 = fired_now.iter().map(|&v| v as f64).sum::<f64>() / bf;
+        // Backward.
+        let g_xhat = (r * (2.0 / bf))?;
+        let mut g_wdec = z.t()?.matmul(&g_xhat)?;
+        let g_bdec = g_xhat.sum(0)?;
+        let g_z = g_xhat.matmul(&self.w_dec.t()?)?;
+        let mut g_pre = (&g_z * &mask)?;
+        let mut penalty = 0.0;
+        let mut g_logth = None;
+        match self.params.kind {
+            SaeKind::Relu => {
+                g_pre = (g_pre + (&mask * (lam / bf))?)?;
+                penalty = lam * z.sum_all()?.to_scalar::<f32>()? as f64 / bf;
+            }
+            SaeKind::TopK => {}
+            SaeKind::Threshold => {
+                let th = th.as_ref().expect("threshold");
+                let eps = self.params.bandwidth;
+                let u = (pre.broadcast_sub(th)? / eps)?;
+                let kern = u.abs()?.lt(0.5f32)?.to_dtype(DType::F32)?;
+                // dL/dτ = −(1/ε) Σ_b K·(g_z·τ + λ/B)
+                let inner = (g_z.broadcast_mul(th)? + lam / bf)?;
+                let g_th = ((kern * inner)?.sum(0)? * (-1.0 / eps))?;
+                g_logth = Some((g_th * th)?);
+                penalty = lam * l0;
+            }
+        }
+        let g_wenc = x.t()?.matmul(&g_pre)?;
+        let g_benc = g_pre.sum(0)?;
+        // Remove the gradient component parallel to each (unit) decoder row.
+        let par = (&g_wdec * &self.w_dec)?.sum_keepdim(1)?;
+        g_wdec = (g_wdec - self.w_dec.broadcast_mul(&par)?)?;
+        // Adam.
+        self.step += 1;
+        let t = self.step as f64;
+        let lr = self.lr_at(self.step - 1);
+        let lr_t = lr * (1.0 - 0.999f64.powf(t)).sqrt() / (1.0 - 0.9f64.powf(t));
+        self.w_enc = self.opt[0].step(&self.w_enc, &g_wenc, lr_t)?;
+        self.w_dec = unit_rows(&self.opt[1].step(&self.w_dec, &g_wdec, lr_t)?)?;
+        self.b_enc = self.opt[2].step(&self.b_enc, &g_benc, lr_t)?;
+        self.b_dec = self.opt[3].step(&self.b_dec, &g_bdec, lr_t)?;
+        if let (Some(lt), Some(g)) = (&self.log_th, &g_logth) {
+            self.log_th = Some(self.opt[4].step(lt, g, lr_t)?);
+        }
+        // Dead-latent bookkeeping.
+        self.samples += b as u64;
+        for (i, &f) in fired_now.iter().enumerate() {
+            if f > 0.0 {
+                self.since_fired[i] = 0;
+                self.fired[i] += f as u64;
+            } else {
+                self.since_fired[i] += b as u64;
+            }
+        }
+        Ok(StepLog {
+            step: self.step,
+            loss: mse + penalty,
+            mse,
+            fvu: if var > 0.0 { sse / var } else { f64::NAN },
+            l0,
+            dead: self.dead(),
+        })
+    }
+
+    /// Latents that have not fired in the last `dead_after` samples (only counted once that
+    /// many samples have been seen).
+    pub fn dead(&self) -> usize {
+        let window = (self.params.dead_after as u64).min(self.samples.max(1));
+        if self.samples < window {
+            return 0;
+        }
+        self.since_fired.iter().filter(|&&s| s >= window).count()
+    }
+
+    /// The SAE in raw units: inputs are scaled by `scale` before encoding, so W_enc·scale and
+    /// (W_dec, b_dec)/scale.
+    pub fn export(&self, scale: f64) -> Result<Sae> {
+        let threshold = self.log_th.as_ref().map(|t| t.exp()).transpose()?;
+        let mut meta = serde_json::Map::new();
+        meta.insert("engram_kind".into(), self.params.kind.name().into());
+        meta.insert(
+            "engram_train".into(),
+            serde_json::to_value(&self.params).unwrap_or_default(),
+        );
+        meta.insert("engram_steps".into(), self.step.into());
+        meta.insert("engram_input_scale".into(), scale.into());
+        Ok(Sae {
+            kind: self.params.kind,
+            w_enc: (&self.w_enc * scale)?,
+            w_dec: (&self.w_dec / scale)?,
+            b_enc: self.b_enc.clone(),
+            b_dec: (&self.b_dec / scale)?,
+            threshold,
+            k: (self.params.kind == SaeKind::TopK).then_some(self.params.k),
+            apply_b_dec_to_input: false,
+            meta,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// The scale `c` with E‖c·m‖² = d and the mean of `c·m`, from row-major `[n, d]` samples.
+pub fn input_scale(sample: &[f32], d: usize) -> (f64, Vec<f32>) {
+    let n = sample.len() / d.max(1);
+    if n == 0 {
+        return (1.0, vec![0.0; d]);
+    }
+    let mut sq = 0f64;
+    let mut mean = vec![0f64; d];
+    for row in sample.chunks(d) {
+        for (j, &v) in row.iter().enumerate() {
+            sq += (v as f64) * (v as f64);
+            mean[j] += v as f64;
+        }
+    }
+    let ms = sq / n as f64;
+    let c = if ms > 0.0 {
+        (d as f64 / ms).sqrt()
+    } else {
+        1.0
+    };
+    (c, mean.iter().map(|m| (m / n as f64 * c) as f32).collect())
+}
+
+/// Train one SAE on the store's training shards; saves it (and checkpoints) under `out` when
+/// given, with `hook_name`, `model_name` and `hook_layer` from the store.
+pub fn train(
+    store: &ActivationStore,
+    params: &TrainParams,
+    out: Option<&Path>,
+    device: &Device,
+    progress: &Progress,
+) -> Result<(Sae, TrainReport)> {
+    let d = store.d();
+    let (train_shards, _) = store.split(params.eval_shards);
+    let (sample, _) = store.sample(&train_shards, 16384)?;
+    let (scale, mean) = if params.normalize {
+        input_scale(&sample, d)
+    } else {
+        let (_, m) = input_scale(&sample, d);
+        let (c, _) = input_scale(&sample, d);
+        (1.0, m.iter().map(|v| (*v as f64 / c) as f32).collect())
+    };
+    let mut trainer = Trainer::new(params.clone(), d, &mean, device)?;
+    let mut reader = store.reader(train_shards, params.batch_size, params.seed ^ 0x5AE);
+    let bar = progress.bar(
+        params.steps as u64,
+        &format!("training {} SAE", params.kind),
+    );
+    let mut log = vec![];
+    let t0 = Instant::now();
+    let mut compute = 0.0;
+    for s in 0..params.steps {
+        let x = reader.next_tensor(device)?;
+        let t1 = Instant::now();
+        let x = if scale != 1.0 { (x * scale)? } else { x };
+        let st = trainer.train_step(&x)?;
+        compute += t1.elapsed().as_secs_f64();
+        if s % params.log_every.max(1) == 0 || s + 1 == params.steps {
+            log.push(st);
+        }
+        if let Some(out) = out {
+            if params.checkpoint_every > 0
+                && (s + 1) % params.checkpoint_every == 0
+                && s + 1 < params.steps
+            {
+                let sae = with_store_meta(trainer.export(scale)?, store);
+                sae.save(&out.join("checkpoints").join(format!("step_{:06}", s + 1)))?;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish();
+    let seconds = t0.elapsed().as_secs_f64();
+    let sae = with_store_meta(trainer.export(scale)?, store);
+    if let Some(out) = out {
+        sae.save(out)?;
+    }
+    let report = TrainReport {
+        kind: params.kind,
+        d,
+        dict_size: trainer.n,
+        steps: params.steps,
+        batch_size: params.batch_size,
+        seconds,
+        steps_per_sec: params.steps as f64 / compute.max(1e-9),
+        scale,
+        dead: trainer.dead(),
+        log,
+    };
+    if let Some(out) = out {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| crate::Error::msg(format!("train_report.json: {e}")))?;
+        crate::report::write_atomic(&out.join("train_report.json"), text.as_bytes())?;
+    }
+    Ok((sae, report))
+}
+
+fn with_store_meta(mut sae: Sae, store: &ActivationStore) -> Sae {
+    let m = &store.meta;
+    sae.meta.insert("hook_name".into(), m.hook.clone().into());
+    sae.meta.insert("model_name".into(), m.model.clone().into());
+    if let Ok(p) = m.hook.parse::<crate::hooks::HookPoint>() {
+        if let Some(l) = p.layer() {
+            sae.meta.insert("hook_layer".into(), l.into());
+        }
+    }
+    sae.meta.insert("context_size".into(), m.context.into());
+    sae.meta.insert("prepend_bos".into(), true.into());
+    sae
+}

@@ -1,0 +1,118 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use engram::model::{Batch, LoadOptions, Model};
+
+pub const ARCHS: &[&str] = &[
+    "llama", "llama2", "mistral", "qwen2", "gemma", "gemma2", "gemma3",
+];
+
+pub fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn load_fixture(name: &str) -> Model {
+    Model::load(fixture_dir(name).to_str().unwrap(), &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("loading fixture {name}: {e}"))
+}
+
+pub fn reference(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        fixture_dir(name).join("reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+pub fn ids_of(t: &Tensor) -> Vec<Vec<u32>> {
+    t.to_dtype(DType::I64)
+        .unwrap()
+        .to_vec2::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.into_iter().map(|x| x as u32).collect())
+        .collect()
+}
+
+/// The fixture's padded batch.
+pub fn reference_batch(r: &HashMap<String, Tensor>) -> Batch {
+    let ids = ids_of(&r["input_ids"]);
+    let mask = ids_of(&r["attention_mask"]);
+    Batch::from_mask(ids, &mask).unwrap()
+}
+
+/// Max |a - b| over rows where the mask is 1 on the given position axis (axis 1 for
+/// [b, pos, ...], axis 2 for [b, head, q, k]).
+pub fn max_err_masked(a: &Tensor, b: &Tensor, batch: &Batch, pos_axis: usize) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    let mut worst = 0f32;
+    for (row, &pad) in batch.pad_left.iter().enumerate() {
+        let t = batch.seq_len;
+        let ar = a
+            .narrow(0, row, 1)
+            .unwrap()
+            .narrow(pos_axis, pad, t - pad)
+            .unwrap();
+        let br = b
+            .narrow(0, row, 1)
+            .unwrap()
+            .narrow(pos_axis, pad, t - pad)
+            .unwrap();
+        let e = (ar - br)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        worst = worst.max(e);
+    }
+    worst
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Real models fetched by scripts/fetch-models.sh; `None` (test skipped, with a message) when
+/// absent, a panic when `ENGRAM_REQUIRE_MODELS=1` (CI fetches them first).
+pub fn real_model(alias: &str) -> Option<Model> {
+    let file = engram::model::source::ALIASES
+        .iter()
+        .find(|a| a.0 == alias)
+        .map(|a| engram::model::source::models_dir().join(a.1))
+        .unwrap();
+    if !file.exists() {
+        if std::env::var("ENGRAM_REQUIRE_MODELS").as_deref() == Ok("1") {
+            panic!("{} is missing and ENGRAM_REQUIRE_MODELS=1", file.display());
+        }
+        eprintln!(
+            "skipping: {} not fetched (scripts/fetch-models.sh)",
+            file.display()
+        );
+        return None;
+    }
+    Some(Model::load(alias, &LoadOptions::default()).unwrap())
+}
