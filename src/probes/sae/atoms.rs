@@ -50,7 +50,9 @@ pub fn second_moment_inverse(samples: &[f32], d: usize, ridge: f64) -> Result<DM
 /// |normalised Gram| of the rows of `atoms` (`[n, d]`) under `s` (None = Euclidean): the
 /// per-atom coherence μ_i = max_{j≠i} |AIP(a_i, a_j)|.
 pub fn per_atom_coherence(atoms: &Tensor, s: Option<&DMatrix<f64>>) -> Result<Vec<f64>> {
-    let atoms = atoms.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?;
+    let atoms = atoms
+        .to_device(&Device::Cpu)?
+        .to_dtype(candle_core::DType::F32)?;
     let (n, d) = atoms.dims2()?;
     let a_s = match s {
         Some(s) => {

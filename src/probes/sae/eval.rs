@@ -360,7 +360,10 @@ pub fn evaluate(
     let mut out = vec![];
     for (label, sae) in saes {
         if sae.d_in() != d {
-            crate::bail!("SAE `{label}` has d_in {} but the store has d {d}", sae.d_in());
+            crate::bail!(
+                "SAE `{label}` has d_in {} but the store has d {d}",
+                sae.d_in()
+            );
         }
         out.push(reconstruction_metrics(
             sae,
@@ -584,7 +587,13 @@ pub fn write_outputs(
     let cats: Vec<String> = label
         .iter()
         .zip(&kind)
-        .map(|(l, k)| if l == k { k.clone() } else { format!("{l} ({k})") })
+        .map(|(l, k)| {
+            if l == k {
+                k.clone()
+            } else {
+                format!("{l} ({k})")
+            }
+        })
         .collect();
     files.extend(names(
         BarChart {

@@ -443,12 +443,7 @@ pub fn cmd_train(
 
 /// Token documents for CE / KL: the corpus documents after those the store consumed (wrapping
 /// around to the start when the corpus is exhausted).
-pub fn held_out_docs(
-    model: &Model,
-    corpus: &Path,
-    skip: usize,
-    n: usize,
-) -> Result<Vec<Vec<u32>>> {
+pub fn held_out_docs(model: &Model, corpus: &Path, skip: usize, n: usize) -> Result<Vec<Vec<u32>>> {
     let docs = crate::data::read_corpus(corpus)?;
     if docs.is_empty() {
         crate::bail!("{}: empty corpus", corpus.display());
