@@ -247,6 +247,70 @@ fn saelens_layout_round_trip() {
     assert!(Sae::load(&dir.path().join("nope"), &dev).is_err());
 }
 
+/// A JumpReLU SAE written by SAELens 6.54 itself (scripts/reference/make_saelens_fixture.py)
+/// loads, and engram's encode / decode reproduce what SAELens computed.
+#[test]
+fn saelens_written_jumprelu_loads_and_matches() {
+    let dev = Device::Cpu;
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/saelens_jumprelu");
+    let sae = Sae::load(&dir, &dev).unwrap();
+    assert_eq!(sae.kind, SaeKind::Threshold);
+    assert!(sae.apply_b_dec_to_input);
+    assert_eq!((sae.d_in(), sae.d_sae()), (16, 48));
+    assert_eq!(sae.hook_name().as_deref(), Some("blocks.1.hook_resid_post"));
+    let e = candle_core::safetensors::load(dir.join("expected.safetensors"), &dev).unwrap();
+    let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    let z = sae.encode(&e["x"]).unwrap();
+    // Same support (the thresholds are not within rounding of any pre-activation) ...
+    let support = |t: &Tensor| -> Vec<f32> {
+        t.gt(0f32)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    assert_eq!(support(&z), support(&e["feature_acts"]));
+    let l0: f32 = support(&z).iter().sum::<f32>() / 32.0;
+    assert!(
+        l0 > 4.0 && l0 < 44.0,
+        "fixture should have partial support, L0 {l0}"
+    );
+    // ... and the same values.
+    assert!(max_diff(&z, &e["feature_acts"]) < 1e-5);
+    let out = sae.reconstruct(&e["x"]).unwrap();
+    assert!(max_diff(&out, &e["sae_out"]) < 1e-5);
+    // Saved again by engram, it is still the same SAE, in SAELens 6's layout.
+    let tmp = tempfile::tempdir().unwrap();
+    sae.save(tmp.path()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("cfg.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["architecture"], "jumprelu");
+    assert_eq!(cfg["apply_b_dec_to_input"], true);
+    assert_eq!(cfg["metadata"]["hook_name"], "blocks.1.hook_resid_post");
+    let again = Sae::load(tmp.path(), &dev).unwrap();
+    assert_eq!(max_diff(&again.reconstruct(&e["x"]).unwrap(), &out), 0.0);
+    // Run-time normalisations engram does not implement are refused with a message.
+    let mut cfg = cfg;
+    cfg["normalize_activations"] = "layer_norm".into();
+    std::fs::write(tmp.path().join("cfg.json"), cfg.to_string()).unwrap();
+    let err = Sae::load(tmp.path(), &dev).unwrap_err().to_string();
+    assert!(err.contains("normalize_activations"), "{err}");
+}
+
 fn fixture_model() -> engram::model::Model {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama");
     engram::model::Model::load(p.to_str().unwrap(), &Default::default()).unwrap()

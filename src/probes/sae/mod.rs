@@ -161,40 +161,34 @@ impl Sae {
         Ok(y.reshape(dims)?.to_dtype(x.dtype())?)
     }
 
-    /// Write `cfg.json` and `sae_weights.safetensors` (SAELens layout) into `dir`.
+    /// Write `cfg.json` and `sae_weights.safetensors` into `dir`, in SAELens 6's layout: the
+    /// config's structural fields at the top level, everything else (hook_name, model_name,
+    /// engram's training settings) under `metadata`. `SAE.load_from_disk` reads it.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let mut cfg = self.meta.clone();
-        let set = |cfg: &mut serde_json::Map<String, serde_json::Value>, k: &str, v| {
+        let mut meta = self.meta.clone();
+        // The layout version (SAELens converts configs without it as pre-6.0 ones).
+        meta.entry("sae_lens_version")
+            .or_insert_with(|| SAELENS_LAYOUT_VERSION.into());
+        let mut cfg = serde_json::Map::new();
+        let mut set = |k: &str, v: serde_json::Value| {
             cfg.insert(k.to_string(), v);
         };
-        set(&mut cfg, "architecture", self.kind.architecture().into());
-        set(&mut cfg, "d_in", self.d_in().into());
-        set(&mut cfg, "d_sae", self.d_sae().into());
-        set(&mut cfg, "dtype", "float32".into());
-        set(&mut cfg, "device", "cpu".into());
-        set(
-            &mut cfg,
-            "apply_b_dec_to_input",
-            self.apply_b_dec_to_input.into(),
-        );
-        set(&mut cfg, "normalize_activations", "none".into());
-        let act = match self.kind {
-            SaeKind::TopK => "topk",
-            _ => "relu",
-        };
-        set(&mut cfg, "activation_fn_str", act.into());
+        set("architecture", self.kind.architecture().into());
+        set("d_in", self.d_in().into());
+        set("d_sae", self.d_sae().into());
+        set("dtype", "float32".into());
+        set("device", "cpu".into());
+        set("apply_b_dec_to_input", self.apply_b_dec_to_input.into());
+        set("normalize_activations", "none".into());
+        set("reshape_activations", "none".into());
         if let Some(k) = self.k {
-            set(&mut cfg, "k", k.into());
-            set(
-                &mut cfg,
-                "activation_fn_kwargs",
-                serde_json::json!({ "k": k }),
-            );
+            set("k", k.into());
+            set("rescale_acts_by_decoder_norm", false.into());
         }
+        set("metadata", serde_json::Value::Object(meta));
         let text = serde_json::to_string_pretty(&serde_json::Value::Object(cfg))
             .map_err(|e| Error::msg(format!("cfg.json: {e}")))?;
-        crate::report::write_atomic(&dir.join("cfg.json"), text.as_bytes())?;
         let cpu = |t: &Tensor| -> Result<Tensor> {
             Ok(t.to_device(&Device::Cpu)?
                 .to_dtype(DType::F32)?
@@ -208,24 +202,65 @@ impl Sae {
         if let Some(t) = &self.threshold {
             tensors.insert("threshold".into(), cpu(t)?);
         }
+        // Weights first: a directory with a cfg.json always has its weights.
         let path = dir.join("sae_weights.safetensors");
         crate::report::write_atomic_path(&path, |tmp| {
             candle_core::safetensors::save(&tensors, tmp)?;
             Ok(())
-        })
+        })?;
+        crate::report::write_atomic(&dir.join("cfg.json"), text.as_bytes())
     }
 
-    /// Load an SAE saved by engram or by SAELens (`cfg.json` + `sae_weights.safetensors`; a
-    /// `log_threshold` tensor is accepted in place of `threshold`).
+    /// Load an SAE saved by engram or by SAELens (`cfg.json` + `sae_weights.safetensors`):
+    /// SAELens 6 configs (`metadata` object, `k` at the top level) and older ones (hook fields at
+    /// the top level, `activation_fn_str` / `activation_fn_kwargs`); architectures `jumprelu`,
+    /// `topk` and `standard`; a `log_threshold` tensor is accepted in place of `threshold`.
+    /// Run-time normalisations other than `none` / `expected_average_only_in` (whose factor
+    /// SAELens folds into the saved weights) are refused.
     pub fn load(dir: &Path, device: &Device) -> Result<Sae> {
         let cfg_path = dir.join("cfg.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
         let cfg: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
-        let meta = cfg
+        let top = cfg
             .as_object()
-            .cloned()
             .ok_or_else(|| Error::msg(format!("{}: not a JSON object", cfg_path.display())))?;
+        let meta = match top.get("metadata").and_then(|m| m.as_object()) {
+            Some(m) => m.clone(),
+            None => top
+                .iter()
+                .filter(|(k, _)| !STRUCTURAL_KEYS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let str_field = |k: &str| top.get(k).and_then(|v| v.as_str());
+        for (key, ok) in [
+            (
+                "normalize_activations",
+                &["none", "expected_average_only_in"][..],
+            ),
+            ("reshape_activations", &["none"][..]),
+        ] {
+            if let Some(v) = str_field(key) {
+                if !ok.contains(&v) {
+                    crate::bail!(
+                        "{}: {key} = `{v}` is not supported (only {})",
+                        cfg_path.display(),
+                        ok.join(", ")
+                    );
+                }
+            }
+        }
+        if top
+            .get("rescale_acts_by_decoder_norm")
+            .and_then(|v| v.as_bool())
+            == Some(true)
+        {
+            crate::bail!(
+                "{}: rescale_acts_by_decoder_norm = true is not supported",
+                cfg_path.display()
+            );
+        }
         let wpath = dir.join("sae_weights.safetensors");
         if !wpath.is_file() {
             return Err(Error::io(
@@ -249,13 +284,9 @@ impl Sae {
             Ok(t) => Some(t),
             Err(_) => take("log_threshold").ok().map(|t| t.exp()).transpose()?,
         };
-        let arch = cfg
-            .get("architecture")
-            .and_then(|v| v.as_str())
-            .unwrap_or("standard");
-        let act = cfg
-            .get("activation_fn_str")
-            .and_then(|v| v.as_str())
+        let arch = str_field("architecture").unwrap_or("standard");
+        let act = str_field("activation_fn_str")
+            .or_else(|| str_field("activation_fn"))
             .unwrap_or("relu");
         let kind = if arch == "jumprelu" || (arch == "standard" && threshold.is_some()) {
             SaeKind::Threshold
@@ -269,11 +300,11 @@ impl Sae {
                 cfg_path.display()
             )
         };
-        let k = cfg
+        let k = top
             .get("k")
             .and_then(|v| v.as_f64())
             .or_else(|| {
-                cfg.get("activation_fn_kwargs")
+                top.get("activation_fn_kwargs")
                     .and_then(|a| a.get("k"))
                     .and_then(|v| v.as_f64())
             })
@@ -285,7 +316,11 @@ impl Sae {
             crate::bail!("{}: a JumpReLU SAE needs `threshold`", cfg_path.display());
         }
         let (d, n) = w_enc.dims2()?;
-        if w_dec.dims() != [n, d] || b_enc.dims() != [n] || b_dec.dims() != [d] {
+        if w_dec.dims() != [n, d]
+            || b_enc.dims() != [n]
+            || b_dec.dims() != [d]
+            || threshold.as_ref().is_some_and(|t| t.dims() != [n])
+        {
             crate::bail!(
                 "{}: inconsistent shapes W_enc {:?}, W_dec {:?}, b_enc {:?}, b_dec {:?}",
                 wpath.display(),
@@ -295,6 +330,16 @@ impl Sae {
                 b_dec.dims()
             );
         }
+        for (key, want) in [("d_in", d), ("d_sae", n)] {
+            if let Some(v) = top.get(key).and_then(|v| v.as_u64()) {
+                if v as usize != want {
+                    crate::bail!(
+                        "{}: {key} = {v} but the weights say {want}",
+                        cfg_path.display()
+                    );
+                }
+            }
+        }
         Ok(Sae {
             kind,
             w_enc,
@@ -303,7 +348,7 @@ impl Sae {
             b_dec,
             threshold,
             k: if kind == SaeKind::TopK { k } else { None },
-            apply_b_dec_to_input: cfg
+            apply_b_dec_to_input: top
                 .get("apply_b_dec_to_input")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
@@ -311,14 +356,34 @@ impl Sae {
         })
     }
 
-    /// The hook this SAE was trained on, from `cfg.json`'s `hook_name`.
+    /// The hook this SAE was trained on (`hook_name`, or the older `hook_point`).
     pub fn hook_name(&self) -> Option<String> {
-        self.meta
-            .get("hook_name")
-            .and_then(|v| v.as_str())
+        ["hook_name", "hook_point"]
+            .iter()
+            .find_map(|k| self.meta.get(*k).and_then(|v| v.as_str()))
             .map(String::from)
     }
 }
+
+/// The SAELens config layout engram writes.
+pub const SAELENS_LAYOUT_VERSION: &str = "6.0.0";
+
+/// Top-level `cfg.json` fields that describe the SAE itself rather than its provenance.
+const STRUCTURAL_KEYS: &[&str] = &[
+    "architecture",
+    "d_in",
+    "d_sae",
+    "dtype",
+    "device",
+    "apply_b_dec_to_input",
+    "normalize_activations",
+    "reshape_activations",
+    "k",
+    "rescale_acts_by_decoder_norm",
+    "activation_fn_str",
+    "activation_fn",
+    "activation_fn_kwargs",
+];
 
 /// A 0/1 f32 mask `[B, n]` keeping the `k` largest entries of each row.
 pub fn topk_mask(pre: &Tensor, k: usize) -> Result<Tensor> {
