@@ -109,6 +109,22 @@ pub struct StepLog {
     pub dead: usize,
 }
 
+/// Gradients of the loss (straight-through for the threshold) and batch statistics.
+pub struct Gradients {
+    pub w_enc: Tensor,
+    pub w_dec: Tensor,
+    pub b_enc: Tensor,
+    pub b_dec: Tensor,
+    /// With respect to log τ (threshold SAEs).
+    pub log_threshold: Option<Tensor>,
+    pub loss: f64,
+    pub mse: f64,
+    pub fvu: f64,
+    pub l0: f64,
+    /// Per latent, the number of samples it fired on.
+    pub fired: Vec<f32>,
+}
+
 /// What training did.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainReport {
@@ -235,11 +251,11 @@ impl Trainer {
         coeff * ((step + 1) as f64 / warm).min(1.0)
     }
 
-    /// One optimisation step on a normalised batch `x: [B, d]`.
-    pub fn train_step(&mut self, x: &Tensor) -> Result<StepLog> {
+    /// The loss and its (straight-through) gradients on a normalised batch `x: [B, d]` with
+    /// sparsity coefficient `lam`, without changing the parameters.
+    pub fn gradients(&self, x: &Tensor, lam: f64) -> Result<Gradients> {
         let (b, _) = x.dims2()?;
         let bf = b as f64;
-        let lam = self.sparsity_at(self.step);
         let pre = x.matmul(&self.w_enc)?.broadcast_add(&self.b_enc)?;
         let pos = pre.gt(0f32)?.to_dtype(DType::F32)?;
         let th = self.log_th.as_ref().map(|t| t.exp()).transpose()?;
@@ -261,16 +277,16 @@ impl Trainer {
             .sqr()?
             .sum_all()?
             .to_scalar::<f32>()? as f64;
-        let fired_now: Vec<f32> = mask.sum(0)?.to_vec1()?;
-        let l0 = fired_now.iter().map(|&v| v as f64).sum::<f64>() / bf;
+        let fired: Vec<f32> = mask.sum(0)?.to_vec1()?;
+        let l0 = fired.iter().map(|&v| v as f64).sum::<f64>() / bf;
         // Backward.
         let g_xhat = (r * (2.0 / bf))?;
-        let mut g_wdec = z.t()?.matmul(&g_xhat)?;
-        let g_bdec = g_xhat.sum(0)?;
+        let w_dec = z.t()?.matmul(&g_xhat)?;
+        let b_dec = g_xhat.sum(0)?;
         let g_z = g_xhat.matmul(&self.w_dec.t()?)?;
         let mut g_pre = (&g_z * &mask)?;
         let mut penalty = 0.0;
-        let mut g_logth = None;
+        let mut log_threshold = None;
         match self.params.kind {
             SaeKind::Relu => {
                 g_pre = (g_pre + (&mask * (lam / bf))?)?;
@@ -285,30 +301,49 @@ impl Trainer {
                 // dL/dτ = −(1/ε) Σ_b K·(g_z·τ + λ/B)
                 let inner = (g_z.broadcast_mul(th)? + lam / bf)?;
                 let g_th = ((kern * inner)?.sum(0)? * (-1.0 / eps))?;
-                g_logth = Some((g_th * th)?);
+                log_threshold = Some((g_th * th)?);
                 penalty = lam * l0;
             }
         }
-        let g_wenc = x.t()?.matmul(&g_pre)?;
-        let g_benc = g_pre.sum(0)?;
+        let w_enc = x.t()?.matmul(&g_pre)?;
+        let b_enc = g_pre.sum(0)?;
+        Ok(Gradients {
+            w_enc,
+            w_dec,
+            b_enc,
+            b_dec,
+            log_threshold,
+            loss: mse + penalty,
+            mse,
+            fvu: if var > 0.0 { sse / var } else { f64::NAN },
+            l0,
+            fired,
+        })
+    }
+
+    /// One optimisation step on a normalised batch `x: [B, d]`.
+    pub fn train_step(&mut self, x: &Tensor) -> Result<StepLog> {
+        let b = x.dims2()?.0;
+        let lam = self.sparsity_at(self.step);
+        let g = self.gradients(x, lam)?;
         // Remove the gradient component parallel to each (unit) decoder row.
-        let par = (&g_wdec * &self.w_dec)?.sum_keepdim(1)?;
-        g_wdec = (g_wdec - self.w_dec.broadcast_mul(&par)?)?;
+        let par = (&g.w_dec * &self.w_dec)?.sum_keepdim(1)?;
+        let g_wdec = (&g.w_dec - self.w_dec.broadcast_mul(&par)?)?;
         // Adam.
         self.step += 1;
         let t = self.step as f64;
         let lr = self.lr_at(self.step - 1);
         let lr_t = lr * (1.0 - 0.999f64.powf(t)).sqrt() / (1.0 - 0.9f64.powf(t));
-        self.w_enc = self.opt[0].step(&self.w_enc, &g_wenc, lr_t)?;
+        self.w_enc = self.opt[0].step(&self.w_enc, &g.w_enc, lr_t)?;
         self.w_dec = unit_rows(&self.opt[1].step(&self.w_dec, &g_wdec, lr_t)?)?;
-        self.b_enc = self.opt[2].step(&self.b_enc, &g_benc, lr_t)?;
-        self.b_dec = self.opt[3].step(&self.b_dec, &g_bdec, lr_t)?;
-        if let (Some(lt), Some(g)) = (&self.log_th, &g_logth) {
-            self.log_th = Some(self.opt[4].step(lt, g, lr_t)?);
+        self.b_enc = self.opt[2].step(&self.b_enc, &g.b_enc, lr_t)?;
+        self.b_dec = self.opt[3].step(&self.b_dec, &g.b_dec, lr_t)?;
+        if let (Some(lt), Some(gt)) = (&self.log_th, &g.log_threshold) {
+            self.log_th = Some(self.opt[4].step(lt, gt, lr_t)?);
         }
         // Dead-latent bookkeeping.
         self.samples += b as u64;
-        for (i, &f) in fired_now.iter().enumerate() {
+        for (i, &f) in g.fired.iter().enumerate() {
             if f > 0.0 {
                 self.since_fired[i] = 0;
                 self.fired[i] += f as u64;
@@ -318,10 +353,10 @@ impl Trainer {
         }
         Ok(StepLog {
             step: self.step,
-            loss: mse + penalty,
-            mse,
-            fvu: if var > 0.0 { sse / var } else { f64::NAN },
-            l0,
+            loss: g.loss,
+            mse: g.mse,
+            fvu: g.fvu,
+            l0: g.l0,
             dead: self.dead(),
         })
     }
@@ -475,4 +510,116 @@ fn with_store_meta(mut sae: Sae, store: &ActivationStore) -> Sae {
     sae.meta.insert("context_size".into(), m.context.into());
     sae.meta.insert("prepend_bos".into(), true.into());
     sae
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    /// The hand-written backward against candle's autograd on the same loss, the threshold's
+    /// straight-through estimator written as a zero-valued surrogate whose τ-derivative is the
+    /// rectangle-kernel pseudo-derivative.
+    fn check(kind: SaeKind) {
+        let dev = Device::Cpu;
+        let (b, d, n) = (64, 8, 24);
+        let mut rng = StdRng::seed_from_u64(9);
+        let params = TrainParams {
+            kind,
+            dict_size: Some(n),
+            k: 5,
+            bandwidth: 0.5,
+            ..Default::default()
+        };
+        let mut t = Trainer::new(params, d, &vec![0.1; d], &dev).unwrap();
+        t.b_enc = Tensor::from_vec(randn(&mut rng, n), n, &dev).unwrap();
+        t.w_dec = (Tensor::from_vec(randn(&mut rng, n * d), (n, d), &dev).unwrap() * 0.5).unwrap();
+        let th: Vec<f32> = (0..n).map(|i| 0.3 + 0.05 * i as f32).collect();
+        t.log_th = Some(Tensor::from_vec(th, n, &dev).unwrap().log().unwrap());
+        let x = Tensor::from_vec(randn(&mut rng, b * d), (b, d), &dev).unwrap();
+        let lam = 0.7;
+        let g = t.gradients(&x, lam).unwrap();
+
+        let v = |t: &Tensor| Var::from_tensor(t).unwrap();
+        let (we, wd, be, bd, lt) = (
+            v(&t.w_enc),
+            v(&t.w_dec),
+            v(&t.b_enc),
+            v(&t.b_dec),
+            v(t.log_th.as_ref().unwrap()),
+        );
+        let pre = x.matmul(&we).unwrap().broadcast_add(&be).unwrap();
+        let pos = pre.gt(0f32).unwrap().to_dtype(DType::F32).unwrap();
+        let bf = b as f64;
+        let (z, penalty) = match kind {
+            SaeKind::Relu => {
+                let z = pre.relu().unwrap();
+                let p = (z.sum_all().unwrap() * (lam / bf)).unwrap();
+                (z, p)
+            }
+            SaeKind::TopK => {
+                let m = (topk_mask(&pre.detach(), 5).unwrap() * &pos).unwrap();
+                ((&pre * m).unwrap(), Tensor::new(0f32, &dev).unwrap())
+            }
+            SaeKind::Threshold => {
+                let tau = lt.exp().unwrap();
+                let mask = (pre
+                    .broadcast_gt(&tau)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    * &pos)
+                    .unwrap();
+                let u = (pre.detach().broadcast_sub(&tau).unwrap() / 0.5).unwrap();
+                let h = ((&u + 0.5).unwrap().relu().unwrap()
+                    - (&u - 0.5).unwrap().relu().unwrap())
+                .unwrap();
+                let ste = (&h - h.detach()).unwrap();
+                let z =
+                    ((&pre * &mask).unwrap() + ste.broadcast_mul(&tau.detach()).unwrap()).unwrap();
+                let l0 = (mask.sum_all().unwrap() + ste.sum_all().unwrap()).unwrap();
+                (z, (l0 * (lam / bf)).unwrap())
+            }
+        };
+        let xhat = z.matmul(&wd).unwrap().broadcast_add(&bd).unwrap();
+        let mse = ((xhat - &x).unwrap().sqr().unwrap().sum_all().unwrap() / bf).unwrap();
+        let loss = (mse + penalty).unwrap();
+        let grads = loss.backward().unwrap();
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let diff: f32 = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            let scale: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            assert!(scale > 0.0, "{kind:?} {what}: zero gradient");
+            assert!(
+                diff <= 1e-4 * scale.max(1.0),
+                "{kind:?} {what}: {diff} (scale {scale})"
+            );
+        };
+        close(&g.w_enc, grads.get(&we).unwrap(), "W_enc");
+        close(&g.w_dec, grads.get(&wd).unwrap(), "W_dec");
+        close(&g.b_enc, grads.get(&be).unwrap(), "b_enc");
+        close(&g.b_dec, grads.get(&bd).unwrap(), "b_dec");
+        let l: f32 = loss.to_scalar().unwrap();
+        assert!((g.loss - l as f64).abs() < 1e-3 * (l as f64).abs().max(1.0));
+        if kind == SaeKind::Threshold {
+            close(
+                g.log_threshold.as_ref().unwrap(),
+                grads.get(&lt).unwrap(),
+                "log τ",
+            );
+        }
+    }
+
+    #[test]
+    fn backward_matches_autograd() {
+        for kind in SaeKind::ALL {
+            check(kind);
+        }
+    }
 }
