@@ -11,6 +11,7 @@
 //! saved SAE always maps raw activations to raw activations.
 
 pub mod atoms;
+pub mod command;
 pub mod eval;
 pub mod store;
 pub mod train;
@@ -615,6 +616,8 @@ pub struct RunParams {
     pub train: train::TrainParams,
     pub eval: eval::EvalParams,
     pub kinds: Vec<SaeKind>,
+    /// Sparsity multipliers: each kind is trained once per value (λ₀, λ₁ × m; k ÷ m).
+    pub sweep: Vec<f64>,
 }
 
 impl Default for RunParams {
@@ -624,6 +627,7 @@ impl Default for RunParams {
             train: train::TrainParams::default(),
             eval: eval::EvalParams::default(),
             kinds: SaeKind::ALL.to_vec(),
+            sweep: vec![1.0],
         }
     }
 }
@@ -641,14 +645,24 @@ pub fn cmd_run(
     let mut dirs = vec![];
     let mut reps = vec![];
     for &kind in &params.kinds {
-        let p = train::TrainParams {
-            kind,
-            ..params.train.clone()
-        };
-        let dir = out.join(kind.name());
-        let (_, rep) = cmd_train(&store_dir, &p, &dir, progress)?;
-        reps.push(rep);
-        dirs.push(dir);
+        for &m in &params.sweep {
+            let base = &params.train;
+            let p = train::TrainParams {
+                kind,
+                l0_coeff: base.l0_coeff * m,
+                l1_coeff: base.l1_coeff * m,
+                k: ((base.k as f64 / m).round() as usize).max(1),
+                ..base.clone()
+            };
+            let dir = if params.sweep.len() == 1 {
+                out.join(kind.name())
+            } else {
+                out.join(format!("{}_x{m}", kind.name()))
+            };
+            let (_, rep) = cmd_train(&store_dir, &p, &dir, progress)?;
+            reps.push(rep);
+            dirs.push(dir);
+        }
     }
     let report = cmd_eval(
         &dirs,
