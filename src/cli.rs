@@ -164,6 +164,9 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::probes::sae::command::SaeCommand,
     },
+    /// Train a small attention-only model on repeated random sequences (optionally with a clamped
+    /// previous-token head), export it as a Hugging Face folder and run the head probe on it
+    Toy(crate::toy::ToyArgs),
 }
 
 /// Parse arguments and run; the binary maps the error to one line and exit code 1.
@@ -237,6 +240,7 @@ where
         }
         Command::CmrFit { crp, table, out } => cmr_fit(&crp, table.as_deref(), &out),
         Command::Sae { cmd } => crate::probes::sae::command::run(cmd, &progress),
+        Command::Toy(args) => crate::toy::cmd(&args, &progress),
     }
 }
 

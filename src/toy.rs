@@ -80,12 +80,12 @@ impl Default for ToyConfig {
             d_mlp: 0,
             max_len: 64,
             seed: 0,
-            lr: 3e-3,
+            lr: 1e-2,
             weight_decay: 0.01,
-            steps: 400,
-            batch: 32,
-            seq_len: 20,
-            min_seq_len: 8,
+            steps: 1000,
+            batch: 16,
+            seq_len: 12,
+            min_seq_len: 6,
             loss_all_positions: false,
             clamp_prev_token: None,
         }
@@ -726,4 +726,207 @@ impl ToyModel {
     pub fn save_hf_folder(&self, dir: &Path) -> Result<()> {
         crate::model::export::write_hf_folder(&self.to_model()?, dir)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `engram toy`
+// ---------------------------------------------------------------------------------------------
+
+/// `engram toy`: train the toy model, export it, and run the head probe on it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ToyArgs {
+    /// Output directory: model/ (Hugging Face folder), untrained/ (the same initialisation,
+    /// untrained), training.parquet, training_loss.png/.svg, heads/ (the head probe on the
+    /// trained model, clamp applied), manifest.json
+    #[arg(long, short = 'o')]
+    pub out: std::path::PathBuf,
+    /// Training steps
+    #[arg(long, default_value_t = 1000)]
+    pub steps: usize,
+    /// Seed of the weights (and seed + 1 of the training data)
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Clamp this head to a perfect previous-token pattern during training and probing, as
+    /// LAYER:HEAD (e.g. 0:0): the "optogenetic" knob of Singh et al. 2024
+    #[arg(long)]
+    pub clamp: Option<String>,
+    /// Learning rate (AdamW)
+    #[arg(long, default_value_t = 1e-2)]
+    pub lr: f64,
+    /// Sequences per step
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Longest repeated sequence R of the training rows (rows are 2·seq_len + 1 tokens); also the
+    /// probe's sequence length
+    #[arg(long, default_value_t = 12)]
+    pub seq_len: usize,
+    /// Shortest R of the training rows
+    #[arg(long, default_value_t = 6)]
+    pub min_seq_len: usize,
+    /// Attention heads per layer
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Layers
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    /// Vocabulary size (token 0 is BOS)
+    #[arg(long, default_value_t = 64)]
+    pub vocab: usize,
+    /// CMR lag-CRP table for the head probe (.npy [20,21,11,17]); default: engram's own
+    /// simulation, cached
+    #[arg(long)]
+    pub cmr_table: Option<std::path::PathBuf>,
+}
+
+/// Parse `LAYER:HEAD`.
+pub fn parse_head(s: &str) -> Result<(usize, usize)> {
+    let bad = || crate::Error::msg(format!("--clamp `{s}`: expected LAYER:HEAD, e.g. 0:0"));
+    let (l, h) = s.split_once(':').ok_or_else(bad)?;
+    Ok((
+        l.trim().parse().map_err(|_| bad())?,
+        h.trim().parse().map_err(|_| bad())?,
+    ))
+}
+
+impl ToyArgs {
+    pub fn config(&self) -> Result<ToyConfig> {
+        let d = ToyConfig::default();
+        let cfg = ToyConfig {
+            vocab: self.vocab,
+            n_layers: self.layers,
+            n_heads: self.heads,
+            d_model: d.d_head * self.heads,
+            seed: self.seed,
+            lr: self.lr,
+            steps: self.steps,
+            batch: self.batch,
+            seq_len: self.seq_len,
+            min_seq_len: self.min_seq_len,
+            max_len: d.max_len.max(2 * self.seq_len + 1),
+            clamp_prev_token: self.clamp.as_deref().map(parse_head).transpose()?,
+            ..d
+        };
+        if self.batch == 0 || self.steps == 0 {
+            crate::bail!("toy: --steps and --batch must be at least 1");
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Run `engram toy`.
+pub fn cmd(args: &ToyArgs, progress: &crate::progress::Progress) -> Result<()> {
+    use crate::probes::heads;
+    use crate::report::chart::{LineChart, Series};
+    use crate::report::manifest::Manifest;
+    use crate::report::table::{write_parquet, Table};
+
+    let cfg = args.config()?;
+    let out = &args.out;
+    std::fs::create_dir_all(out).map_err(|e| crate::Error::io(out, e))?;
+    let mut manifest = Manifest::from_params("toy", &cfg)?.with_seed(Some(cfg.seed));
+    let untrained = ToyModel::untrained(cfg.clone())?;
+    let mut model = ToyModel::untrained(cfg.clone())?;
+    let bar = progress.bar(cfg.steps as u64, "toy: training");
+    let report = model.train(cfg.steps, 1, &mut |_| bar.inc(1))?;
+    bar.finish();
+    manifest.record_timing("train", report.seconds);
+    let h = &report.history;
+    let mut df = Table::new()
+        .col("step", h.iter().map(|x| x.step as u32).collect::<Vec<_>>())
+        .col("loss", h.iter().map(|x| x.loss).collect::<Vec<_>>())
+        .col(
+            "loss_first_copy",
+            h.iter().map(|x| x.loss_first_copy).collect::<Vec<_>>(),
+        )
+        .col(
+            "loss_second_copy",
+            h.iter().map(|x| x.loss_second_copy).collect::<Vec<_>>(),
+        )
+        .build()?;
+    write_parquet(&mut df, &out.join("training.parquet"))?;
+    manifest.add_file("training.parquet");
+    let series = |name: &str, f: fn(&StepLog) -> f64| {
+        Series::new(name, h.iter().map(|x| (x.step as f64, f(x))).collect())
+    };
+    let chart = LineChart {
+        title: format!(
+            "Toy model training{}",
+            cfg.clamp_prev_token
+                .map_or(String::new(), |(l, h)| format!(" (L{l}H{h} clamped)"))
+        ),
+        x_label: "step".into(),
+        y_label: "next-token loss".into(),
+        series: vec![
+            series("first copy", |x| x.loss_first_copy),
+            series("second copy", |x| x.loss_second_copy),
+        ],
+    };
+    manifest.add_paths(out, chart.save(out, "training_loss")?);
+    let t0 = Instant::now();
+    model.save_hf_folder(&out.join("model"))?;
+    untrained.save_hf_folder(&out.join("untrained"))?;
+    for f in ["config.json", "model.safetensors"] {
+        manifest.add_file(format!("model/{f}"));
+        manifest.add_file(format!("untrained/{f}"));
+    }
+    manifest.record_timing("export", t0.elapsed().as_secs_f64());
+    // The head probe on the exported model through engram's own forward pass.
+    let t0 = Instant::now();
+    let loaded = Model::load(
+        &out.join("model").display().to_string(),
+        &crate::model::LoadOptions::default(),
+    )?;
+    let params = heads::HeadsParams {
+        seq_len: cfg.seq_len,
+        batch: 16,
+        seed: cfg.seed,
+        cmr_table: args.cmr_table.clone(),
+        ..Default::default()
+    };
+    let clamp: Vec<Intervention> = model
+        .clamp_intervention(2 * cfg.seq_len + 1)?
+        .into_iter()
+        .collect();
+    let r = heads::run_with(&loaded, &params, &clamp, progress)?;
+    let table = heads::cmr_table(params.cmr_table.as_deref())?;
+    let files = heads::write_outputs(&r, Some(&table), &out.join("heads"))?;
+    for f in files {
+        manifest.add_file(format!("heads/{f}"));
+    }
+    manifest.record_timing("heads", t0.elapsed().as_secs_f64());
+    let first_below = report.steps_to_second_copy_loss(1.0, 10);
+    manifest.note(format!(
+        "rows [bos=0] + F + R + R with |R| uniform in {}..={}; loss on the second copy's predictable tokens{}",
+        cfg.min_seq_len,
+        cfg.seq_len,
+        if cfg.loss_all_positions { " (all positions)" } else { "" }
+    ));
+    manifest.note(format!(
+        "first step with second-copy loss < 1.0 (10-step mean): {}",
+        first_below.map_or("never".into(), |s| s.to_string())
+    ));
+    for n in &r.notes {
+        manifest.note(format!("heads: {n}"));
+    }
+    manifest.write(out)?;
+    let last = h.last().expect("at least one step");
+    println!(
+        "trained {} steps in {:.1}s: loss first copy {:.3}, second copy {:.3}; second-copy loss < 1 from step {}",
+        cfg.steps,
+        report.seconds,
+        last.loss_first_copy,
+        last.loss_second_copy,
+        first_below.map_or("never".into(), |s| s.to_string())
+    );
+    let mut top: Vec<&heads::HeadRow> = r.heads.iter().collect();
+    top.sort_by(|a, b| b.induction_score.total_cmp(&a.induction_score));
+    for x in top.iter().take(4) {
+        println!(
+            "  L{}H{}  induction {:.3}  prev {:.3}",
+            x.layer, x.head, x.induction_score, x.prev_token_score
+        );
+    }
+    println!("→ {}", out.display());
+    Ok(())
 }

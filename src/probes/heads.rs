@@ -208,6 +208,7 @@ fn pattern_stats(
     rows: &[Vec<u32>],
     n: usize,
     chunk: usize,
+    interventions: &[Intervention],
     progress: &Progress,
 ) -> Result<(Vec<Acc>, f64, f64)> {
     let cfg = model.cfg();
@@ -224,6 +225,9 @@ fn pattern_stats(
         let batch = Batch::new(part, 0)?;
         let t = batch.seq_len;
         let mut hooks = Hooks::capture_points(&points);
+        for i in interventions {
+            hooks.add(i.clone());
+        }
         let logits = model.forward(&batch, &mut hooks)?;
         // Losses: position i predicts token i+1.
         let lp = crate::model::transformer::log_softmax(&logits)?;
@@ -348,6 +352,17 @@ pub fn cmr_table(path: Option<&Path>) -> Result<CrpTable> {
 
 /// Run the probe.
 pub fn run(model: &Model, params: &HeadsParams, progress: &Progress) -> Result<HeadsReport> {
+    run_with(model, params, &[], progress)
+}
+
+/// As [`run`], with `interventions` applied in every forward pass over the repeated tokens (e.g.
+/// the toy model's clamped previous-token head, [`crate::toy::ToyModel::clamp_intervention`]).
+pub fn run_with(
+    model: &Model,
+    params: &HeadsParams,
+    interventions: &[Intervention],
+    progress: &Progress,
+) -> Result<HeadsReport> {
     let cfg = model.cfg();
     if params.seq_len < 2 || params.batch == 0 {
         crate::bail!("heads: need seq_len ≥ 2 and batch ≥ 1");
@@ -360,8 +375,14 @@ pub fn run(model: &Model, params: &HeadsParams, progress: &Progress) -> Result<H
         );
     }
     let (tokens, bos) = repeated_random_tokens(model, params.seq_len, params.batch, params.seed)?;
-    let (accs, loss1, loss2) =
-        pattern_stats(model, &tokens, params.seq_len, params.chunk, progress)?;
+    let (accs, loss1, loss2) = pattern_stats(
+        model,
+        &tokens,
+        params.seq_len,
+        params.chunk,
+        interventions,
+        progress,
+    )?;
     let copying = copying_scores(model)?;
     let table = cmr_table(params.cmr_table.as_deref())?;
     let fitter = CmrFitter::new(&table);
