@@ -41,9 +41,11 @@ pub struct NeuronsParams {
     pub relations: PathBuf,
     /// Use only these relations (file stems, e.g. `company_hq`); empty = all.
     pub only: Vec<String>,
-    /// Requested number of neurons per relation (capped by `max_k_fraction` of all neurons).
+    /// Requested number of neurons per relation (the paper's 3000 for Llama-2-7B), capped by
+    /// `max_k_fraction` of all neurons.
     pub k: usize,
-    /// k is at most this share of all neurons (small models).
+    /// k is at most this share of all neurons. Default: the paper's share, 3000 of Llama-2-7B's
+    /// 835,584 gate+up+down units (0.359%), so a small model keeps as large a share as the paper.
     pub max_k_fraction: f64,
     /// Evaluation facts per relation (at most half of the relation's subjects).
     pub eval_per_relation: usize,
@@ -61,9 +63,16 @@ pub struct NeuronsParams {
     pub min_correct: usize,
     /// ... and at least this evaluation accuracy; otherwise it is reported and skipped.
     pub min_eval_accuracy: f64,
-    /// Shares of k for the cumulative curve (1.0 is always included).
+    /// Multiples of k for the cumulative curve (1.0 is always included; values above 1 rank
+    /// further down the AP list).
     pub k_fractions: Vec<f64>,
+    /// Include the BOS token in a prompt's mean response (default: no — BOS carries the same
+    /// large "attention sink" activations in every prompt, weighted by 1/length).
+    pub include_bos: bool,
 }
+
+/// Gate + up + down units of Llama-2-7B (32 × (2 × 11008 + 4096)), the paper's model.
+pub const LLAMA2_7B_NEURONS: usize = 835_584;
 
 impl Default for NeuronsParams {
     fn default() -> Self {
@@ -71,16 +80,17 @@ impl Default for NeuronsParams {
             relations: PathBuf::from("notebooks-data/lre/factual"),
             only: vec![],
             k: 3000,
-            max_k_fraction: 0.01,
+            max_k_fraction: 3000.0 / LLAMA2_7B_NEURONS as f64,
             eval_per_relation: 50,
-            max_prompts_per_relation: None,
+            max_prompts_per_relation: Some(300),
             seed: 0,
             batch_size: 16,
             max_new_tokens: 8,
             neg_ratio: 4,
             min_correct: 5,
             min_eval_accuracy: 0.1,
-            k_fractions: vec![0.125, 0.25, 0.5, 1.0],
+            k_fractions: vec![0.25, 0.5, 1.0, 2.0, 4.0],
+            include_bos: false,
         }
     }
 }
@@ -138,12 +148,12 @@ pub fn load_relations(dir: &Path, only: &[String]) -> Result<Vec<Relation>> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if !only.is_empty() && !only.iter().any(|o| *o == id) {
+        if !only.is_empty() && !only.contains(&id) {
             continue;
         }
         let text = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
-        let rf: RelationFile = serde_json::from_str(&text)
-            .map_err(|e| Error::msg(format!("{}: {e}", f.display())))?;
+        let rf: RelationFile =
+            serde_json::from_str(&text).map_err(|e| Error::msg(format!("{}: {e}", f.display())))?;
         let template = rf
             .prompt_templates
             .iter()
@@ -153,7 +163,7 @@ pub fn load_relations(dir: &Path, only: &[String]) -> Result<Vec<Relation>> {
         let mut facts: Vec<Fact> = vec![];
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         for s in rf.samples {
-            let (subject, object) = (s.subject.trim().to_string(), s.object.trim().to_string());
+            let (subject, object) = (unescape_u(s.subject.trim()), unescape_u(s.object.trim()));
             if subject.is_empty() || object.is_empty() {
                 continue;
             }
@@ -188,6 +198,32 @@ pub fn load_relations(dir: &Path, only: &[String]) -> Result<Vec<Relation>> {
         crate::bail!("{}: no relation files (*.json)", dir.display());
     }
     Ok(out)
+}
+
+/// Decode literal `\uXXXX` sequences left in a string (a few LRE strings are double-escaped:
+/// `"Bras\\u00edlia"` reads as `Bras\u00edlia`). Anything else is kept as it is.
+pub fn unescape_u(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("\\u") {
+        out.push_str(&rest[..i]);
+        let hex = rest.get(i + 2..i + 6);
+        match hex
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .and_then(char::from_u32)
+        {
+            Some(c) if hex.is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit())) => {
+                out.push(c);
+                rest = &rest[i + 6..];
+            }
+            _ => {
+                out.push_str("\\u");
+                rest = &rest[i + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn normalise(s: &str) -> String {
@@ -394,12 +430,15 @@ impl NeuronLayout {
     }
 }
 
-/// Mean of `x` (`[batch, pos, d]`) over each row's real positions (after `pad_left[b]` left
-/// pads): `[batch, d]` f32.
+/// Mean of `x` (`[batch, pos, d]`) over each row's positions from `pad_left[b]` on (the left
+/// pads, and anything else to skip, come first): `[batch, d]` f32.
 pub fn masked_mean(x: &Tensor, pad_left: &[usize]) -> Result<Tensor> {
     let (b, t, _) = x.dims3()?;
     if pad_left.len() != b {
-        crate::bail!("masked_mean: {} pad counts for a batch of {b}", pad_left.len());
+        crate::bail!(
+            "masked_mean: {} pad counts for a batch of {b}",
+            pad_left.len()
+        );
     }
     let mut w = vec![0f32; b * t];
     for (row, &pad) in pad_left.iter().enumerate() {
@@ -413,10 +452,25 @@ pub fn masked_mean(x: &Tensor, pad_left: &[usize]) -> Result<Tensor> {
 }
 
 /// Per-prompt mean responses of every neuron (`[prompts][layout.total()]`, id order) for one
-/// batch of token sequences (left-padded together; pads are excluded from the mean).
-pub fn prompt_responses(model: &Model, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+/// batch of token sequences (left-padded together; pads are excluded from the mean, and so is a
+/// leading BOS unless `include_bos`).
+pub fn prompt_responses(
+    model: &Model,
+    seqs: &[Vec<u32>],
+    include_bos: bool,
+) -> Result<Vec<Vec<f32>>> {
     let layout = NeuronLayout::of(model);
     let batch = Batch::new(seqs, model.pad_id())?;
+    let bos = model.tokenizer.as_ref().and_then(|t| t.bos_id);
+    let skip: Vec<usize> = seqs
+        .iter()
+        .zip(&batch.pad_left)
+        .map(|(s, &pad)| {
+            let drop_bos =
+                !include_bos && s.len() > 1 && bos.is_some() && s.first() == bos.as_ref();
+            pad + usize::from(drop_bos)
+        })
+        .collect();
     let points: Vec<HookPoint> = layout.points().iter().map(|p| p.2).collect();
     let mut hooks = Hooks::capture_points(&points);
     model.transformer.forward_with(
@@ -433,7 +487,7 @@ pub fn prompt_responses(model: &Model, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>
             .cache
             .take(p)
             .ok_or_else(|| Error::msg(format!("`{p}` was not captured")))?;
-        let m: Vec<Vec<f32>> = masked_mean(&x, &batch.pad_left)?.to_vec2()?;
+        let m: Vec<Vec<f32>> = masked_mean(&x, &skip)?.to_vec2()?;
         for (o, row) in out.iter_mut().zip(m) {
             o.extend_from_slice(&row);
         }
@@ -682,7 +736,10 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
             status: status.to_string(),
         });
     }
-    timings.push(("baseline_generation".to_string(), t0.elapsed().as_secs_f64()));
+    timings.push((
+        "baseline_generation".to_string(),
+        t0.elapsed().as_secs_f64(),
+    ));
     let skipped: Vec<String> = rel_rows
         .iter()
         .filter(|r| r.status != "ok")
@@ -700,17 +757,20 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
     let total = layout.total();
     let k = effective_k(params.k, total, params.max_k_fraction);
     let k_rule = format!(
-        "k = min(requested {}, floor({} × {} neurons)) = {k}",
-        params.k, params.max_k_fraction, total
+        "k = min(requested {}, floor({:.5} × {total} neurons)) = {k} (default share 3000/{} = \
+         the paper's k for Llama-2-7B's gate+up+down units, so small models keep the same share)",
+        params.k, params.max_k_fraction, LLAMA2_7B_NEURONS
     );
     let mut k_values: Vec<usize> = params
         .k_fractions
         .iter()
-        .map(|f| ((k as f64 * f).round() as usize).clamp(1, k))
+        .filter(|f| f.is_finite() && **f > 0.0)
+        .map(|f| ((k as f64 * f).round() as usize).clamp(1, total))
         .chain(std::iter::once(k))
         .collect();
     k_values.sort_unstable();
     k_values.dedup();
+    let k_max = *k_values.last().unwrap_or(&k);
 
     // 2. Responses of every correct detection prompt, kept as f16, neuron-major.
     let t0 = Instant::now();
@@ -731,7 +791,7 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
                 .iter()
                 .map(|&c| det_sets[cols[c].0][cols[c].1].ids.clone())
                 .collect();
-            let resp = prompt_responses(model, &seqs)?;
+            let resp = prompt_responses(model, &seqs, params.include_bos)?;
             for (&c, row) in chunk.iter().zip(resp) {
                 for (j, v) in row.into_iter().enumerate() {
                     buf[j * np + c] = f16::from_f32(v);
@@ -750,6 +810,7 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
     // 3. AP per neuron and relation; top-k.
     let t0 = Instant::now();
     let mut selected = vec![];
+    let mut ranked: Vec<Vec<usize>> = vec![];
     let bar = progress.bar(ok_rel.len() as u64, "neurons: average precision");
     for &ri in &ok_rel {
         let pos: Vec<usize> = (0..np).filter(|&c| cols[c].0 == ri).collect();
@@ -780,8 +841,8 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
                 },
             )
             .collect();
-        let top = top_k(&ap, k);
-        let neurons = top
+        let top = top_k(&ap, k_max);
+        let neurons = top[..k.min(top.len())]
             .iter()
             .enumerate()
             .map(|(rank, &id)| {
@@ -805,6 +866,7 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
             neurons.last().map_or(f64::NAN, |n| n.ap)
         ));
         selected.push((relations[ri].id.clone(), neurons));
+        ranked.push(top);
         bar.inc(1);
     }
     bar.finish();
@@ -834,9 +896,9 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
     // 4. Deactivation.
     let t0 = Instant::now();
     let mut rng = StdRng::seed_from_u64(params.seed ^ 0x5A4D);
-    let random: Vec<usize> = rand::seq::index::sample(&mut rng, total, k).into_vec();
+    let random: Vec<usize> = rand::seq::index::sample(&mut rng, total, k_max).into_vec();
     let eval_all: Vec<&Prompt> = ok_rel.iter().flat_map(|&ri| eval_sets[ri].iter()).collect();
-    let n_cum = k_values.iter().filter(|&&m| m < k).count();
+    let n_cum = k_values.iter().filter(|&&m| m != k).count();
     let steps = if ok_rel.is_empty() {
         0
     } else {
@@ -870,17 +932,17 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
         });
     };
     if !ok_rel.is_empty() {
-        for (si, (name, neurons)) in selected.iter().enumerate() {
+        for (si, (name, _)) in selected.iter().enumerate() {
             let own = ok_rel[si];
-            let ids: Vec<usize> = neurons.iter().map(|n| n.id).collect();
-            let hooks = layout.deactivation_hooks(&ids);
+            let ids = &ranked[si];
+            let hooks = layout.deactivation_hooks(&ids[..k]);
             let res = greedy_eval(model, &eval_all, &hooks, params.batch_size, Some(&bar))?;
             for &ri in &ok_rel {
                 push(name, ri, k, accuracy(&res, &eval_all, ri));
             }
-            // Cumulative: smaller prefixes, own relation only.
+            // Cumulative: other prefixes of the AP ranking, own relation only.
             let own_prompts: Vec<&Prompt> = eval_sets[own].iter().collect();
-            for &m in k_values.iter().filter(|&&m| m < k) {
+            for &m in k_values.iter().filter(|&&m| m != k) {
                 let hooks = layout.deactivation_hooks(&ids[..m]);
                 let res = greedy_eval(model, &own_prompts, &hooks, params.batch_size, Some(&bar))?;
                 push(name, own, m, accuracy(&res, &own_prompts, own));
@@ -905,7 +967,7 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
     );
     notes.push(format!(
         "response = unit output averaged over the prompt's real tokens (BOS included when the \
-         model adds one); negatives = {}× positives sampled (seeded) from other relations' \
+         model adds one and include_bos is set); negatives = {}× positives sampled (seeded) from other relations' \
          correct detection prompts; AP as sklearn average_precision_score",
         params.neg_ratio
     ));
@@ -913,7 +975,18 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
         "neurons: {} layers × (gate {} + up {} + down {}) = {total}; {k_rule}; cumulative k values {:?}",
         layout.n_layers, layout.d_mlp, layout.d_mlp, layout.d_model, k_values
     ));
-    notes.push("deactivation: Edit::Zero on mlp.hook_pre / mlp.hook_pre_linear / hook_mlp_out units at every position and generation step; drop = (acc − acc_deact) / acc; random control = k uniformly drawn neurons (the first m for k = m)".into());
+    notes.push("deactivation: Edit::Zero on mlp.hook_pre / mlp.hook_pre_linear / hook_mlp_out units at every position and generation step; drop = (acc − acc_deact) / acc; the full relations × relations matrix at k, the cumulative curve (other k values) on the own relation only; random control = one seeded uniform draw of neurons (its first m for k = m), evaluated on every relation".into());
+    if model.cfg().arch.name().starts_with("gemma") {
+        notes.push("gemma: `down` units are hook_mlp_out, i.e. down_proj's output after Gemma's post-feedforward RMSNorm (the only down-projection hook point)".into());
+    }
+    notes.push(format!(
+        "mean response over the prompt's tokens {} BOS",
+        if params.include_bos {
+            "including"
+        } else {
+            "excluding"
+        }
+    ));
 
     Ok(NeuronsReport {
         layout,
@@ -933,7 +1006,13 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
     })
 }
 
-fn prompt_row(rel: &str, split: &'static str, p: &Prompt, generated: String, ok: bool) -> PromptRow {
+fn prompt_row(
+    rel: &str,
+    split: &'static str,
+    p: &Prompt,
+    generated: String,
+    ok: bool,
+) -> PromptRow {
     PromptRow {
         relation: rel.to_string(),
         split,
@@ -1062,11 +1141,15 @@ pub fn write_outputs(r: &NeuronsReport, dir: &Path) -> Result<Vec<String>> {
     let mut df = Table::new()
         .col(
             "relation_neurons",
-            d.iter().map(|x| x.relation_neurons.clone()).collect::<Vec<_>>(),
+            d.iter()
+                .map(|x| x.relation_neurons.clone())
+                .collect::<Vec<_>>(),
         )
         .col(
             "eval_relation",
-            d.iter().map(|x| x.eval_relation.clone()).collect::<Vec<_>>(),
+            d.iter()
+                .map(|x| x.eval_relation.clone())
+                .collect::<Vec<_>>(),
         )
         .col("k", d.iter().map(|x| x.k as u32).collect::<Vec<_>>())
         .col(
@@ -1092,7 +1175,10 @@ pub fn write_outputs(r: &NeuronsReport, dir: &Path) -> Result<Vec<String>> {
             "relation_b",
             o.iter().map(|x| x.relation_b.clone()).collect::<Vec<_>>(),
         )
-        .col("shared", o.iter().map(|x| x.shared as u32).collect::<Vec<_>>())
+        .col(
+            "shared",
+            o.iter().map(|x| x.shared as u32).collect::<Vec<_>>(),
+        )
         .col("jaccard", o.iter().map(|x| x.jaccard).collect::<Vec<_>>())
         .build()?;
     write_parquet(&mut df, &dir.join("overlap.parquet"))?;
@@ -1140,7 +1226,10 @@ pub fn write_outputs(r: &NeuronsReport, dir: &Path) -> Result<Vec<String>> {
             "object",
             p.iter().map(|x| x.object.clone()).collect::<Vec<_>>(),
         )
-        .col("prompt", p.iter().map(|x| x.prompt.clone()).collect::<Vec<_>>())
+        .col(
+            "prompt",
+            p.iter().map(|x| x.prompt.clone()).collect::<Vec<_>>(),
+        )
         .col(
             "generated",
             p.iter().map(|x| x.generated.clone()).collect::<Vec<_>>(),
@@ -1267,4 +1356,175 @@ pub fn write_outputs(r: &NeuronsReport, dir: &Path) -> Result<Vec<String>> {
         .save(dir, "overlap_heatmap")?,
     ));
     Ok(files)
+}
+
+/// `engram neurons`: the command-line arguments.
+#[derive(clap::Args, Debug, Clone)]
+#[command(
+    long_about = "Relation-specific neurons (Liu et al., EMNLP 2025; METHODS.md §2).
+
+For every LRE relation: prompts from the relation's first template, greedy answers checked \
+against the object (case-insensitive prefix), a detection set and a disjoint evaluation set of \
+subjects. Each gate_proj / up_proj / down_proj output unit of every layer is scored by the \
+average precision of its mean response separating the relation's correctly answered detection \
+prompts from 4x as many of other relations'; the top k are the relation's neurons. They are then \
+zeroed at every position and the accuracy drop is measured on every relation's evaluation set \
+(drop matrix, cumulative curve over k, random-neuron control, interference = negative drops).
+
+Relations the model almost never answers correctly are reported (relations.parquet, manifest \
+notes) and skipped.
+
+Outputs in --out: neurons.parquet, deactivation.parquet, overlap.parquet, relations.parquet, \
+prompts.parquet, neurons_per_layer / drop_heatmap / cumulative_k / overlap_heatmap (.png, .svg), \
+manifest.json."
+)]
+pub struct NeuronsArgs {
+    #[command(flatten)]
+    pub model: crate::cli::ModelArgs,
+    /// Folder of LRE relation files (*.json with name, prompt_templates, samples)
+    #[arg(long, default_value = "notebooks-data/lre/factual")]
+    pub relations: PathBuf,
+    /// Output directory
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// Only these relations (file stems, comma separated, e.g. company_hq,country_capital_city)
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Neurons per relation requested (the paper's 3000 for Llama-2-7B); capped by --k-share
+    #[arg(long, default_value_t = 3000)]
+    pub k: usize,
+    /// Cap k at this share of all gate+up+down units. Default 0.00359 = 3000 / 835,584 (the
+    /// paper's share of Llama-2-7B), e.g. k = 393 for SmolLM2-135M, 306 for Gemma-3-270M
+    #[arg(long)]
+    pub k_share: Option<f64>,
+    /// Multiples of k for the cumulative curve (own relation and random control), comma separated
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,1,2,4")]
+    pub k_multiples: Vec<f64>,
+    /// Evaluation facts per relation (at most half of the relation's subjects)
+    #[arg(long, default_value_t = 50)]
+    pub eval_per_relation: usize,
+    /// Subjects used per relation after the seeded shuffle (evaluation + detection); 0 = all
+    #[arg(long, default_value_t = 300)]
+    pub max_prompts: usize,
+    /// Skip a relation whose evaluation accuracy is below this
+    #[arg(long, default_value_t = 0.1)]
+    pub min_accuracy: f64,
+    /// Skip a relation with fewer correctly answered detection prompts than this
+    #[arg(long, default_value_t = 5)]
+    pub min_correct: usize,
+    /// Negatives per positive (from other relations' correct detection prompts)
+    #[arg(long, default_value_t = 4)]
+    pub neg_ratio: usize,
+    /// Prompts per forward pass / generation batch
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Cap on generated tokens per prompt (each generates len(object) + 2 tokens, at most this)
+    #[arg(long, default_value_t = 8)]
+    pub max_new_tokens: usize,
+    /// Include the BOS token in the mean response
+    #[arg(long)]
+    pub include_bos: bool,
+    /// Seed of the subject split, the negatives and the random control
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl NeuronsArgs {
+    pub fn params(&self) -> Result<NeuronsParams> {
+        let d = NeuronsParams::default();
+        let share = self.k_share.unwrap_or(d.max_k_fraction);
+        if !(share > 0.0 && share <= 1.0) {
+            crate::bail!("--k-share must be in (0, 1], got {share}");
+        }
+        if self.k == 0 {
+            crate::bail!("--k must be at least 1");
+        }
+        if self.batch_size == 0 || self.max_new_tokens == 0 || self.neg_ratio == 0 {
+            crate::bail!("--batch-size, --max-new-tokens and --neg-ratio must be at least 1");
+        }
+        if let Some(f) = self
+            .k_multiples
+            .iter()
+            .find(|f| !(f.is_finite() && **f > 0.0))
+        {
+            crate::bail!("--k-multiples must be positive numbers, got {f}");
+        }
+        if !self.relations.is_dir() {
+            crate::bail!(
+                "--relations {}: not a directory (expected a folder of LRE relation .json files)",
+                self.relations.display()
+            );
+        }
+        Ok(NeuronsParams {
+            relations: self.relations.clone(),
+            only: self.only.clone(),
+            k: self.k,
+            max_k_fraction: share,
+            eval_per_relation: self.eval_per_relation,
+            max_prompts_per_relation: (self.max_prompts > 0).then_some(self.max_prompts),
+            seed: self.seed,
+            batch_size: self.batch_size,
+            max_new_tokens: self.max_new_tokens,
+            neg_ratio: self.neg_ratio,
+            min_correct: self.min_correct,
+            min_eval_accuracy: self.min_accuracy,
+            k_fractions: self.k_multiples.clone(),
+            include_bos: self.include_bos,
+        })
+    }
+}
+
+/// Run `engram neurons`: validate, load, probe, write tables, charts and the manifest.
+pub fn command(args: &NeuronsArgs, progress: &Progress) -> Result<()> {
+    let params = args.params()?;
+    // Read the relations before the (slow) model load so bad data fails fast.
+    load_relations(&params.relations, &params.only)?;
+    let mut manifest = crate::report::manifest::Manifest::from_params("neurons", &params)?
+        .with_seed(Some(params.seed));
+    let t0 = Instant::now();
+    let model = args.model.load()?;
+    manifest.record_timing("load", t0.elapsed().as_secs_f64());
+    manifest = manifest.with_model(crate::cli::model_record(&model)?);
+    let t0 = Instant::now();
+    let report = run(&model, &params, progress)?;
+    manifest.record_timing("probe", t0.elapsed().as_secs_f64());
+    for (name, secs) in &report.timings {
+        manifest.record_timing(&format!("probe.{name}"), *secs);
+    }
+    let t0 = Instant::now();
+    for f in write_outputs(&report, &args.out)? {
+        manifest.add_file(f);
+    }
+    manifest.record_timing("write", t0.elapsed().as_secs_f64());
+    for n in &report.notes {
+        manifest.note(n.clone());
+    }
+    manifest.note(format!("summary: {}", report.summary()));
+    manifest.write(&args.out)?;
+
+    println!("{}", report.k_rule);
+    for r in &report.relations {
+        println!(
+            "  {:<34} eval acc {:.2} ({}/{})  detection correct {:>4}/{:<4} {}",
+            r.relation,
+            r.eval_accuracy,
+            r.eval_correct,
+            r.n_eval,
+            r.detection_correct,
+            r.n_detection,
+            if r.status == "ok" { "" } else { &r.status }
+        );
+    }
+    let s = report.summary();
+    println!(
+        "mean drop: own relation {:.3}, other relations {:.3}, random neurons {:.3}; \
+         negative off-diagonal drops {}/{}",
+        s["mean_drop_own"].as_f64().unwrap_or(f64::NAN),
+        s["mean_drop_other"].as_f64().unwrap_or(f64::NAN),
+        s["mean_drop_random"].as_f64().unwrap_or(f64::NAN),
+        s["negative_off_diagonal_drops"],
+        s["off_diagonal_pairs"]
+    );
+    println!("wrote {}", args.out.display());
+    Ok(())
 }
