@@ -159,6 +159,8 @@ pub enum Command {
         #[arg(long, short = 'o')]
         out: PathBuf,
     },
+    /// Relation-specific neurons: AP selection, deactivation drop matrix, overlap (LRE relations)
+    Neurons(crate::probes::neurons::NeuronsArgs),
     /// Sparse autoencoders: activation stores, threshold / TopK / ReLU SAEs, metrics and atoms
     Sae {
         #[command(subcommand)]
@@ -241,6 +243,7 @@ where
         Command::CmrFit { crp, table, out } => cmr_fit(&crp, table.as_deref(), &out),
         Command::Sae { cmd } => crate::probes::sae::command::run(cmd, &progress),
         Command::Toy(args) => crate::toy::cmd(&args, &progress),
+        Command::Neurons(args) => crate::probes::neurons::command(&args, &progress),
     }
 }
 
