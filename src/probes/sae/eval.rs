@@ -435,7 +435,7 @@ pub fn write_outputs(
     token_text: &dyn Fn(u32) -> String,
     dir: &Path,
 ) -> Result<Vec<String>> {
-    use crate::report::chart::{BarChart, Histogram, LineChart, Series};
+    use crate::report::chart::{BarChart, Histogram, Scatter};
     use crate::report::table::{write_parquet, Table};
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     let mut files = vec![];
@@ -504,7 +504,7 @@ pub fn write_outputs(
         .col("kl", kl)
         .col("q_star", qs.clone())
         .col("coherence", coh)
-        .col("q_star_euclid", qse)
+        .col("q_star_euclid", qse.clone())
         .col("coherence_euclid", cohe)
         .col("ce_clean", ce_clean)
         .col("ce_sae", ce_sae)
@@ -559,7 +559,7 @@ pub fn write_outputs(
     files.push("atoms.parquet".into());
 
     // Charts.
-    let mut series: Vec<Series> = vec![];
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = vec![];
     for kd in SaeKind::ALL {
         let pts: Vec<(f64, f64)> = r
             .saes
@@ -568,18 +568,21 @@ pub fn write_outputs(
             .map(|e| (e.l0, e.r2))
             .collect();
         if !pts.is_empty() {
-            let mut pts = pts;
-            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            series.push(Series::new(kd.name(), pts));
+            series.push((kd.name().to_string(), pts));
         }
     }
     if !series.is_empty() {
         files.extend(names(
-            LineChart {
+            Scatter {
                 title: format!("Faithfulness vs sparsity ({})", r.hook),
                 x_label: "L0 (active latents per token)".into(),
                 y_label: "R²".into(),
                 series,
+                annotate: r
+                    .saes
+                    .iter()
+                    .map(|e| ((e.l0, e.r2), e.label.clone()))
+                    .collect(),
             }
             .save(dir, "r2_vs_l0")?,
         ));
@@ -597,14 +600,20 @@ pub fn write_outputs(
         .collect();
     files.extend(names(
         BarChart {
-            title: "Uniqueness quantile q* (μ_q < 1/(2K_q − 1), AIP geometry)".into(),
+            title: "Uniqueness quantile q* (μ_q < 1/(2K_q − 1)): neurons, features, atoms".into(),
             x_label: "dictionary".into(),
             y_label: "q*".into(),
             categories: cats,
-            groups: vec![(
-                "q*".into(),
-                qs.iter().map(|q| q.unwrap_or(f64::NAN)).collect(),
-            )],
+            groups: vec![
+                (
+                    "AIP geometry".into(),
+                    qs.iter().map(|q| q.unwrap_or(f64::NAN)).collect(),
+                ),
+                (
+                    "Euclidean".into(),
+                    qse.iter().map(|q| q.unwrap_or(f64::NAN)).collect(),
+                ),
+            ],
         }
         .save(dir, "q_star")?,
     ));
