@@ -161,6 +161,8 @@ pub enum Command {
     },
     /// Relation-specific neurons: AP selection, deactivation drop matrix, overlap (LRE relations)
     Neurons(crate::probes::neurons::NeuronsArgs),
+    /// Base vs post-trained: truthfulness and refusal directions, patching maps, entropy neurons
+    Directions(Box<crate::probes::directions::command::DirectionsArgs>),
     /// Sparse autoencoders: activation stores, threshold / TopK / ReLU SAEs, metrics and atoms
     Sae {
         #[command(subcommand)]
@@ -169,6 +171,8 @@ pub enum Command {
     /// Train a small attention-only model on repeated random sequences (optionally with a clamped
     /// previous-token head), export it as a Hugging Face folder and run the head probe on it
     Toy(crate::toy::ToyArgs),
+    /// Run a suite (probes/*.toml: models × probes) into one run directory with index.html; resumable
+    Batch(crate::batch::BatchArgs),
 }
 
 /// Parse arguments and run; the binary maps the error to one line and exit code 1.
@@ -242,7 +246,11 @@ where
         }
         Command::CmrFit { crp, table, out } => cmr_fit(&crp, table.as_deref(), &out),
         Command::Sae { cmd } => crate::probes::sae::command::run(cmd, &progress),
+        Command::Directions(args) => {
+            crate::probes::directions::command::cmd_directions(&args, &progress)
+        }
         Command::Toy(args) => crate::toy::cmd(&args, &progress),
+        Command::Batch(args) => crate::batch::command(&args, &progress),
         Command::Neurons(args) => crate::probes::neurons::command(&args, &progress),
     }
 }
