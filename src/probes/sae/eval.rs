@@ -7,9 +7,8 @@
 //! - CE-loss recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean), KL = mean over predicted
 //!   positions of KL(p_clean ‖ p_spliced). Documents are cut into windows of `context − 1`
 //!   tokens with the model's BOS in front; the reconstruction (or zero) replaces the activation at
-//!   every real non-BOS position (the BOS position stays clean, as it is not in the training
-//!   data), through `Edit::Patch`; losses are averaged over the predictions made at those
-//!   positions.
+//!   every real position but the first (which stays clean, as it is not in the training data),
+//!   through `Edit::Patch`; losses are averaged over the predictions made at those positions.
 
 use std::path::Path;
 
@@ -226,14 +225,15 @@ fn ce_and_kl(
     Ok((ce, kl, logp))
 }
 
-/// CE-loss recovered and KL of each SAE at `point` over token windows (each starting with BOS
-/// when `bos` is given).
+/// CE-loss recovered and KL of each SAE at `point` over token windows. With `skip_first`, each
+/// window's first position (BOS, not in the SAE's training data) keeps its clean activation and
+/// its prediction is not scored.
 pub fn ce_recovered(
     model: &Model,
     saes: &[&Sae],
     point: HookPoint,
     windows: &[Vec<u32>],
-    has_bos: bool,
+    skip_first: bool,
     batch_size: usize,
     progress: &Progress,
 ) -> Result<Vec<CeResult>> {
@@ -250,7 +250,7 @@ pub fn ce_recovered(
         // Positions whose activation is replaced, and whose predictions are scored.
         let mut m = vec![0f32; b * t];
         for (r, &pad) in batch.pad_left.iter().enumerate() {
-            let first = pad + usize::from(has_bos);
+            let first = pad + usize::from(skip_first);
             for p in first..t {
                 m[r * t + p] = 1.0;
             }
@@ -394,10 +394,7 @@ pub fn evaluate(
     let neurons = Some(atoms::neuron_stats(&acts[..eval_sample_len], d, &s)?);
     let point: Option<HookPoint> = store.meta.hook.parse().ok();
     if let (Some((model, docs)), Some(point)) = (model, point) {
-        let bos = model.tokenizer.as_ref().and_then(|t| {
-            t.bos_id
-                .filter(|&b| model.encode("a").ok().and_then(|v| v.first().copied()) == Some(b))
-        });
+        let bos = super::window_bos(model);
         let w = windows(docs, params.ce_context, bos, params.ce_docs.max(1) * 4);
         let w: Vec<Vec<u32>> = w.into_iter().take(params.ce_docs.max(1) * 2).collect();
         notes.push(format!(
@@ -411,7 +408,7 @@ pub fn evaluate(
             &refs,
             point,
             &w,
-            bos.is_some(),
+            true, // the first position of a window is never in the store
             params.ce_batch,
             progress,
         )?;

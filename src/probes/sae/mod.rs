@@ -386,6 +386,16 @@ const STRUCTURAL_KEYS: &[&str] = &[
     "activation_fn_kwargs",
 ];
 
+/// The token put in front of every window of SAE data (SAELens's `prepend_bos`): the
+/// tokenizer's BOS, else the config's; `None` when the model has neither.
+pub fn window_bos(model: &crate::model::Model) -> Option<u32> {
+    model
+        .tokenizer
+        .as_ref()
+        .and_then(|t| t.bos_id)
+        .or(model.cfg().bos_token_id)
+}
+
 /// A 0/1 f32 mask `[B, n]` keeping the `k` largest entries of each row.
 pub fn topk_mask(pre: &Tensor, k: usize) -> Result<Tensor> {
     let (b, n) = pre.dims2()?;

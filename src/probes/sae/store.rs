@@ -428,7 +428,8 @@ impl Default for CollectParams {
 
 /// Collect activations of `params.hook` over `docs` into the store at `dir` (resuming it when
 /// it exists). Each document is split into windows of `context − 1` tokens, each window gets
-/// the model's BOS (when it uses one); BOS and pad positions are not stored.
+/// the model's BOS (as SAELens's `prepend_bos`, whether or not the tokenizer adds one by
+/// itself); the first position of every window, pad positions and special tokens are not stored.
 pub fn collect(
     model: &Model,
     docs: Docs<'_>,
@@ -460,13 +461,7 @@ pub fn collect(
     if store.meta.complete {
         return Ok(store);
     }
-    // BOS when the model's tokenizer adds one (or, without a tokenizer, the config's BOS).
-    let bos = match &model.tokenizer {
-        Some(t) => t
-            .bos_id
-            .filter(|&b| model.encode("a").ok().and_then(|v| v.first().copied()) == Some(b)),
-        None => cfg.bos_token_id,
-    };
+    let bos = super::window_bos(model);
     let tokenizer = model.tokenizer.as_ref();
     let specials: Vec<u32> = tokenizer.map(|t| t.special_ids()).unwrap_or_default();
     let stop_at = point.layer().map(|l| l + 1);
@@ -506,9 +501,9 @@ pub fn collect(
                 let t = batch.seq_len;
                 for (r, row) in batch.ids.iter().enumerate() {
                     for (p, &id) in row.iter().enumerate().skip(batch.pad_left[r]) {
-                        if (bos.is_some() && p == batch.pad_left[r])
-                            || specials.binary_search(&id).is_ok()
-                        {
+                        // The window's first position (BOS, or an attention sink without one)
+                        // is never stored.
+                        if p == batch.pad_left[r] || specials.binary_search(&id).is_ok() {
                             continue;
                         }
                         let off = (r * t + p) * d;

@@ -571,9 +571,8 @@ mod tests {
                     * &pos)
                     .unwrap();
                 let u = (pre.detach().broadcast_sub(&tau).unwrap() / 0.5).unwrap();
-                let h = ((&u + 0.5).unwrap().relu().unwrap()
-                    - (&u - 0.5).unwrap().relu().unwrap())
-                .unwrap();
+                let h = ((&u + 0.5).unwrap().relu().unwrap() - (&u - 0.5).unwrap().relu().unwrap())
+                    .unwrap();
                 let ste = (&h - h.detach()).unwrap();
                 let z =
                     ((&pre * &mask).unwrap() + ste.broadcast_mul(&tau.detach()).unwrap()).unwrap();
