@@ -1086,9 +1086,63 @@ impl NeuronsReport {
                 *t += x;
             }
         }
+        // Cumulativity: mean own-relation drop and random drop at every k of the sweep.
+        let cumulative: Vec<serde_json::Value> = self
+            .k_values
+            .iter()
+            .map(|&m| {
+                let own: Vec<f64> = ok.iter().filter_map(|a| self.drop_at(a, a, m)).collect();
+                let rnd: Vec<f64> = ok
+                    .iter()
+                    .filter_map(|a| self.drop_at("random", a, m))
+                    .collect();
+                serde_json::json!({"k": m, "mean_drop_own": mean(&own), "mean_drop_random": mean(&rnd)})
+            })
+            .collect();
+        // Interference: the most negative off-diagonal drops; versatility: the largest overlaps.
+        let mut neg: Vec<(&str, &str, f64)> = self
+            .deactivation
+            .iter()
+            .filter(|d| {
+                d.k == self.k
+                    && d.relation_neurons != "random"
+                    && d.relation_neurons != d.eval_relation
+                    && d.drop < 0.0
+            })
+            .map(|d| {
+                (
+                    d.relation_neurons.as_str(),
+                    d.eval_relation.as_str(),
+                    d.drop,
+                )
+            })
+            .collect();
+        neg.sort_by(|a, b| a.2.total_cmp(&b.2));
+        let mut shared: Vec<&OverlapRow> = self
+            .overlap
+            .iter()
+            .filter(|o| o.relation_a < o.relation_b)
+            .collect();
+        shared.sort_by_key(|o| std::cmp::Reverse(o.shared));
+        let own_beats_other = ok
+            .iter()
+            .filter(|a| {
+                let own = self.drop_at(a, a, self.k).unwrap_or(f64::NAN);
+                let others: Vec<f64> = ok
+                    .iter()
+                    .filter(|b| b != a)
+                    .filter_map(|b| self.drop_at(b, a, self.k))
+                    .collect();
+                own > mean(&others)
+            })
+            .count();
         serde_json::json!({
             "k": self.k,
             "relations_ok": ok,
+            "cumulative": cumulative,
+            "own_drop_above_mean_other_drop": format!("{own_beats_other}/{}", ok.len()),
+            "most_negative_drops": neg.iter().take(8).map(|(a, b, d)| format!("{a} → {b}: {d:.3}")).collect::<Vec<_>>(),
+            "largest_overlaps": shared.iter().take(8).map(|o| format!("{} & {}: {} shared (Jaccard {:.3})", o.relation_a, o.relation_b, o.shared, o.jaccard)).collect::<Vec<_>>(),
             "mean_drop_own": mean(&diag),
             "mean_drop_other": mean(&off),
             "mean_drop_random": mean(&rand),
@@ -1394,7 +1448,7 @@ pub struct NeuronsArgs {
     #[arg(long, default_value_t = 3000)]
     pub k: usize,
     /// Cap k at this share of all gate+up+down units. Default 0.00359 = 3000 / 835,584 (the
-    /// paper's share of Llama-2-7B), e.g. k = 393 for SmolLM2-135M, 306 for Gemma-3-270M
+    /// paper's share of Llama-2-7B), e.g. k = 392 for SmolLM2-135M, 306 for Gemma-3-270M
     #[arg(long)]
     pub k_share: Option<f64>,
     /// Multiples of k for the cumulative curve (own relation and random control), comma separated
@@ -1525,6 +1579,16 @@ pub fn command(args: &NeuronsArgs, progress: &Progress) -> Result<()> {
         s["negative_off_diagonal_drops"],
         s["off_diagonal_pairs"]
     );
+    if let Some(c) = s["cumulative"].as_array() {
+        for e in c {
+            println!(
+                "  k = {:>6}: mean own drop {:.3}, random {:.3}",
+                e["k"],
+                e["mean_drop_own"].as_f64().unwrap_or(f64::NAN),
+                e["mean_drop_random"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
     println!("wrote {}", args.out.display());
     Ok(())
 }
