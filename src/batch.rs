@@ -510,6 +510,33 @@ pub struct BatchOptions {
     pub progress: ProgressMode,
 }
 
+/// `engram batch SUITE.toml --out runs/NAME`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BatchArgs {
+    /// The suite file (e.g. probes/smoke.toml)
+    pub suite: PathBuf,
+    /// Run directory (default: runs/<suite name>); rerunning into it resumes, skipping complete steps
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+    /// Run only the steps of this model (its name or spec) and the model-free steps
+    #[arg(long)]
+    pub only_model: Option<String>,
+    /// Print the plan and check every step's arguments against this build, without running
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Run `engram batch` from its command-line arguments.
+pub fn command(args: &BatchArgs, progress: &crate::progress::Progress) -> Result<()> {
+    cmd(&BatchOptions {
+        suite: args.suite.clone(),
+        out: args.out.clone(),
+        only_model: args.only_model.clone(),
+        dry_run: args.dry_run,
+        progress: progress.mode,
+    })
+}
+
 /// The subcommands of this build (for a clear error on unknown probes).
 pub fn known_commands() -> Vec<String> {
     crate::cli::Cli::command()
@@ -518,9 +545,26 @@ pub fn known_commands() -> Vec<String> {
         .collect()
 }
 
-/// Check a command line against the CLI parser without running it; the error is one line.
+/// Check a command line against the CLI parser without running it; the error is one line. A
+/// panic of the parser (clap's debug assertions on a broken subcommand definition) is an error.
 fn validate(argv: &[String]) -> Result<()> {
-    let first = argv.get(1).map(String::as_str).unwrap_or("");
+    match std::panic::catch_unwind(|| validate_inner(argv)) {
+        Ok(r) => r,
+        Err(p) => Err(Error::msg(format!(
+            "the command line parser panicked: {}",
+            one_line(&panic_message(&*p))
+        ))),
+    }
+}
+
+fn validate_inner(argv: &[String]) -> Result<()> {
+    // The subcommand: the first word after the global flags (--quiet, --json-progress).
+    let first = argv
+        .iter()
+        .skip(1)
+        .map(String::as_str)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or("");
     if first == "batch" {
         crate::bail!("a batch step cannot run `batch`");
     }
@@ -601,10 +645,7 @@ fn run_step(step: &PlannedStep, root: &Path, suite: &str, mode: ProgressMode) ->
         let mut m = if mpath.is_file() {
             Manifest::read(&mpath)?
         } else {
-            let mut m = Manifest::new(
-                step.probe.clone(),
-                serde_json::json!({ "args": step.args }),
-            );
+            let mut m = Manifest::new(step.probe.clone(), serde_json::json!({ "args": step.args }));
             m.note("manifest written by `engram batch`: the command wrote none");
             let mut files = vec![];
             for e in std::fs::read_dir(&partial).map_err(|e| Error::io(&partial, e))? {
@@ -714,8 +755,16 @@ pub fn run_suite(opts: &BatchOptions) -> Result<BatchRecord> {
             .collect(),
     };
     if opts.dry_run {
+        // Check every command line against this build's parser, without running anything.
+        let mut invalid = vec![];
         for (s, r) in steps.iter().zip(&record.steps) {
-            let what = if r.status == StepStatus::Skipped {
+            let mut argv = vec!["engram".to_string()];
+            argv.extend(s.command_line(&s.partial_dir(&root)));
+            let check = validate(&argv);
+            let what = if let Err(e) = &check {
+                invalid.push(format!("{}: {}", s.id, one_line(&e.to_string())));
+                "INVALID"
+            } else if r.status == StepStatus::Skipped {
                 "skip (complete)"
             } else if !selected(s) {
                 "not selected"
@@ -723,6 +772,14 @@ pub fn run_suite(opts: &BatchOptions) -> Result<BatchRecord> {
                 "run"
             };
             println!("{:<16} {:<28} engram {}", what, s.id, r.command.join(" "));
+        }
+        if !invalid.is_empty() {
+            crate::bail!(
+                "suite `{}`: {} invalid step(s): {}",
+                suite.name,
+                invalid.len(),
+                invalid.join("; ")
+            );
         }
         return Ok(record);
     }
@@ -753,12 +810,70 @@ pub fn run_suite(opts: &BatchOptions) -> Result<BatchRecord> {
         emit(opts.progress, i, n, rec);
         record.seconds = t0.elapsed().as_secs_f64();
         record.write(&root)?;
+        // The page shows the run so far (rewritten after every step).
+        write_index(&root, &suite, &record)?;
     }
     record.finished = Some(now_rfc3339());
     record.seconds = t0.elapsed().as_secs_f64();
     record.write(&root)?;
+    write_root_manifest(&root, &suite, &record, opts)?;
     write_index(&root, &suite, &record)?;
     Ok(record)
+}
+
+/// `RUN/manifest.json`: the batch itself (suite, build, per-step timings of this invocation,
+/// the files at the root and every complete step's manifest).
+fn write_root_manifest(
+    root: &Path,
+    suite: &Suite,
+    record: &BatchRecord,
+    opts: &BatchOptions,
+) -> Result<()> {
+    let mut m = Manifest::new(
+        "batch",
+        serde_json::json!({
+            "suite": suite.name,
+            "suite_file": opts.suite.display().to_string(),
+            "models": suite.models.iter().map(|m| serde_json::json!({"name": m.name, "model": m.spec})).collect::<Vec<_>>(),
+            "only_model": opts.only_model,
+            "steps": record.steps.iter().map(|s| serde_json::json!({"id": s.id, "command": s.command})).collect::<Vec<_>>(),
+        }),
+    );
+    m.started = record.started.clone();
+    m.finished = record.finished.clone();
+    for s in &record.steps {
+        if let Some(sec) = s.seconds {
+            m.record_timing(&s.id, sec);
+        }
+    }
+    m.add_file(SUITE_COPY);
+    m.add_file(BATCH_FILE);
+    m.add_file(INDEX_FILE);
+    for s in &record.steps {
+        if complete_manifest(&root.join(&s.dir)).is_some() {
+            m.add_file(format!("{}/{MANIFEST_FILE}", s.dir));
+        }
+    }
+    m.note(format!(
+        "{} ok, {} skipped (complete from an earlier run), {} failed, {} pending",
+        record.count(StepStatus::Ok),
+        record.count(StepStatus::Skipped),
+        record.count(StepStatus::Failed),
+        record.count(StepStatus::Pending)
+    ));
+    for s in record
+        .steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Failed)
+    {
+        m.note(format!(
+            "failed: {}: {}",
+            s.id,
+            s.error.as_deref().unwrap_or("")
+        ));
+    }
+    m.write(root)?;
+    Ok(())
 }
 
 /// `engram batch`: run the suite, print a summary, and fail when any step failed.
@@ -840,7 +955,11 @@ fn anchor(id: &str) -> String {
 fn heads_summary(path: &Path) -> Option<String> {
     let df = crate::report::read_parquet(path).ok()?;
     let col_f64 = |name: &str| -> Option<Vec<f64>> {
-        let c = df.column(name).ok()?.cast(&polars::prelude::DataType::Float64).ok()?;
+        let c = df
+            .column(name)
+            .ok()?
+            .cast(&polars::prelude::DataType::Float64)
+            .ok()?;
         Some(
             c.f64()
                 .ok()?
@@ -1067,9 +1186,9 @@ pub fn write_index(root: &Path, suite: &Suite, record: &BatchRecord) -> Result<P
     if let Some(d) = &suite.description {
         let _ = write!(html, "<p>{}</p>", esc(d));
     }
-    let _ = write!(
+    let _ = writeln!(
         html,
-        "<p>{} ok, {} skipped (complete from an earlier run), {} failed, {} pending; {:.1}s; started {}, finished {}; engram {} ({}). <a href=\"{}\">{SUITE_COPY}</a> · <a href=\"{}\">{BATCH_FILE}</a></p>\n",
+        "<p>{} ok, {} skipped (complete from an earlier run), {} failed, {} pending; {:.1}s; started {}, finished {}; engram {} ({}). <a href=\"{}\">{SUITE_COPY}</a> · <a href=\"{}\">{BATCH_FILE}</a>{}</p>",
         record.count(StepStatus::Ok),
         record.count(StepStatus::Skipped),
         record.count(StepStatus::Failed),
@@ -1080,7 +1199,12 @@ pub fn write_index(root: &Path, suite: &Suite, record: &BatchRecord) -> Result<P
         esc(&record.engram_version),
         esc(&record.git_commit),
         rel_url(SUITE_COPY),
-        rel_url(BATCH_FILE)
+        rel_url(BATCH_FILE),
+        if root.join(MANIFEST_FILE).is_file() {
+            format!(" · <a href=\"{}\">{MANIFEST_FILE}</a>", rel_url(MANIFEST_FILE))
+        } else {
+            String::new()
+        }
     );
     // Overview: rows = models (+ model-free), columns = steps.
     let cell = |id: &str| -> String {
