@@ -64,7 +64,8 @@ pub struct DirectionsArgs {
     /// Layers of the truth intervention, START:END (end exclusive)
     #[arg(long)]
     pub band: Option<String>,
-    /// Layer of the refusal direction (resid_pre); default 0.6·layers
+    /// Layer of the refusal direction (resid_pre of block L; L = layers is the final residual);
+    /// default: chosen by ablation among 0.2..0.8 of the depth
     #[arg(long)]
     pub refusal_layer: Option<usize>,
     /// Position of the refusal direction from the end (0 = last token)
@@ -344,8 +345,13 @@ pub fn summary(reports: &[super::ModelReport], cmp: Option<&super::CompareReport
                 })
                 .collect();
             out.push(format!(
-                "{tag} refusal (layer {}, position -{}, chat template {}, coef {:.2}): {}",
+                "{tag} refusal (layer {}{}, position -{}, chat template {}, coef {:.2}): {}",
                 f.layer,
+                if f.layer == r.n_layers {
+                    " = final residual"
+                } else {
+                    ""
+                },
                 f.position + 1,
                 if f.chat_template { "yes" } else { "no" },
                 f.coef,
@@ -381,8 +387,13 @@ pub fn summary(reports: &[super::ModelReport], cmp: Option<&super::CompareReport
     }
     if let Some(c) = cmp {
         let mean = |m: &str| {
-            let s = c.series(m, "a·b");
-            s.iter().map(|x| x.1).sum::<f64>() / s.len().max(1) as f64
+            let s: Vec<f64> = c
+                .series(m, "a·b")
+                .iter()
+                .map(|x| x.1)
+                .filter(|x| x.is_finite())
+                .collect();
+            s.iter().sum::<f64>() / s.len().max(1) as f64
         };
         if !c.series("truth_cosine", "a·b").is_empty() {
             out.push(format!(

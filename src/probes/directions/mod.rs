@@ -81,8 +81,13 @@ pub struct DirectionsParams {
     pub n_intervene: usize,
     /// Layers [start, end) of the truth intervention; default the second quarter of the depth.
     pub band: Option<(usize, usize)>,
-    /// Layer of the refusal direction (resid_pre); default 0.6·L.
+    /// Layer of the refusal direction (resid_pre of block l; l = L is the final residual);
+    /// default: selected among `refusal_candidates` by ablation.
     pub refusal_layer: Option<usize>,
+    /// Relative depth range (of 0..=L) of the candidate refusal layers.
+    pub refusal_candidates: (f64, f64),
+    /// Harmful training instructions used to select the layer.
+    pub refusal_select_n: usize,
     /// Position of the refusal direction, counted from the end (0 = last token).
     pub refusal_position: usize,
     /// Harmful / harmless training instructions (each) for the refusal direction.
@@ -120,6 +125,8 @@ impl Default for DirectionsParams {
             n_intervene: 40,
             band: None,
             refusal_layer: None,
+            refusal_candidates: (0.2, 0.8),
+            refusal_select_n: 16,
             refusal_position: 0,
             n_refusal_train: 64,
             n_refusal_test: 32,

@@ -32,15 +32,16 @@ fn matrix(rows: &[Vec<f32>]) -> Result<Tensor> {
     Ok(Tensor::from_vec(flat, (rows.len(), d), &Device::Cpu)?)
 }
 
-/// Write the directions of one model (truth: `[L, d]` diff of means at resid_post; refusal:
-/// `[L, d]` diff of means at resid_pre and the unit direction `[d]` of the chosen layer).
+/// Write the directions of one model (`truth.resid_post`: `[L, d]` diff of means at resid_post;
+/// `refusal.resid`: `[L+1, d]` diff of means at resid_pre of each block and the final residual;
+/// `refusal.unit.layer{l}`: the unit direction `[d]` of the chosen layer).
 pub fn write_directions(m: &ModelReport, dir: &Path) -> Result<Option<String>> {
     let mut tensors: Vec<(String, Tensor)> = vec![];
     if let Some(t) = &m.truth {
         tensors.push(("truth.resid_post".into(), matrix(&t.directions)?));
     }
     if let Some(r) = &m.refusal {
-        tensors.push(("refusal.resid_pre".into(), matrix(&r.diffs)?));
+        tensors.push(("refusal.resid".into(), matrix(&r.diffs)?));
         tensors.push((
             format!("refusal.unit.layer{}", r.layer),
             Tensor::from_vec(r.direction.clone(), r.direction.len(), &Device::Cpu)?,
@@ -164,7 +165,8 @@ pub fn write_outputs(
     if models.iter().any(|m| m.refusal.is_some()) {
         let (mut mo, mut set, mut iv, mut pr, mut co, mut re) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
-        let (mut lm, mut ll, mut ln, mut ls, mut lc) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut lm, mut ll, mut ln, mut ls, mut lc, mut lp) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
         let mut conds: Vec<(String, String, f64)> = vec![];
         let mut all: Vec<(String, &super::parts::RefusalCondition)> = vec![];
         for m in models {
@@ -178,6 +180,7 @@ pub fn write_outputs(
                 ln.push(super::parts::norm(d));
                 ls.push(r.separation[l]);
                 lc.push(l == r.layer);
+                lp.push(r.ablated_refusal_prob[l]);
             }
         }
         if let Some(c) = cmp {
@@ -212,6 +215,7 @@ pub fn write_outputs(
             .col("diff_norm", ln)
             .col("train_separation", ls)
             .col("chosen", lc)
+            .col("ablated_refusal_token_prob", lp)
             .build()?;
         write_parquet(&mut df, &dir.join("refusal_layers.parquet"))?;
         files.push("refusal_layers.parquet".into());

@@ -490,10 +490,15 @@ pub struct RefusalResult {
     /// Counted from the end (0 = last token).
     pub position: usize,
     pub chat_template: bool,
-    /// Difference of means (harmful − harmless) of resid_pre per layer at `position`.
+    /// Difference of means (harmful − harmless) per layer at `position`: resid_pre of layers
+    /// 0..L, then the final residual (index L).
     pub diffs: Vec<Vec<f32>>,
     /// Train-split accuracy per layer of "harmful iff (x − midpoint)·diff > 0".
     pub separation: Vec<f64>,
+    /// Mean refusal-token probability on the selection prompts without intervention, and with
+    /// each candidate layer's direction ablated (NaN where not tried).
+    pub base_refusal_prob: f64,
+    pub ablated_refusal_prob: Vec<f64>,
     /// Unit refusal direction at `layer`.
     pub direction: Vec<f32>,
     /// Coefficient of the addition (× direction).
@@ -553,17 +558,79 @@ pub fn ablation_hooks(model: &Model, direction: &[f32]) -> Result<Hooks> {
     Ok(hooks)
 }
 
-/// Hooks adding `coef · direction` (unit) to resid_pre of `layer` at every position.
+/// The residual point of refusal "layer" `l`: `resid_pre` of block `l`, or for `l` = L the
+/// final residual stream (`resid_post` of the last block).
+pub fn refusal_point(n_layers: usize, l: usize) -> HookPoint {
+    if l < n_layers {
+        HookPoint::ResidPre(l)
+    } else {
+        HookPoint::ResidPost(n_layers - 1)
+    }
+}
+
+/// Hooks adding `coef · direction` (unit) at refusal layer `layer` at every position.
 pub fn addition_hooks(model: &Model, direction: &[f32], coef: f64, layer: usize) -> Result<Hooks> {
     let dev = model.w_e().device().clone();
     let d = Tensor::from_vec(unit(direction), direction.len(), &dev)?;
     Ok(Hooks::none().with(Intervention::new(
-        HookPoint::ResidPre(layer),
+        refusal_point(model.cfg().n_layers, layer),
         Edit::Add {
             vector: d,
             scale: coef,
         },
     )))
+}
+
+/// First tokens of the refusal phrases (capitalised, with and without a leading space).
+pub fn refusal_token_ids(model: &Model) -> Result<Vec<u32>> {
+    let tok = model.tokenizer()?;
+    let mut ids = vec![];
+    for p in REFUSAL_PHRASES {
+        let mut c = p.chars();
+        let cap: String = c
+            .next()
+            .map(|f| f.to_uppercase().chain(c).collect())
+            .unwrap_or_default();
+        for s in [cap.clone(), format!(" {cap}")] {
+            if let Some(&t) = tok.encode(&s, false)?.first() {
+                ids.push(t);
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Mean probability of a refusal token as the first answer token, with `hooks`.
+pub fn refusal_token_prob(
+    model: &Model,
+    seqs: &[Vec<u32>],
+    hooks: &Hooks,
+    ids: &[u32],
+    batch_size: usize,
+) -> Result<f64> {
+    let mut sum = 0.0;
+    for chunk in seqs.chunks(batch_size.max(1)) {
+        let batch = Batch::new(chunk, model.pad_id())?;
+        let mut h = hooks.clone();
+        let logits = model.transformer.forward_with(
+            &batch,
+            &mut h,
+            RunOptions {
+                logits: LogitsAt::Last,
+                stop_at_layer: None,
+            },
+        )?;
+        let l = logits
+            .i((.., logits.dim(1)? - 1, ..))?
+            .to_dtype(DType::F32)?;
+        let p: Vec<Vec<f32>> = candle_nn::ops::softmax_last_dim(&l)?.to_vec2()?;
+        for row in p {
+            sum += ids.iter().map(|&i| row[i as usize] as f64).sum::<f64>();
+        }
+    }
+    Ok(sum / seqs.len().max(1) as f64)
 }
 
 /// Generate on the held-out sets: harmful under ablation of `direction` and harmless under
@@ -632,8 +699,16 @@ pub fn refusal_conditions(
     Ok(out)
 }
 
-pub fn default_refusal_layer(n_layers: usize) -> usize {
-    ((n_layers as f64 * 0.6).round() as usize).min(n_layers - 1)
+/// Candidate refusal layers: `refusal_candidates` (relative depth, over 0..=L) of the model.
+pub fn refusal_candidates(n_layers: usize, range: (f64, f64)) -> Vec<usize> {
+    let a = (range.0 * n_layers as f64).round() as usize;
+    let b = ((range.1 * n_layers as f64).round() as usize).min(n_layers);
+    let v: Vec<usize> = (a..=b).collect();
+    if v.is_empty() {
+        vec![n_layers / 2]
+    } else {
+        v
+    }
 }
 
 pub fn refusal(
@@ -643,25 +718,25 @@ pub fn refusal(
     progress: &Progress,
 ) -> Result<RefusalResult> {
     let nl = model.cfg().n_layers;
-    let layer = params
-        .refusal_layer
-        .unwrap_or_else(|| default_refusal_layer(nl));
-    if layer >= nl {
-        crate::bail!(
-            "directions: refusal layer {layer} is out of range (the model has {nl} layers)"
-        );
+    if let Some(l) = params.refusal_layer {
+        if l > nl {
+            crate::bail!(
+                "directions: refusal layer {l} is out of range (0..={nl}; {nl} = the final residual)"
+            );
+        }
     }
     let chat = params.chat && model.tokenizer()?.chat_template.is_some();
-    let bar = progress.bar(2, "directions: refusal");
+    let bar = progress.bar(3, "directions: refusal");
     let enc = |v: &[String]| -> Result<Vec<Vec<u32>>> {
         v.iter()
             .map(|t| instruction_ids(model, t, params.chat))
             .collect()
     };
-    let points: Vec<HookPoint> = (0..nl).map(HookPoint::ResidPre).collect();
+    let points: Vec<HookPoint> = (0..=nl).map(|l| refusal_point(nl, l)).collect();
+    let harmful_train = enc(&samples.harmful_train)?;
     let h = resid_at(
         model,
-        &enc(&samples.harmful_train)?,
+        &harmful_train,
         &points,
         params.refusal_position,
         params.batch_size,
@@ -676,7 +751,7 @@ pub fn refusal(
     bar.inc(1);
     let mut diffs = vec![];
     let mut separation = vec![];
-    for l in 0..nl {
+    for l in 0..=nl {
         let mh = mean_rows(&h[l].iter().collect::<Vec<_>>());
         let ms = mean_rows(&s[l].iter().collect::<Vec<_>>());
         let diff = sub(&mh, &ms);
@@ -692,6 +767,38 @@ pub fn refusal(
         separation.push(ok as f64 / (h[l].len() + s[l].len()) as f64);
         diffs.push(diff);
     }
+    // Layer selection (Arditi et al.): the candidate whose ablation most lowers the probability of
+    // a refusal token on harmful training instructions.
+    let ids = refusal_token_ids(model)?;
+    let val: Vec<Vec<u32>> = harmful_train
+        .iter()
+        .take(params.refusal_select_n)
+        .cloned()
+        .collect();
+    let base_prob = refusal_token_prob(model, &val, &Hooks::none(), &ids, params.batch_size)?;
+    let mut ablated_prob = vec![f64::NAN; nl + 1];
+    let layer = match params.refusal_layer {
+        Some(l) => l,
+        None => {
+            let mut best = (usize::MAX, f64::INFINITY);
+            for l in refusal_candidates(nl, params.refusal_candidates) {
+                if norm(&diffs[l]) == 0.0 {
+                    continue;
+                }
+                let hk = ablation_hooks(model, &unit(&diffs[l]))?;
+                let p = refusal_token_prob(model, &val, &hk, &ids, params.batch_size)?;
+                ablated_prob[l] = p;
+                if p < best.1 {
+                    best = (l, p);
+                }
+            }
+            if best.0 == usize::MAX {
+                crate::bail!("directions: every candidate refusal direction is zero");
+            }
+            best.0
+        }
+    };
+    bar.inc(1);
     let direction = unit(&diffs[layer]);
     let coef = params.addition_coef.unwrap_or_else(|| norm(&diffs[layer]));
     let conditions = refusal_conditions(model, samples, params, &direction, coef, layer, true, "")?;
@@ -703,6 +810,8 @@ pub fn refusal(
         chat_template: chat,
         diffs,
         separation,
+        base_refusal_prob: base_prob,
+        ablated_refusal_prob: ablated_prob,
         direction,
         coef,
         conditions,

@@ -182,6 +182,9 @@ pub fn params() -> DirectionsParams {
         patch_pairs: 4,
         patch_positions: 8,
         patch_shots: 1,
+        refusal_candidates: (0.0, 1.0),
+        refusal_select_n: 16,
+        band: Some((0, 3)),
         ..DirectionsParams::default()
     }
 }
@@ -198,7 +201,7 @@ fn toy_config(vocab: usize, seed: u64) -> ToyConfig {
         seed,
         lr: 3e-3,
         weight_decay: 0.0,
-        batch: 32,
+        batch: 24,
         ..ToyConfig::default()
     }
 }
