@@ -12,8 +12,8 @@ use std::process::Command;
 use engram::hooks::{HookPoint, Hooks};
 use engram::model::{Batch, LoadOptions, Model};
 use engram::probes::neurons::{
-    self, average_precision, effective_k, is_correct, load_relations, top_k, unescape_u, Kind,
-    NeuronLayout, NeuronsParams,
+    self, average_precision, effective_k, is_correct, load_relations, standardised_difference,
+    top_k, top_k_tiebreak, unescape_u, Kind, NeuronLayout, NeuronsParams,
 };
 use engram::progress::Progress;
 use engram::report::table::read_parquet;
@@ -94,6 +94,13 @@ fn top_k_orders_by_score_then_index() {
     assert_eq!(top_k(&s, 10), vec![1, 3, 5, 0, 4, 2]);
     assert_eq!(top_k(&s, 0), Vec::<usize>::new());
     assert!(top_k(&[], 5).is_empty());
+    let second = [0.0f32, 1.0, 5.0, 3.0, 0.0, 0.0];
+    assert_eq!(top_k_tiebreak(&s, Some(&second), 3), vec![3, 1, 5]);
+    // Standardised difference: positives {2, 4}, negatives {0, 0}: diff 3, std 1.658.
+    let d = standardised_difference(&[(2.0, true), (4.0, true), (0.0, false), (0.0, false)]);
+    assert!((d - 3.0 / 2.75f64.sqrt()).abs() < 1e-9, "{d}");
+    assert_eq!(standardised_difference(&[(1.0, true), (1.0, false)]), 0.0);
+    assert!(standardised_difference(&[(1.0, true)]).is_nan());
 }
 
 #[test]
@@ -483,7 +490,16 @@ fn end_to_end_on_a_tiny_model() {
         .collect();
     assert_eq!(
         names,
-        ["relation", "layer", "kind", "index", "ap", "rank"].map(String::from)
+        [
+            "relation",
+            "layer",
+            "kind",
+            "index",
+            "ap",
+            "rank",
+            "separation"
+        ]
+        .map(String::from)
     );
     assert_eq!(df.height(), 3 * k);
     let (rel, kind) = (col_str(&df, "relation"), col_str(&df, "kind"));
@@ -493,6 +509,7 @@ fn end_to_end_on_a_tiny_model() {
         col_u32(&df, "rank"),
     );
     let ap = col_f64(&df, "ap");
+    let sep = col_f64(&df, "separation");
     for i in 0..df.height() {
         assert!((layer[i] as usize) < layout.n_layers);
         let width = if kind[i] == "down" {
@@ -506,6 +523,9 @@ fn end_to_end_on_a_tiny_model() {
         if i > 0 && rel[i] == rel[i - 1] {
             assert_eq!(rank[i], rank[i - 1] + 1);
             assert!(ap[i] <= ap[i - 1]);
+            if ap[i] == ap[i - 1] {
+                assert!(sep[i] <= sep[i - 1], "AP ties are ordered by separation");
+            }
         } else {
             assert_eq!(rank[i], 1);
         }

@@ -287,9 +287,16 @@ fn average_precision_pairs(pairs: &mut [(f32, bool)]) -> f64 {
 
 /// Indices of the `k` largest scores, best first (ties: lower index first; NaN last).
 pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    top_k_tiebreak(scores, None, k)
+}
+
+/// [`top_k`] where equal scores are ordered by a second score (larger first, NaN last), then
+/// by index. The probe breaks AP ties (many units reach AP = 1 when templates differ) by the
+/// standardised mean difference of positives and negatives.
+pub fn top_k_tiebreak(scores: &[f32], second: Option<&[f32]>, k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
-    let key = |i: usize| {
-        let s = scores[i];
+    let key = |v: &[f32], i: usize| {
+        let s = v[i];
         if s.is_nan() {
             f32::NEG_INFINITY
         } else {
@@ -297,13 +304,49 @@ pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
         }
     };
     idx.sort_by(|&a, &b| {
-        key(b)
-            .total_cmp(&key(a))
-            .then(scores[a].is_nan().cmp(&scores[b].is_nan()))
-            .then(a.cmp(&b))
+        let mut o = key(scores, b)
+            .total_cmp(&key(scores, a))
+            .then(scores[a].is_nan().cmp(&scores[b].is_nan()));
+        if let Some(t) = second {
+            o = o
+                .then(key(t, b).total_cmp(&key(t, a)))
+                .then(t[a].is_nan().cmp(&t[b].is_nan()));
+        }
+        o.then(a.cmp(&b))
     });
     idx.truncate(k);
     idx
+}
+
+/// Standardised mean difference (mean of positives − mean of negatives) / standard deviation of
+/// all; 0 when the scores are constant, NaN without both classes.
+pub fn standardised_difference(pairs: &[(f32, bool)]) -> f64 {
+    let (mut sp, mut np_, mut sn, mut nn) = (0f64, 0usize, 0f64, 0usize);
+    for &(x, l) in pairs {
+        if l {
+            sp += x as f64;
+            np_ += 1;
+        } else {
+            sn += x as f64;
+            nn += 1;
+        }
+    }
+    if np_ == 0 || nn == 0 {
+        return f64::NAN;
+    }
+    let n = pairs.len() as f64;
+    let mean = (sp + sn) / n;
+    let var = pairs
+        .iter()
+        .map(|&(x, _)| (x as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let diff = sp / np_ as f64 - sn / nn as f64;
+    if var <= 0.0 {
+        0.0
+    } else {
+        diff / var.sqrt()
+    }
 }
 
 /// Which projection a neuron belongs to.
@@ -574,6 +617,8 @@ pub struct SelectedNeuron {
     pub kind: Kind,
     pub index: usize,
     pub ap: f64,
+    /// (mean positive − mean negative response) / std of all responses: the AP tie-break.
+    pub separation: f64,
     /// 1-based.
     pub rank: usize,
 }
@@ -829,7 +874,7 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
             .map(|&c| (c, true))
             .chain(pool.iter().map(|&c| (c, false)))
             .collect();
-        let ap: Vec<f32> = (0..total)
+        let (ap, sep): (Vec<f32>, Vec<f32>) = (0..total)
             .into_par_iter()
             .map_init(
                 || Vec::with_capacity(sel.len()),
@@ -837,11 +882,13 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
                     let row = &buf[j * np..(j + 1) * np];
                     scratch.clear();
                     scratch.extend(sel.iter().map(|&(c, l)| (row[c].to_f32(), l)));
-                    average_precision_pairs(scratch) as f32
+                    let d = standardised_difference(scratch) as f32;
+                    (average_precision_pairs(scratch) as f32, d)
                 },
             )
-            .collect();
-        let top = top_k(&ap, k_max);
+            .unzip();
+        let n_perfect = ap.iter().filter(|&&a| a >= 1.0).count();
+        let top = top_k_tiebreak(&ap, Some(&sep), k_max);
         let neurons = top[..k.min(top.len())]
             .iter()
             .enumerate()
@@ -853,12 +900,14 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
                     kind,
                     index,
                     ap: ap[id] as f64,
+                    separation: sep[id] as f64,
                     rank: rank + 1,
                 }
             })
             .collect::<Vec<_>>();
         notes.push(format!(
-            "{}: {} positives, {} negatives; AP of the top neuron {:.3}, of the k-th {:.3}",
+            "{}: {} positives, {} negatives; {n_perfect} units with AP = 1 (ties broken by the \
+             standardised mean difference); AP of the top neuron {:.3}, of the k-th {:.3}",
             relations[ri].id,
             pos.len(),
             pool.len(),
@@ -1170,6 +1219,7 @@ pub fn write_outputs(r: &NeuronsReport, dir: &Path) -> Result<Vec<String>> {
 
     let (mut rel, mut layer, mut kind, mut index, mut ap, mut rank) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut sep = vec![];
     for (name, ns) in &r.selected {
         for n in ns {
             rel.push(name.clone());
@@ -1177,6 +1227,7 @@ pub fn write_outputs(r: &NeuronsReport, dir: &Path) -> Result<Vec<String>> {
             kind.push(n.kind.name().to_string());
             index.push(n.index as u32);
             ap.push(n.ap);
+            sep.push(n.separation);
             rank.push(n.rank as u32);
         }
     }
@@ -1187,6 +1238,7 @@ pub fn write_outputs(r: &NeuronsReport, dir: &Path) -> Result<Vec<String>> {
         .col("index", index)
         .col("ap", ap)
         .col("rank", rank)
+        .col("separation", sep)
         .build()?;
     write_parquet(&mut df, &dir.join("neurons.parquet"))?;
     files.push("neurons.parquet".to_string());
