@@ -600,4 +600,3 @@ fn cmr_fit(crp: &Path, table_arg: Option<&Path>, out: &Path) -> Result<()> {
     println!("wrote {}", out.display());
     Ok(())
 }
-
