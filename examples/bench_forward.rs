@@ -28,6 +28,116 @@ fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU seconds (user + system) this process has used so far, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit(')').next()?.split_whitespace().collect::<Vec<_>>();
+            // Fields after the command: state is index 0, utime 11, stime 12.
+            let u: f64 = rest.get(11)?.parse().ok()?;
+            let k: f64 = rest.get(12)?.parse().ok()?;
+            Some((u + k) / ticks)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// The machine's f32 FMA peak, measured: every thread runs independent AVX-512 (or AVX2) FMA
+/// chains for ~0.3 s; returns total GFLOP/s over `threads` threads (2 FLOP per lane per FMA).
+fn fma_peak_gflops(threads: usize) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx512f")]
+        unsafe fn chains512(iters: u64) -> f32 {
+            let a = _mm512_set1_ps(0.999_999);
+            let b = _mm512_set1_ps(1e-7);
+            let mut acc = [_mm512_set1_ps(1.0); 12];
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = _mm512_fmadd_ps(*x, a, b);
+                }
+            }
+            let mut s = _mm512_setzero_ps();
+            for x in acc {
+                s = _mm512_add_ps(s, x);
+            }
+            _mm512_reduce_add_ps(s)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn chains256(iters: u64) -> f32 {
+            let a = _mm256_set1_ps(0.999_999);
+            let b = _mm256_set1_ps(1e-7);
+            let mut acc = [_mm256_set1_ps(1.0); 12];
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = _mm256_fmadd_ps(*x, a, b);
+                }
+            }
+            let mut out = [0f32; 8];
+            let mut s = _mm256_setzero_ps();
+            for x in acc {
+                s = _mm256_add_ps(s, x);
+            }
+            _mm256_storeu_ps(out.as_mut_ptr(), s);
+            out.iter().sum()
+        }
+        let wide = std::arch::is_x86_feature_detected!("avx512f");
+        let (lanes, ok) = if wide {
+            (16.0, true)
+        } else {
+            (8.0, std::arch::is_x86_feature_detected!("fma"))
+        };
+        if !ok {
+            return f64::NAN;
+        }
+        let iters: u64 = 100_000_000;
+        let run = move || {
+            let t0 = Instant::now();
+            // SAFETY: the CPU features were detected above.
+            let v = unsafe {
+                if wide {
+                    chains512(iters)
+                } else {
+                    chains256(iters)
+                }
+            };
+            std::hint::black_box(v);
+            t0.elapsed().as_secs_f64()
+        };
+        run(); // warm-up (clocks)
+        let secs: Vec<f64> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads).map(|_| s.spawn(run)).collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(f64::NAN)).collect()
+        });
+        let flop = iters as f64 * 12.0 * lanes * 2.0;
+        secs.iter().map(|s| flop / s).sum::<f64>() / 1e9
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = threads;
+        f64::NAN
+    }
+}
+
+/// GFLOP/s of candle's f32 matmul on the model's largest per-layer shape (tokens × d @ d × d_mlp),
+/// the matmul-bound part of a forward pass.
+fn matmul_gflops(m: usize, k: usize, n: usize, reps: usize) -> engram::Result<f64> {
+    let dev = candle_core::Device::Cpu;
+    let a = candle_core::Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+    let w = candle_core::Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+    let _ = a.matmul(&w.t()?)?; // warm-up
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(3) {
+        let t0 = Instant::now();
+        let y = a.matmul(&w.t()?)?;
+        std::hint::black_box(&y);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+}
+
 fn main() -> engram::Result<()> {
     // As the engram binary does (src/main.rs): keep freed pages mapped.
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
@@ -41,7 +151,17 @@ fn main() -> engram::Result<()> {
     let reps: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(3);
 
     let t0 = Instant::now();
-    let model = Model::load(spec, &LoadOptions::default())?;
+    // DTYPE=bf16|f16 benchmarks a half-precision path (default f32, as the reference).
+    let dtype = match std::env::var("DTYPE").as_deref() {
+        Ok("bf16") => candle_core::DType::BF16,
+        Ok("f16") => candle_core::DType::F16,
+        _ => candle_core::DType::F32,
+    };
+    let opts = LoadOptions {
+        dtype,
+        ..LoadOptions::default()
+    };
+    let model = Model::load(spec, &opts)?;
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mb();
     let cfg = model.cfg().clone();
@@ -54,22 +174,29 @@ fn main() -> engram::Result<()> {
         })
         .collect();
     let batch = Batch::new(&rows, 0)?;
-    let time = |hooks: &mut dyn FnMut() -> Hooks| -> engram::Result<f64> {
+    // Best wall time of `reps` runs, and mean CPU seconds per run (robust on a busy machine).
+    let cpu_of = std::cell::RefCell::new(std::collections::HashMap::<&str, f64>::new());
+    let time = |name: &'static str, hooks: &mut dyn FnMut() -> Hooks| -> engram::Result<f64> {
         let mut h = hooks();
         model.forward(&batch, &mut h)?; // warm-up
         let mut best = f64::INFINITY;
+        let c0 = cpu_seconds();
         for _ in 0..reps {
             let mut h = hooks();
             let t0 = Instant::now();
             model.forward(&batch, &mut h)?;
             best = best.min(t0.elapsed().as_secs_f64());
         }
+        cpu_of
+            .borrow_mut()
+            .insert(name, (cpu_seconds() - c0) / reps as f64);
         Ok(best)
     };
-    let plain = time(&mut Hooks::none)?;
+    let plain = time("forward", &mut Hooks::none)?;
     let empty_filter =
-        time(&mut || Hooks::capture(HookFilter::new(&["hook_embed"]))).unwrap_or(f64::NAN);
-    let capture = time(&mut || {
+        time("embed_capture", &mut || Hooks::capture(HookFilter::new(&["hook_embed"])))
+            .unwrap_or(f64::NAN);
+    let capture = time("capture", &mut || {
         Hooks::capture(HookFilter::new(&[
             "blocks.*.hook_resid_post",
             "blocks.*.attn.hook_pattern",
@@ -85,14 +212,20 @@ fn main() -> engram::Result<()> {
             + d * cfg.vocab_size as f64);
     let attn = 2.0 * 2.0 * cfg.n_layers as f64 * (cfg.n_heads * cfg.d_head) as f64 * t as f64;
     let gflop = tokens * (per_tok_weights + attn) / 1e9;
+    let threads = rayon::current_num_threads();
+    let peak = fma_peak_gflops(threads);
+    let mm = matmul_gflops(b * t, cfg.d_model, cfg.d_mlp, reps)?;
     let out = serde_json::json!({
-        "model": spec, "batch": b, "seq": t, "threads": rayon::current_num_threads(),
+        "model": spec, "dtype": format!("{dtype:?}"), "batch": b, "seq": t, "threads": threads,
         "load_s": load_s,
         "forward_s": plain, "forward_tok_s": tokens / plain, "forward_gflop_s": gflop / plain,
         "capture_s": capture, "capture_tok_s": tokens / capture,
         "embed_capture_s": empty_filter,
         "gflop_per_forward": gflop,
         "rss_after_load_mb": rss_after_load, "peak_rss_mb": peak_rss_mb(),
+        "cpu_s": *cpu_of.borrow(),
+        "fma_peak_gflop_s": peak,
+        "matmul_gflop_s": mm, "matmul_shape": [b * t, cfg.d_model, cfg.d_mlp],
     });
     println!("{out}");
     Ok(())

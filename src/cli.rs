@@ -63,6 +63,8 @@ impl ModelArgs {
     }
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Architecture, sizes, dtype and the hook points of a model

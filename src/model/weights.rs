@@ -30,14 +30,50 @@ pub trait WeightSource: Send + Sync {
 }
 
 /// Load every tensor of `src` as f32 in parallel (rayon) into memory.
-pub fn prefetch(src: &dyn WeightSource, device: &Device) -> Result<MapWeights> {
+pub fn prefetch(src: &dyn WeightSource, device: &Device) -> Result<Prefetched> {
     use rayon::prelude::*;
     let names = src.names();
     let tensors = names
         .par_iter()
         .map(|n| Ok((n.clone(), src.get(n, DType::F32, device)?)))
         .collect::<Result<HashMap<_, _>>>()?;
-    Ok(MapWeights::new(tensors))
+    Ok(Prefetched {
+        tensors: std::sync::Mutex::new(tensors),
+    })
+}
+
+/// Tensors loaded ahead of model construction. `get` hands each tensor over and forgets it, so
+/// the model's fused copies (QKV, gate/up) replace the originals instead of doubling the peak
+/// memory of a load; a tensor can therefore be taken once.
+pub struct Prefetched {
+    tensors: std::sync::Mutex<HashMap<String, Tensor>>,
+}
+
+impl WeightSource for Prefetched {
+    fn get(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .lock()
+            .map_err(|_| Error::msg("weight loader poisoned"))?
+            .remove(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        Ok(t.to_device(device)?.to_dtype(dtype)?)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.tensors
+            .lock()
+            .map(|m| m.contains_key(name))
+            .unwrap_or(false)
+    }
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .tensors
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
 }
 
 /// Memory-mapped safetensors files.
