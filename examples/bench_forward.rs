@@ -109,7 +109,9 @@ fn fma_peak_gflops(threads: usize) -> f64 {
         run(); // warm-up (clocks)
         let secs: Vec<f64> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..threads).map(|_| s.spawn(run)).collect();
-            hs.into_iter().map(|h| h.join().unwrap_or(f64::NAN)).collect()
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or(f64::NAN))
+                .collect()
         });
         let flop = iters as f64 * 12.0 * lanes * 2.0;
         secs.iter().map(|s| flop / s).sum::<f64>() / 1e9
@@ -193,9 +195,10 @@ fn main() -> engram::Result<()> {
         Ok(best)
     };
     let plain = time("forward", &mut Hooks::none)?;
-    let empty_filter =
-        time("embed_capture", &mut || Hooks::capture(HookFilter::new(&["hook_embed"])))
-            .unwrap_or(f64::NAN);
+    let empty_filter = time("embed_capture", &mut || {
+        Hooks::capture(HookFilter::new(&["hook_embed"]))
+    })
+    .unwrap_or(f64::NAN);
     let capture = time("capture", &mut || {
         Hooks::capture(HookFilter::new(&[
             "blocks.*.hook_resid_post",
