@@ -15,6 +15,7 @@ use crate::Result;
 
 /// `engram sae ...`
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum SaeCommand {
     /// Stream activations of one hook point over a corpus into a sharded, shuffled store (resumes)
     Collect {
@@ -151,6 +152,9 @@ pub struct TrainArgs {
     /// Initial threshold τ (normalised units)
     #[arg(long)]
     pub init_threshold: Option<f64>,
+    /// Learning rate of log τ as a multiple of --lr (threshold)
+    #[arg(long)]
+    pub threshold_lr_mult: Option<f64>,
     /// k (topk)
     #[arg(long)]
     pub k: Option<usize>,
@@ -160,9 +164,9 @@ pub struct TrainArgs {
     /// Save a checkpoint every N steps
     #[arg(long, default_value_t = 0)]
     pub checkpoint_every: usize,
-    /// Seed of the initialisation and the batch order
-    #[arg(long = "train-seed", default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the initialisation and the batch order (`--seed` is the collection's)
+    #[arg(long, default_value_t = 0)]
+    pub train_seed: u64,
 }
 
 impl TrainArgs {
@@ -178,10 +182,11 @@ impl TrainArgs {
             l0_coeff: self.l0_coeff.unwrap_or(d.l0_coeff),
             bandwidth: self.bandwidth.unwrap_or(d.bandwidth),
             init_threshold: self.init_threshold.unwrap_or(d.init_threshold),
+            threshold_lr_mult: self.threshold_lr_mult.unwrap_or(d.threshold_lr_mult),
             k: self.k.unwrap_or(d.k),
             l1_coeff: self.l1_coeff.unwrap_or(d.l1_coeff),
             checkpoint_every: self.checkpoint_every,
-            seed: self.seed,
+            seed: self.train_seed,
             ..d
         }
     }

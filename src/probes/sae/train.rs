@@ -17,7 +17,8 @@
 //!   the decoder-gradient component parallel to each decoder row is removed before the step and
 //!   the rows are renormalised to unit norm after it;
 //! - seeded initialisation: decoder rows uniform on the sphere (seeded Box–Muller), W_enc = W_decᵀ,
-//!   b_enc = 0, b_dec = the data mean, τ = `init_threshold`;
+//!   b_enc = 0, b_dec = the data mean, τ = `init_threshold`; log τ learns `threshold_lr_mult`
+//!   times faster than the weights;
 //! - dead latents: a latent is dead when it has not fired in the last `dead_after` samples.
 
 use std::path::Path;
@@ -54,6 +55,9 @@ pub struct TrainParams {
     pub bandwidth: f64,
     /// Initial threshold τ (normalised units).
     pub init_threshold: f64,
+    /// Learning rate of log τ as a multiple of `lr` (log τ moves at most ≈ lr·this per Adam step,
+    /// so with short budgets the thresholds need a faster rate to reach their sparsity).
+    pub threshold_lr_mult: f64,
     /// Share of steps over which the sparsity coefficient ramps up from 0.
     pub sparsity_warmup: f64,
     /// Share of the last steps over which the learning rate decays linearly to 0.
@@ -85,6 +89,7 @@ impl Default for TrainParams {
             l1_coeff: 1.0,
             bandwidth: 0.05,
             init_threshold: 0.1,
+            threshold_lr_mult: 10.0,
             sparsity_warmup: 0.1,
             lr_decay: 0.2,
             dead_after: 200_000,
@@ -339,7 +344,7 @@ impl Trainer {
         self.b_enc = self.opt[2].step(&self.b_enc, &g.b_enc, lr_t)?;
         self.b_dec = self.opt[3].step(&self.b_dec, &g.b_dec, lr_t)?;
         if let (Some(lt), Some(gt)) = (&self.log_th, &g.log_threshold) {
-            self.log_th = Some(self.opt[4].step(lt, gt, lr_t)?);
+            self.log_th = Some(self.opt[4].step(lt, gt, lr_t * self.params.threshold_lr_mult)?);
         }
         // Dead-latent bookkeeping.
         self.samples += b as u64;
