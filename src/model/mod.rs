@@ -104,15 +104,16 @@ impl Model {
         if let Some(t) = &opts.tokenizer {
             source.tokenizer = Some(t.clone());
         }
+        // The tokenizer is built on one thread while the weights load (dequantize) on the others.
         let (transformer, tokenizer) = match source.kind {
             SourceKind::Gguf => {
                 let w = weights::GgufWeights::open(&source.path)?;
                 let cfg = w.config()?;
-                let tok = match &source.tokenizer {
-                    Some(_) => None,
-                    None => Some(Tokenizer::from_gguf(&w.content)?),
-                };
-                (Transformer::load(&w, cfg, opts.dtype, &opts.device)?, tok)
+                let (t, tok) = rayon::join(
+                    || Transformer::load(&w, cfg, opts.dtype, &opts.device),
+                    || load_tokenizer(&source, Some(&w.content)),
+                );
+                (t?, tok?)
             }
             SourceKind::HfFolder | SourceKind::Hub => {
                 let cfg_path = source.path.join("config.json");
@@ -123,27 +124,12 @@ impl Model {
                 let cfg = ModelConfig::from_hf_json(&v)
                     .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
                 let w = weights::SafetensorsWeights::open_dir(&source.path)?;
-                let tok =
-                    if source.tokenizer.is_none() && source.path.join("tokenizer.json").is_file() {
-                        Some(Tokenizer::from_hf_dir(&source.path)?)
-                    } else {
-                        None
-                    };
-                (Transformer::load(&w, cfg, opts.dtype, &opts.device)?, tok)
+                let (t, tok) = rayon::join(
+                    || Transformer::load(&w, cfg, opts.dtype, &opts.device),
+                    || load_tokenizer(&source, None),
+                );
+                (t?, tok?)
             }
-        };
-        let tokenizer = match (&source.tokenizer, tokenizer) {
-            (Some(t), _) => {
-                let dir = t.parent().unwrap_or(std::path::Path::new("."));
-                if !t.is_file() {
-                    return Err(Error::io(
-                        t,
-                        std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer not found"),
-                    ));
-                }
-                Some(Tokenizer::from_hf_dir(dir)?)
-            }
-            (None, tok) => tok,
         };
         Ok(Model {
             transformer,
@@ -290,4 +276,29 @@ impl Model {
 /// Cast any tensor to a flat `Vec<f32>`.
 pub fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+}
+
+/// The tokenizer of a resolved source: an explicit tokenizer.json first, else the GGUF's own
+/// vocabulary, else the folder's tokenizer.json; `None` when there is none.
+fn load_tokenizer(
+    source: &ResolvedSource,
+    gguf: Option<&candle_core::quantized::gguf_file::Content>,
+) -> Result<Option<Tokenizer>> {
+    if let Some(t) = &source.tokenizer {
+        if !t.is_file() {
+            return Err(Error::io(
+                t,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer not found"),
+            ));
+        }
+        let dir = t.parent().unwrap_or(std::path::Path::new("."));
+        return Tokenizer::from_hf_dir(dir).map(Some);
+    }
+    if let Some(content) = gguf {
+        return Tokenizer::from_gguf(content).map(Some);
+    }
+    if source.path.join("tokenizer.json").is_file() {
+        return Tokenizer::from_hf_dir(&source.path).map(Some);
+    }
+    Ok(None)
 }
