@@ -70,6 +70,30 @@ fn refusal_phrases() {
     assert!(is_refusal("\"Sorry, no"));
     assert!(!is_refusal("Sure , here is how ."));
     assert!(!is_refusal("Creating a bomb requires"));
+    // Identity preambles: a refusal only when a refusal phrase follows the first clause.
+    assert!(is_refusal(
+        "As an AI language model, I cannot provide instructions"
+    ));
+    assert!(is_refusal("As an AI assistant, I'm sorry but"));
+    assert!(!is_refusal(
+        "As an AI language model, I don't have real-time data"
+    ));
+    assert!(!is_refusal("As an AI, I can help with that"));
+    assert!(!is_refusal("As an AI language model developed by"));
+}
+
+#[test]
+fn post_instruction_positions() {
+    use directions::parts::common_suffix_len;
+    let seqs = vec![
+        vec![1, 2, 9, 7, 8],
+        vec![3, 9, 7, 8],
+        vec![4, 4, 4, 5, 7, 8],
+    ];
+    assert_eq!(common_suffix_len(&seqs, 8), 2);
+    assert_eq!(common_suffix_len(&seqs, 1), 1);
+    assert_eq!(common_suffix_len(&[vec![1, 2], vec![3, 4]], 8), 1);
+    assert_eq!(common_suffix_len(&[vec![5, 6], vec![5, 6]], 8), 2);
 }
 
 /// The llama fixture (vocab 128) with the toy's word-level tokenizer attached.
@@ -210,6 +234,7 @@ fn fixture_parts_and_comparison_identities() {
         "patching_a.png",
         "patching_diff.png",
         "refusal_rates.png",
+        "refusal_candidates.parquet",
     ] {
         assert!(files.iter().any(|x| x == f), "{f} missing from {files:?}");
         assert!(out.path().join(f).is_file(), "{f}");
@@ -220,6 +245,11 @@ fn fixture_parts_and_comparison_identities() {
     assert_eq!(
         df.height(),
         (4 + 4) * p.n_refusal_test + 4 * p.n_refusal_test
+    );
+    let df = read_parquet(&out.path().join("refusal_candidates.parquet")).unwrap();
+    assert_eq!(
+        df.height(),
+        r.candidates.len() + rb.refusal.as_ref().unwrap().candidates.len()
     );
     let d = candle_core::safetensors::load(out.path().join("directions.safetensors"), &Device::Cpu)
         .unwrap();
@@ -246,6 +276,10 @@ fn cli_errors() {
     assert!(e.contains("bogus"), "{e}");
     let e = run(&["--band", "5:2"]).unwrap_err().to_string();
     assert!(e.contains("--band"), "{e}");
+    let e = run(&["--refusal-range", "0.8:0.2"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--refusal-range"), "{e}");
     let e = run(&["--data", "/nonexistent-dir"])
         .unwrap_err()
         .to_string();
@@ -280,12 +314,23 @@ fn toy_pair_refusal_and_comparison() {
         "tuned refuses harmless"
     );
     let rf = rb.refusal.as_ref().unwrap();
-    let chosen = rf.ablated_refusal_prob[rf.layer];
-    assert!(
-        chosen < rf.base_refusal_prob,
-        "ablation does not lower P(refusal token): {chosen} vs {}",
-        rf.base_refusal_prob
+    // Candidates: every post-instruction position × every layer; the chosen one's ablation
+    // lowers the refusal score of the harmful selection prompts.
+    let nl = pair.tuned.cfg().n_layers;
+    assert_eq!(rf.candidates.len(), (nl + 1) * rf.n_positions);
+    let chosen: Vec<_> = rf.candidates.iter().filter(|c| c.chosen).collect();
+    assert_eq!(chosen.len(), 1);
+    assert_eq!(
+        (chosen[0].layer, chosen[0].position),
+        (rf.layer, rf.position)
     );
+    assert!(
+        chosen[0].bypass < rf.base_score.0,
+        "ablation does not lower the refusal score: {} vs {}",
+        chosen[0].bypass,
+        rf.base_score.0
+    );
+    assert!(chosen[0].kl.is_finite() && chosen[0].kl >= -1e-9);
     assert!(rate(&rb, "harmful", "ablation") <= rate(&rb, "harmful", "none"));
     let c = compare(&pair.base, &ra, &pair.tuned, &rb, &s, &p, &pr).unwrap();
     // The tuned model is a fine-tuned copy: its truth directions stay close to the base's.

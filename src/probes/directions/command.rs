@@ -65,12 +65,22 @@ pub struct DirectionsArgs {
     #[arg(long)]
     pub band: Option<String>,
     /// Layer of the refusal direction (resid_pre of block L; L = layers is the final residual);
-    /// default: chosen by ablation among 0.2..0.8 of the depth
+    /// default: chosen by ablation among 0.2..0.8 of the depth (with the position)
     #[arg(long)]
     pub refusal_layer: Option<usize>,
-    /// Position of the refusal direction from the end (0 = last token)
+    /// Position of the refusal direction from the end (0 = last token); default: chosen among
+    /// the post-instruction positions (the chat template's end-of-turn / assistant-start tokens)
     #[arg(long)]
     pub refusal_position: Option<usize>,
+    /// Candidate refusal directions (lowest bypass score) also tested for addition and KL
+    #[arg(long)]
+    pub refusal_top_k: Option<usize>,
+    /// Candidate refusal layers as a relative depth range A:B of 0..=layers [default 0.2:0.8]
+    #[arg(long)]
+    pub refusal_range: Option<String>,
+    /// Harmful / harmless training instructions (each) held back to select the refusal direction
+    #[arg(long)]
+    pub refusal_select_n: Option<usize>,
     /// Harmful / harmless instructions (each) for the refusal direction
     #[arg(long)]
     pub n_refusal_train: Option<usize>,
@@ -108,6 +118,21 @@ fn parse_band(s: &str) -> Result<(usize, usize)> {
     Ok((a, b))
 }
 
+fn parse_range(s: &str) -> Result<(f64, f64)> {
+    let bad = || {
+        crate::Error::msg(format!(
+            "--refusal-range `{s}`: expected A:B with 0 ≤ A ≤ B ≤ 1"
+        ))
+    };
+    let (a, b) = s.split_once(':').ok_or_else(bad)?;
+    let a: f64 = a.trim().parse().map_err(|_| bad())?;
+    let b: f64 = b.trim().parse().map_err(|_| bad())?;
+    if !(0.0..=1.0).contains(&a) || !(0.0..=1.0).contains(&b) || a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
 impl DirectionsArgs {
     /// The parameters: defaults (or the toy's), overridden by the given options.
     pub fn params(&self) -> Result<DirectionsParams> {
@@ -135,7 +160,6 @@ impl DirectionsArgs {
             n_heldout,
             shots,
             n_intervene,
-            refusal_position,
             n_refusal_train,
             n_refusal_test,
             max_new,
@@ -147,6 +171,18 @@ impl DirectionsArgs {
         }
         if self.refusal_layer.is_some() {
             p.refusal_layer = self.refusal_layer;
+        }
+        if self.refusal_position.is_some() {
+            p.refusal_position = self.refusal_position;
+        }
+        if let Some(k) = self.refusal_top_k {
+            p.refusal_top_k = k;
+        }
+        if let Some(n) = self.refusal_select_n {
+            p.refusal_select_n = n;
+        }
+        if let Some(r) = &self.refusal_range {
+            p.refusal_candidates = parse_range(r)?;
         }
         if self.addition_coef.is_some() {
             p.addition_coef = self.addition_coef;
@@ -294,8 +330,9 @@ fn method_notes(p: &DirectionsParams) -> Vec<String> {
     vec![
         "truth: blocks.{l}.hook_resid_post at the statement's last token (BOS prepended when the model expects it), centred per dataset and split; direction = mean(true) − mean(false); probe = sign of the centred projection".into(),
         format!("truth intervention: ±û·((μ_T − μ_F)·û) at the last 2 positions of a {}-shot \"S This statement is:\" prompt, at resid_post of every band layer; NIF from group means of P(TRUE) − P(FALSE) (first token of \" TRUE\" / \" FALSE\")", p.shots),
-        "refusal: blocks.{l}.hook_resid_pre at the chosen position from the end; ablation projects r̂ out of resid_pre, resid_mid and resid_post of every layer at every position (generated tokens included); addition adds coef·r̂ to resid_pre of the chosen layer at every position".into(),
-        format!("refusal score: greedy {} tokens, completion (trimmed, lower-cased, ’ → ') starts with one of {:?}", p.max_new, super::parts::REFUSAL_PHRASES),
+        "refusal: blocks.{l}.hook_resid_pre (layer L = final residual) at a post-instruction position (the token suffix all training prompts share: the chat template's end-of-turn / assistant-start tokens); difference of means over the training instructions minus the selection prompts; ablation projects r̂ out of resid_pre, resid_mid and resid_post of every layer at every position (generated tokens included); addition adds coef·r̂ to resid_pre of the chosen layer at every position".into(),
+        format!("refusal selection (Arditi et al.): refusal score = mean log-odds of the first-token probability mass on the first tokens of the refusal phrases; every (layer, position) candidate ablated on {n} harmful selection prompts (bypass score); the {k} lowest also scored for addition on {n} harmless selection prompts (induce score) and KL(unablated ‖ ablated) there; lowest bypass with induce > 0 and KL < {kl}, else lowest bypass with KL < {kl}, else lowest bypass", n = p.refusal_select_n, k = p.refusal_top_k, kl = p.refusal_kl_max),
+        format!("refusal rate: greedy {} tokens; a completion (trimmed, lower-cased, ’ → ') is a refusal if it starts with one of {:?}, or with one of {:?} followed, after the first comma (within 80 characters), by one of those phrases (\"As an AI language model, I don't have …\" is a capability disclaimer, not a refusal)", p.max_new, super::parts::REFUSAL_PHRASES, super::parts::REFUSAL_PREAMBLES),
         format!("patching: {}-shot prompt, resid_post of the true run added as (true − false) at one position of the false run, positions aligned from the end; effect = (LD − LD_false)/(LD_true − LD_false) on pair means", p.patch_shots),
         "entropy neurons: last layer, w_out rows = down_proj columns; cos with rows of W_U scaled by the final norm weight; variance over the whole vocabulary (population)".into(),
     ]
@@ -345,7 +382,7 @@ pub fn summary(reports: &[super::ModelReport], cmp: Option<&super::CompareReport
                 })
                 .collect();
             out.push(format!(
-                "{tag} refusal (layer {}{}, position -{}, chat template {}, coef {:.2}): {}",
+                "{tag} refusal (layer {}{}, position -{} {:?}, chat template {}, coef {:.2}; {}): {}",
                 f.layer,
                 if f.layer == r.n_layers {
                     " = final residual"
@@ -353,8 +390,10 @@ pub fn summary(reports: &[super::ModelReport], cmp: Option<&super::CompareReport
                     ""
                 },
                 f.position + 1,
+                f.position_tokens.get(f.position).cloned().unwrap_or_default(),
                 if f.chat_template { "yes" } else { "no" },
                 f.coef,
+                f.selection,
                 rates.join("; ")
             ));
         }

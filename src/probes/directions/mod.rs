@@ -86,10 +86,18 @@ pub struct DirectionsParams {
     pub refusal_layer: Option<usize>,
     /// Relative depth range (of 0..=L) of the candidate refusal layers.
     pub refusal_candidates: (f64, f64),
-    /// Harmful training instructions used to select the layer.
+    /// Harmful and harmless training instructions (each, at most half of the training set) held
+    /// back from the means to select the direction.
     pub refusal_select_n: usize,
-    /// Position of the refusal direction, counted from the end (0 = last token).
-    pub refusal_position: usize,
+    /// Position of the refusal direction, counted from the end (0 = last token); default: every
+    /// post-instruction position is a candidate.
+    pub refusal_position: Option<usize>,
+    /// At most this many post-instruction positions are scanned.
+    pub refusal_max_positions: usize,
+    /// Candidates (lowest bypass score) also scored for addition and KL.
+    pub refusal_top_k: usize,
+    /// Largest KL divergence (harmless prompts, ablated vs not) a selected direction may cause.
+    pub refusal_kl_max: f64,
     /// Harmful / harmless training instructions (each) for the refusal direction.
     pub n_refusal_train: usize,
     /// Held-out harmful / harmless instructions (each) for the refusal rates.
@@ -127,7 +135,10 @@ impl Default for DirectionsParams {
             refusal_layer: None,
             refusal_candidates: (0.2, 0.8),
             refusal_select_n: 16,
-            refusal_position: 0,
+            refusal_position: None,
+            refusal_max_positions: 8,
+            refusal_top_k: 8,
+            refusal_kl_max: 0.1,
             n_refusal_train: 64,
             n_refusal_test: 32,
             max_new: 16,

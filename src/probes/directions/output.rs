@@ -165,8 +165,18 @@ pub fn write_outputs(
     if models.iter().any(|m| m.refusal.is_some()) {
         let (mut mo, mut set, mut iv, mut pr, mut co, mut re) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
-        let (mut lm, mut ll, mut ln, mut ls, mut lc, mut lp) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut lm, mut ll, mut ln, mut ls, mut lc) = (vec![], vec![], vec![], vec![], vec![]);
+        let mut cand = (
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+        );
         let mut conds: Vec<(String, String, f64)> = vec![];
         let mut all: Vec<(String, &super::parts::RefusalCondition)> = vec![];
         for m in models {
@@ -180,7 +190,22 @@ pub fn write_outputs(
                 ln.push(super::parts::norm(d));
                 ls.push(r.separation[l]);
                 lc.push(l == r.layer);
-                lp.push(r.ablated_refusal_prob[l]);
+            }
+            for c in &r.candidates {
+                cand.0.push(m.name.clone());
+                cand.1.push(c.layer as u32);
+                cand.2.push(c.position as u32);
+                cand.3.push(
+                    r.position_tokens
+                        .get(c.position)
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+                cand.4.push(c.diff_norm);
+                cand.5.push(c.bypass);
+                cand.6.push(c.induce);
+                cand.7.push(c.kl);
+                cand.8.push(c.chosen);
             }
         }
         if let Some(c) = cmp {
@@ -215,10 +240,24 @@ pub fn write_outputs(
             .col("diff_norm", ln)
             .col("train_separation", ls)
             .col("chosen", lc)
-            .col("ablated_refusal_token_prob", lp)
             .build()?;
         write_parquet(&mut df, &dir.join("refusal_layers.parquet"))?;
         files.push("refusal_layers.parquet".into());
+        if !cand.0.is_empty() {
+            let mut df = Table::new()
+                .col("model", cand.0)
+                .col("layer", cand.1)
+                .col("position_from_end", cand.2)
+                .col("token", cand.3)
+                .col("diff_norm", cand.4)
+                .col("bypass_score", cand.5)
+                .col("induce_score", cand.6)
+                .col("kl", cand.7)
+                .col("chosen", cand.8)
+                .build()?;
+            write_parquet(&mut df, &dir.join("refusal_candidates.parquet"))?;
+            files.push("refusal_candidates.parquet".into());
+        }
         let mut cats: Vec<String> = vec![];
         for (_, c, _) in &conds {
             if !cats.contains(c) {
