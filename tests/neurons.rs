@@ -12,8 +12,8 @@ use std::process::Command;
 use engram::hooks::{HookPoint, Hooks};
 use engram::model::{Batch, LoadOptions, Model};
 use engram::probes::neurons::{
-    self, average_precision, effective_k, is_correct, load_relations, standardised_difference,
-    top_k, top_k_tiebreak, unescape_u, Kind, NeuronLayout, NeuronsParams,
+    self, answer_settled, average_precision, effective_k, is_correct, load_relations,
+    standardised_difference, top_k, top_k_tiebreak, unescape_u, Kind, NeuronLayout, NeuronsParams,
 };
 use engram::progress::Progress;
 use engram::report::table::read_parquet;
@@ -85,6 +85,61 @@ fn is_correct_cases() {
     assert!(!is_correct("", &o(&["Paris"])));
     assert!(!is_correct(" anything", &o(&[""])));
     assert!(!is_correct(" theater", &o(&["ater"])));
+}
+
+#[test]
+fn answer_settled_stops_only_when_the_verdict_is_final() {
+    let o = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert!(answer_settled(" Paris", &o(&["Paris"])));
+    assert!(answer_settled(" London", &o(&["Paris"])));
+    assert!(answer_settled(" in", &o(&["Paris"])));
+    assert!(!answer_settled(" Pa", &o(&["Paris"])));
+    assert!(!answer_settled("", &o(&["Paris"])));
+    assert!(!answer_settled(" \n", &o(&["Paris"])));
+    assert!(!answer_settled(" the", &o(&["United States"])));
+    assert!(!answer_settled(" the Uni", &o(&["United States"])));
+    assert!(!answer_settled(" a", &o(&["guitarist"])));
+    assert!(!answer_settled(" New", &o(&["New York", "Boston"])));
+    assert!(!answer_settled(" Bras\u{FFFD}", &o(&["Brasília"])));
+    assert!(answer_settled(" theater", &o(&["United States"])));
+    // Exactness: whenever a prefix of a continuation is settled, its verdict is the verdict of
+    // the whole continuation.
+    let objects = o(&[
+        "New York",
+        "United States",
+        "guitarist",
+        "Paris",
+        "an apple",
+    ]);
+    let texts = [
+        " New York City",
+        " New Jersey",
+        " the United States of",
+        " the Netherlands",
+        " a guitarist and",
+        " an apple a day",
+        " an orange",
+        "\n\n  PARIS, France",
+        " Parisian",
+        " the  united   states",
+        " theater",
+        " a",
+        "",
+    ];
+    let mut n_settled_early = 0;
+    for t in texts {
+        let full = is_correct(t, &objects);
+        let cuts: Vec<usize> = t.char_indices().map(|(i, _)| i).chain([t.len()]).collect();
+        for &c in &cuts {
+            if answer_settled(&t[..c], &objects) {
+                assert_eq!(is_correct(&t[..c], &objects), full, "{t:?} cut at {c}");
+                if c < t.len() {
+                    n_settled_early += 1;
+                }
+            }
+        }
+    }
+    assert!(n_settled_early > 20, "{n_settled_early}");
 }
 
 #[test]
@@ -779,5 +834,38 @@ fn smollm2_relation_neurons() {
     }
     for (name, ns) in &report.selected {
         assert!(ns[0].ap > 0.9, "{name}: top AP {}", ns[0].ap);
+    }
+
+    // Stopping settled prompts early (as the deactivation runs do) gives the same verdicts as
+    // generating every prompt's full budget, with and without deactivated neurons.
+    let tok = model.tokenizer().unwrap();
+    let rels = load_relations(&params.relations, &params.only).unwrap();
+    let mut prompts = vec![];
+    for (ri, r) in rels.iter().enumerate() {
+        for f in r.facts.iter().take(20) {
+            let text = r.prompt(&f.subject);
+            prompts.push(neurons::Prompt {
+                relation: ri,
+                subject: f.subject.clone(),
+                objects: f.objects.clone(),
+                ids: tok.encode(&text, true).unwrap(),
+                text,
+                max_new: 6,
+            });
+        }
+    }
+    let refs: Vec<&neurons::Prompt> = prompts.iter().collect();
+    let ids: Vec<usize> = report.selected[0].1.iter().map(|n| n.id).collect();
+    for hooks in [Hooks::none(), report.layout.deactivation_hooks(&ids)] {
+        let full = neurons::greedy_eval(&model, &refs, &hooks, 8, false, None).unwrap();
+        let early = neurons::greedy_eval(&model, &refs, &hooks, 8, true, None).unwrap();
+        let mut shorter = 0;
+        for (f, e) in full.iter().zip(&early) {
+            assert_eq!(f.1, e.1, "{f:?} vs {e:?}");
+            assert!(f.0.starts_with(&e.0), "{f:?} vs {e:?}");
+            shorter += usize::from(e.0.len() < f.0.len());
+        }
+        assert!(shorter > 0, "no prompt stopped early");
+        assert!(full.iter().any(|f| f.1), "no correct answer to compare");
     }
 }

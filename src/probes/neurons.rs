@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, D};
 use half::f16;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -29,6 +29,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::hooks::{Edit, HookPoint, Hooks, Intervention};
+use crate::model::transformer::KvCache;
 use crate::model::{Batch, LogitsAt, Model, RunOptions};
 use crate::progress::{Bar, Progress};
 use crate::{Error, Result};
@@ -550,16 +551,47 @@ pub struct Prompt {
     pub max_new: usize,
 }
 
+/// Whether the answer to a prompt is settled: [`is_correct`] already holds, or no continuation
+/// of `generated` can make it hold (its normalised text is no prefix of any object, nor of
+/// "the "/"a "/"an " + object). Text with a U+FFFD (a token cut inside a UTF-8 character) is
+/// never settled. Normalisation keeps prefixes (the normalised text of a longer continuation
+/// starts with that of a shorter one), so stopping a settled prompt cannot change its verdict.
+pub fn answer_settled(generated: &str, objects: &[String]) -> bool {
+    if is_correct(generated, objects) {
+        return true;
+    }
+    if generated.contains('\u{FFFD}') {
+        return false;
+    }
+    let g = normalise(generated);
+    !objects.iter().any(|o| {
+        let o = normalise(o);
+        !o.is_empty()
+            && ["", "the ", "a ", "an "]
+                .iter()
+                .any(|a| format!("{a}{o}").starts_with(&g))
+    })
+}
+
 /// Greedy-generate every prompt under `hooks` (batched by similar length and generation budget)
-/// and return (continuation text, correct) per prompt, in input order.
+/// and return (continuation text, correct) per prompt, in input order. With `stop_when_settled`
+/// a prompt stops generating as soon as [`answer_settled`] holds (same verdicts, shorter
+/// texts), and a batch stops when all its prompts have; the deactivation runs use it.
 pub fn greedy_eval(
     model: &Model,
     prompts: &[&Prompt],
     hooks: &Hooks,
     batch_size: usize,
+    stop_when_settled: bool,
     bar: Option<&Bar>,
 ) -> Result<Vec<(String, bool)>> {
     let tok = model.tokenizer()?;
+    let eos = tok.eos_ids.clone();
+    let limit = model.cfg().max_position_embeddings;
+    let opts = RunOptions {
+        logits: LogitsAt::Last,
+        stop_at_layer: None,
+    };
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| (prompts[i].max_new, prompts[i].ids.len()));
     let mut out = vec![(String::new(), false); prompts.len()];
@@ -567,10 +599,34 @@ pub fn greedy_eval(
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].ids.clone()).collect();
         let max_new = chunk.iter().map(|&i| prompts[i].max_new).max().unwrap_or(1);
         let mut h = hooks.clone();
-        let gen = model.generate(&seqs, max_new, &mut h)?;
+        let mut gen: Vec<Vec<u32>> = vec![vec![]; chunk.len()];
+        let mut active: Vec<bool> = chunk.iter().map(|&i| prompts[i].max_new > 0).collect();
+        let mut cache = KvCache::new();
+        let mut batch = Batch::new(&seqs, model.pad_id())?;
+        for _ in 0..max_new {
+            if !active.iter().any(|&a| a) || cache.len + batch.seq_len > limit {
+                break;
+            }
+            let logits = model
+                .transformer
+                .forward_cached(&batch, &mut h, opts, &mut cache)?;
+            let next: Vec<u32> = logits.squeeze(1)?.argmax(D::Minus1)?.to_vec1()?;
+            for (j, &t) in next.iter().enumerate() {
+                if !active[j] {
+                    continue;
+                }
+                let p = prompts[chunk[j]];
+                gen[j].push(t);
+                let finished = eos.contains(&t) || gen[j].len() >= p.max_new;
+                active[j] = !(finished
+                    || (stop_when_settled
+                        && answer_settled(&tok.decode(&gen[j], true)?, &p.objects)));
+            }
+            let rows: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+            batch = Batch::new(&rows, 0)?;
+        }
         for (&i, g) in chunk.iter().zip(gen) {
-            let g = &g[..g.len().min(prompts[i].max_new)];
-            let text = tok.decode(g, true)?;
+            let text = tok.decode(&g, true)?;
             let ok = is_correct(&text, &prompts[i].objects);
             out[i] = (text, ok);
         }
@@ -729,7 +785,14 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
     // Baseline generation on both sets.
     let all: Vec<&Prompt> = det_sets.iter().chain(eval_sets.iter()).flatten().collect();
     let bar = progress.bar(all.len() as u64, "neurons: baseline generation");
-    let results = greedy_eval(model, &all, &Hooks::none(), params.batch_size, Some(&bar))?;
+    let results = greedy_eval(
+        model,
+        &all,
+        &Hooks::none(),
+        params.batch_size,
+        false,
+        Some(&bar),
+    )?;
     bar.finish();
     let mut prompts_out = vec![];
     let mut det_correct: Vec<Vec<usize>> = vec![vec![]; nr]; // indices into det_sets[r]
@@ -985,7 +1048,14 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
             let own = ok_rel[si];
             let ids = &ranked[si];
             let hooks = layout.deactivation_hooks(&ids[..k]);
-            let res = greedy_eval(model, &eval_all, &hooks, params.batch_size, Some(&bar))?;
+            let res = greedy_eval(
+                model,
+                &eval_all,
+                &hooks,
+                params.batch_size,
+                true,
+                Some(&bar),
+            )?;
             for &ri in &ok_rel {
                 push(name, ri, k, accuracy(&res, &eval_all, ri));
             }
@@ -993,13 +1063,27 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
             let own_prompts: Vec<&Prompt> = eval_sets[own].iter().collect();
             for &m in k_values.iter().filter(|&&m| m != k) {
                 let hooks = layout.deactivation_hooks(&ids[..m]);
-                let res = greedy_eval(model, &own_prompts, &hooks, params.batch_size, Some(&bar))?;
+                let res = greedy_eval(
+                    model,
+                    &own_prompts,
+                    &hooks,
+                    params.batch_size,
+                    true,
+                    Some(&bar),
+                )?;
                 push(name, own, m, accuracy(&res, &own_prompts, own));
             }
         }
         for &m in &k_values {
             let hooks = layout.deactivation_hooks(&random[..m]);
-            let res = greedy_eval(model, &eval_all, &hooks, params.batch_size, Some(&bar))?;
+            let res = greedy_eval(
+                model,
+                &eval_all,
+                &hooks,
+                params.batch_size,
+                true,
+                Some(&bar),
+            )?;
             for &ri in &ok_rel {
                 push("random", ri, m, accuracy(&res, &eval_all, ri));
             }
