@@ -32,6 +32,7 @@ ap.add_argument("--lr", type=float, default=1e-3)
 ap.add_argument("--l0-coeff", type=float, default=0.5)
 ap.add_argument("--l1-coeff", type=float, default=1.0)
 ap.add_argument("--bandwidth", type=float, default=0.05)
+ap.add_argument("--threshold-lr-mult", type=float, default=10.0)
 ap.add_argument("--threads", type=int, default=os.cpu_count())
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
@@ -89,7 +90,10 @@ params = {
 }
 if args.kind == "threshold":
     params["log_th"] = torch.full((n,), float(torch.tensor(0.1).log()), requires_grad=True)
-opt = torch.optim.Adam(params.values(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+groups = [{"params": [v for k, v in params.items() if k != "log_th"]}]
+if "log_th" in params:  # log τ learns threshold_lr_mult times faster, as in engram
+    groups.append({"params": [params["log_th"]], "lr": args.lr * args.threshold_lr_mult})
+opt = torch.optim.Adam(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 def step(x):
@@ -115,19 +119,19 @@ def step(x):
     opt.step()
     with torch.no_grad():
         params["w_dec"] /= params["w_dec"].norm(dim=1, keepdim=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 b = args.batch_size
 batches = [x_all[(i * b) % (n_rows - b):][:b].contiguous() for i in range(args.warmup + args.steps)]
 for i in range(args.warmup):
     step(batches[i])
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 for i in range(args.steps):
     loss = step(batches[args.warmup + i])
-secs = time.perf_counter() - t0
+secs, cpu = time.perf_counter() - t0, time.process_time() - c0
 print(json.dumps({
     "impl": f"pytorch {torch.__version__}", "kind": args.kind, "d": d, "dict_size": n,
-    "batch_size": b, "steps": args.steps, "threads": args.threads, "seconds": secs,
+    "batch_size": b, "steps": args.steps, "threads": args.threads, "seconds": secs, "cpu_seconds": cpu,
     "steps_per_s": args.steps / secs, "samples_per_s": args.steps * b / secs, "last_loss": loss,
 }))

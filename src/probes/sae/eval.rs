@@ -426,7 +426,7 @@ pub fn evaluate(
     })
 }
 
-/// Write `metrics.parquet`, `atoms.parquet`, `coherence.parquet` and the charts into `dir`.
+/// Write `metrics.parquet`, `atoms.parquet`, `summary.json` and the charts into `dir`.
 pub fn write_outputs(
     r: &EvalReport,
     token_text: &dyn Fn(u32) -> String,
