@@ -31,8 +31,11 @@ fn find_tables(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Per layer: (layer, heads, share < 0.5, share < 0.1) from one heads table.
-fn shares(path: &Path) -> Result<Vec<(u32, usize, f64, f64)>, Box<dyn std::error::Error>> {
+/// One layer's row: (layer, heads, share < 0.5, share < 0.1).
+type LayerShare = (u32, usize, f64, f64);
+
+/// Per layer shares of CMR-like heads from one heads table.
+fn shares(path: &Path) -> Result<Vec<LayerShare>, Box<dyn std::error::Error>> {
     let file = std::fs::File::open(path)?;
     let df = ParquetReader::new(file).finish()?;
     let layer = df.column("layer")?.cast(&DataType::UInt32)?;
