@@ -3,30 +3,6 @@
 mod common;
 use common::*;
 
-use std::process::Command;
-
-fn engram(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_engram"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn assert_one_line_error(args: &[&str], needle: &str) {
-    let (code, _, err) = engram(args);
-    assert_ne!(code, 0, "{args:?} succeeded");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: not one line: {err}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
-    assert!(!err.contains("panicked"));
-}
-
 #[test]
 fn bad_input_gives_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();

@@ -6,8 +6,7 @@ mod common;
 use common::*;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use engram::hooks::{HookPoint, Hooks};
 use engram::model::{Batch, LoadOptions, Model};
@@ -232,51 +231,6 @@ fn unescape_and_relation_loading() {
 
 // ---------------------------------------------------------------------------------------------
 // A tiny model with a character-level tokenizer
-
-/// A character-level BPE tokenizer (no merges) whose 128 ids fill the fixtures' vocabulary:
-/// `<pad>`, `<s>`, `</s>`, printable ASCII, then Latin-1 letters.
-fn write_char_tokenizer(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut vocab = serde_json::Map::new();
-    let specials = ["<pad>", "<s>", "</s>"];
-    for (i, s) in specials.iter().enumerate() {
-        vocab.insert(s.to_string(), i.into());
-    }
-    let mut chars: Vec<char> = (32u8..127).map(|b| b as char).collect();
-    chars.extend(
-        (0xC0u32..)
-            .filter_map(char::from_u32)
-            .take(128 - 3 - chars.len()),
-    );
-    for (i, c) in chars.iter().enumerate() {
-        vocab.insert(c.to_string(), (i + 3).into());
-    }
-    assert_eq!(vocab.len(), 128);
-    let added: Vec<serde_json::Value> = specials
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            serde_json::json!({"id": i, "content": s, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": null, "post_processor": null,
-        "decoder": {"type": "Fuse"},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null,
-            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
-            "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": []}
-    });
-    let path = dir.join("tokenizer.json");
-    std::fs::write(&path, serde_json::to_string(&tok).unwrap()).unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        r#"{"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "add_bos_token": true}"#,
-    )
-    .unwrap();
-    path
-}
 
 fn tiny_model(tok: &Path) -> Model {
     Model::load(
@@ -669,27 +623,6 @@ fn end_to_end_on_a_tiny_model() {
 // ---------------------------------------------------------------------------------------------
 // The command line
 
-fn engram(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_engram"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn one_line_error(args: &[&str], needle: &str) {
-    let (code, _, err) = engram(args);
-    assert_ne!(code, 0, "{args:?} succeeded");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: not one line: {err}");
-    assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
-    assert!(!err.contains("panicked"));
-}
-
 #[test]
 fn cli_runs_and_rejects_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
@@ -727,15 +660,15 @@ fn cli_runs_and_rejects_bad_input() {
     };
     let args = base(missing.to_str().unwrap());
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    one_line_error(&a, "no-such-dir");
-    one_line_error(&a, "not a directory");
+    assert_one_line_error(&a, "no-such-dir");
+    assert_one_line_error(&a, "not a directory");
     let args = base(r);
     let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
     a.extend(["--only", "alpha_rel,nope"]);
-    one_line_error(&a, "relation `nope`");
+    assert_one_line_error(&a, "relation `nope`");
     let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
     a.extend(["--k-share", "0"]);
-    one_line_error(&a, "--k-share");
+    assert_one_line_error(&a, "--k-share");
     assert!(!out.exists(), "a failed run left outputs");
 
     let mut a: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -1,6 +1,9 @@
 //! SAEs: recovery of a known sparse dictionary, SAELens round trip, metrics on hand cases,
 //! store resumption.
 
+mod common;
+use common::write_char_tokenizer;
+
 use candle_core::{Device, Tensor};
 use engram::probes::sae::store::{ActivationStore, StoreMeta};
 use engram::probes::sae::train::{train, TrainParams};
@@ -540,43 +543,6 @@ fn sae_subcommands_parse() {
     assert_eq!(sweep, [1.0, 2.0]);
     assert_eq!(collect.tokens, 1000);
     assert_eq!(train.threshold_lr_mult, Some(4.0));
-}
-
-/// A character-level tokenizer (no merges) whose 128 ids fill the llama fixture's vocabulary.
-fn write_char_tokenizer(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut vocab = serde_json::Map::new();
-    let specials = ["<pad>", "<s>", "</s>"];
-    for (i, s) in specials.iter().enumerate() {
-        vocab.insert(s.to_string(), i.into());
-    }
-    let chars: Vec<char> = (32u8..127).map(|b| b as char).collect();
-    for (i, c) in chars.iter().enumerate() {
-        vocab.insert(c.to_string(), (i + 3).into());
-    }
-    let added: Vec<serde_json::Value> = specials
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            serde_json::json!({"id": i, "content": s, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": null, "post_processor": null,
-        "decoder": {"type": "Fuse"},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null,
-            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
-            "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": []}
-    });
-    let path = dir.join("tokenizer.json");
-    std::fs::write(&path, serde_json::to_string(&tok).unwrap()).unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        r#"{"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "add_bos_token": true}"#,
-    )
-    .unwrap();
-    path
 }
 
 /// `engram sae run` end to end on the llama fixture with a text corpus: collect → train two

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
 use engram::model::{Batch, LoadOptions, Model};
@@ -115,4 +116,73 @@ pub fn real_model(alias: &str) -> Option<Model> {
         return None;
     }
     Some(Model::load(alias, &LoadOptions::default()).unwrap())
+}
+
+/// Run the engram binary: (exit code, stdout, stderr).
+pub fn engram(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The binary fails with exactly one line on stderr, `error: …` containing `needle`.
+pub fn assert_one_line_error(args: &[&str], needle: &str) {
+    let (code, _, err) = engram(args);
+    assert_ne!(code, 0, "{args:?} succeeded");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: not one line: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
+    assert!(!err.contains("panicked"));
+}
+
+/// A character-level BPE tokenizer (no merges) whose 128 ids fill the fixtures' vocabulary:
+/// `<pad>`, `<s>`, `</s>`, printable ASCII, then Latin-1 letters.
+pub fn write_char_tokenizer(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut vocab = serde_json::Map::new();
+    let specials = ["<pad>", "<s>", "</s>"];
+    for (i, s) in specials.iter().enumerate() {
+        vocab.insert(s.to_string(), i.into());
+    }
+    let mut chars: Vec<char> = (32u8..127).map(|b| b as char).collect();
+    chars.extend(
+        (0xC0u32..)
+            .filter_map(char::from_u32)
+            .take(128 - 3 - chars.len()),
+    );
+    for (i, c) in chars.iter().enumerate() {
+        vocab.insert(c.to_string(), (i + 3).into());
+    }
+    assert_eq!(vocab.len(), 128);
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            serde_json::json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": null, "post_processor": null,
+        "decoder": {"type": "Fuse"},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+            "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": []}
+    });
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, serde_json::to_string(&tok).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "add_bos_token": true}"#,
+    )
+    .unwrap();
+    path
 }
