@@ -647,11 +647,10 @@ fn run_step(step: &PlannedStep, root: &Path, suite: &str, mode: ProgressMode) ->
         } else {
             let mut m = Manifest::new(step.probe.clone(), serde_json::json!({ "args": step.args }));
             m.note("manifest written by `engram batch`: the command wrote none");
+            // Every file below the step directory (e.g. `sae run` writes `eval/*.png`), so the
+            // index finds the charts of sub-directories too.
             let mut files = vec![];
-            for e in std::fs::read_dir(&partial).map_err(|e| Error::io(&partial, e))? {
-                let e = e.map_err(|e| Error::io(&partial, e))?;
-                files.push(e.file_name().to_string_lossy().into_owned());
-            }
+            list_files(&partial, Path::new(""), &mut files)?;
             files.sort();
             for f in files {
                 m.add_file(f);
@@ -674,6 +673,22 @@ fn run_step(step: &PlannedStep, root: &Path, suite: &str, mode: ProgressMode) ->
         let _ = std::fs::remove_dir_all(&partial);
     }
     finish
+}
+
+/// Relative paths (with `/`) of every regular file below `dir`.
+fn list_files(dir: &Path, rel: &Path, out: &mut Vec<String>) -> Result<()> {
+    let here = dir.join(rel);
+    for e in std::fs::read_dir(&here).map_err(|e| Error::io(&here, e))? {
+        let e = e.map_err(|e| Error::io(&here, e))?;
+        let r = rel.join(e.file_name());
+        let ty = e.file_type().map_err(|err| Error::io(e.path(), err))?;
+        if ty.is_dir() {
+            list_files(dir, &r, out)?;
+        } else if ty.is_file() {
+            out.push(r.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
 }
 
 fn emit(mode: ProgressMode, i: usize, n: usize, rec: &StepRecord) {
