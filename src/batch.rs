@@ -1295,6 +1295,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn lists_nested_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("eval/deep")).unwrap();
+        for f in ["a.parquet", "eval/r2.png", "eval/deep/x.json"] {
+            std::fs::write(d.path().join(f), "x").unwrap();
+        }
+        let mut out = vec![];
+        list_files(d.path(), Path::new(""), &mut out).unwrap();
+        out.sort();
+        assert_eq!(out, ["a.parquet", "eval/deep/x.json", "eval/r2.png"]);
+    }
+
+    #[test]
     fn names_are_safe() {
         assert_eq!(model_dir_name("smollm2"), "smollm2");
         assert_eq!(model_dir_name("tests/fixtures/llama2/"), "llama2");
