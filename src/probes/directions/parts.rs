@@ -851,7 +851,7 @@ fn diff_and_separation(h: &[Vec<f32>], s: &[Vec<f32>]) -> (Vec<f32>, f64) {
 /// selection prompts (bypass score); the `refusal_top_k` lowest are also scored for addition on
 /// the harmless selection prompts (induce score) and for the KL divergence their ablation causes
 /// there; the lowest bypass score among those with induce > 0 and KL < `refusal_kl_max` wins,
-/// else among those with KL < `refusal_kl_max`, else the lowest bypass score.
+/// else among those with KL < `refusal_kl_max`, else the one with the lowest KL.
 pub fn refusal(
     model: &Model,
     samples: &Samples,
@@ -1011,10 +1011,14 @@ pub fn refusal(
                 "no candidate induced refusal (induce score > 0): lowest bypass score with KL < max",
             )
         } else {
-            (
-                top[0],
-                "no candidate passed the filters: lowest bypass score",
-            )
+            // Every tested candidate breaks the model on harmless prompts: take the least
+            // destructive one rather than the strongest bypass (which can be pure damage).
+            let i = top
+                .iter()
+                .copied()
+                .min_by(|&a, &b| candidates[a].kl.total_cmp(&candidates[b].kl))
+                .unwrap_or(0);
+            (i, "no candidate had KL < max: the lowest KL among them")
         };
         candidates[best].chosen = true;
         layer = candidates[best].layer;
