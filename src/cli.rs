@@ -438,16 +438,7 @@ fn cache(
         .collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let path = out.join("activations.safetensors");
-    crate::report::write_atomic_path(&path, |tmp| {
-        candle_core::safetensors::save(
-            &tensors
-                .iter()
-                .cloned()
-                .collect::<std::collections::HashMap<_, _>>(),
-            tmp,
-        )?;
-        Ok(())
-    })?;
+    crate::report::write_safetensors(&path, tensors.iter().cloned())?;
     manifest.add_file("activations.safetensors");
     manifest.write(out)?;
     println!(

@@ -4,10 +4,12 @@
 //! exported Hugging Face folder, finds them there and not in an untrained copy. Clamping a
 //! layer-0 head to a perfect previous-token pattern makes them form much sooner.
 
+mod common;
+use common::max_abs_diff;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use candle_core::Tensor;
 use engram::hooks::Hooks;
 use engram::model::{Batch, LoadOptions, Model};
 use engram::probes::heads::{self, HeadsParams, HeadsReport};
@@ -46,19 +48,6 @@ fn best(
         .filter(|h| layer.is_none_or(|l| h.layer == l))
         .map(|h| (h.layer, h.head, f(h)))
         .max_by(|a, b| a.2.total_cmp(&b.2))
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
         .unwrap()
 }
 

@@ -1,14 +1,13 @@
 //! Write any loaded model as a Hugging Face folder: config.json, model.safetensors,
 //! tokenizer.json (+ tokenizer_config.json). Loading the folder gives the same logits.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::{json, Value};
 
 use super::config::{Arch, ModelConfig, Rope, RopeScaling};
 use super::Model;
-use crate::report::{write_atomic, write_atomic_path};
+use crate::report::write_atomic;
 use crate::{Error, Result};
 
 fn rope_json(r: &Rope) -> Value {
@@ -124,11 +123,7 @@ pub fn write_hf_folder(model: &Model, out: &Path) -> Result<()> {
             .map_err(|e| Error::msg(e.to_string()))?
             .as_bytes(),
     )?;
-    let tensors: HashMap<String, candle_core::Tensor> = model.hf_tensors()?.into_iter().collect();
-    write_atomic_path(&out.join("model.safetensors"), |tmp| {
-        candle_core::safetensors::save(&tensors, tmp)?;
-        Ok(())
-    })?;
+    crate::report::write_safetensors(&out.join("model.safetensors"), model.hf_tensors()?)?;
     if let Some(tok) = &model.tokenizer {
         let json = tok
             .inner()

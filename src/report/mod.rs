@@ -68,6 +68,18 @@ where
     })
 }
 
+/// Write named tensors to a safetensors file atomically (creates parent directories).
+pub fn write_safetensors<I>(path: &Path, tensors: I) -> Result<()>
+where
+    I: IntoIterator<Item = (String, candle_core::Tensor)>,
+{
+    let map: std::collections::HashMap<String, candle_core::Tensor> = tensors.into_iter().collect();
+    write_atomic_path(path, |tmp| {
+        candle_core::safetensors::save(&map, tmp)?;
+        Ok(())
+    })
+}
+
 /// Write `path` atomically through a callback that is handed a temporary *path* (same directory,
 /// same extension) to create: for encoders that insist on opening the file themselves. The file
 /// the callback leaves there is renamed onto `path`; on error it is removed.

@@ -52,16 +52,7 @@ pub fn write_directions(m: &ModelReport, dir: &Path) -> Result<Option<String>> {
     }
     let name = directions_file(&m.name);
     let path = dir.join(&name);
-    crate::report::write_atomic_path(&path, |tmp| {
-        candle_core::safetensors::save(
-            &tensors
-                .iter()
-                .cloned()
-                .collect::<std::collections::HashMap<_, _>>(),
-            tmp,
-        )?;
-        Ok(())
-    })?;
+    crate::report::write_safetensors(&path, tensors)?;
     Ok(Some(name))
 }
 

@@ -130,27 +130,47 @@ pub fn answer_scores(
     batch_size: usize,
 ) -> Result<Vec<(f64, f64, f64)>> {
     let mut out = vec![];
-    for chunk in seqs.chunks(batch_size.max(1)) {
-        let batch = Batch::new(chunk, model.pad_id())?;
-        let mut h = hooks.clone();
-        let logits = model.transformer.forward_with(
-            &batch,
-            &mut h,
-            RunOptions {
-                logits: LogitsAt::Last,
-                stop_at_layer: None,
-            },
-        )?;
-        out.extend(scores_of(&logits, ids)?);
+    for l in last_logits(model, seqs, hooks, batch_size)? {
+        out.extend(scores_of(&l, ids)?);
     }
     Ok(out)
 }
 
-fn scores_of(logits: &Tensor, (t, f): (u32, u32)) -> Result<Vec<(f64, f64, f64)>> {
-    let l = logits
+/// f32 logits `[batch, vocab]` at the last position of each sequence, one tensor per chunk of
+/// `batch_size` sequences, with `hooks` applied to every chunk.
+fn last_logits(
+    model: &Model,
+    seqs: &[Vec<u32>],
+    hooks: &Hooks,
+    batch_size: usize,
+) -> Result<Vec<Tensor>> {
+    seqs.chunks(batch_size.max(1))
+        .map(|chunk| {
+            let batch = Batch::new(chunk, model.pad_id())?;
+            let mut h = hooks.clone();
+            let logits = model.transformer.forward_with(
+                &batch,
+                &mut h,
+                RunOptions {
+                    logits: LogitsAt::Last,
+                    stop_at_layer: None,
+                },
+            )?;
+            last_position(&logits)
+        })
+        .collect()
+}
+
+/// `[batch, t, vocab]` logits → f32 `[batch, vocab]` at the last position.
+fn last_position(logits: &Tensor) -> Result<Tensor> {
+    Ok(logits
         .i((.., logits.dim(1)? - 1, ..))?
-        .to_dtype(DType::F32)?;
-    let p = candle_nn::ops::softmax_last_dim(&l)?;
+        .to_dtype(DType::F32)?)
+}
+
+/// (P(TRUE), P(FALSE), logit diff) from last-position logits `[batch, vocab]`.
+fn scores_of(l: &Tensor, (t, f): (u32, u32)) -> Result<Vec<(f64, f64, f64)>> {
+    let p = candle_nn::ops::softmax_last_dim(l)?;
     let l: Vec<Vec<f32>> = l.to_vec2()?;
     let p: Vec<Vec<f32>> = p.to_vec2()?;
     Ok(l.iter()
@@ -704,20 +724,7 @@ pub fn next_logprobs(
     batch_size: usize,
 ) -> Result<Vec<Vec<f32>>> {
     let mut out = vec![];
-    for chunk in seqs.chunks(batch_size.max(1)) {
-        let batch = Batch::new(chunk, model.pad_id())?;
-        let mut h = hooks.clone();
-        let logits = model.transformer.forward_with(
-            &batch,
-            &mut h,
-            RunOptions {
-                logits: LogitsAt::Last,
-                stop_at_layer: None,
-            },
-        )?;
-        let l = logits
-            .i((.., logits.dim(1)? - 1, ..))?
-            .to_dtype(DType::F32)?;
+    for l in last_logits(model, seqs, hooks, batch_size)? {
         out.extend(candle_nn::ops::log_softmax(&l, D::Minus1)?.to_vec2::<f32>()?);
     }
     Ok(out)
@@ -1128,7 +1135,7 @@ pub fn patching(
         let tb = Batch::new(tc, model.pad_id())?;
         let mut th = Hooks::capture_points(&points).at_positions(Positions::Last(k));
         let tl = model.transformer.forward_with(&tb, &mut th, opts_last)?;
-        sum_true += scores_of(&tl, (ids.0, ids.1))?
+        sum_true += scores_of(&last_position(&tl)?, (ids.0, ids.1))?
             .iter()
             .map(|s| s.2)
             .sum::<f64>();
@@ -1157,7 +1164,7 @@ pub fn patching(
         let fl = model
             .transformer
             .forward_cached(&sb, &mut fh, opts_last, &mut cache.clone())?;
-        sum_false += scores_of(&fl, (ids.0, ids.1))?
+        sum_false += scores_of(&last_position(&fl)?, (ids.0, ids.1))?
             .iter()
             .map(|s| s.2)
             .sum::<f64>();
@@ -1184,7 +1191,7 @@ pub fn patching(
                     opts_last,
                     &mut cache.clone(),
                 )?;
-                *acc += scores_of(&lg, (ids.0, ids.1))?
+                *acc += scores_of(&last_position(&lg)?, (ids.0, ids.1))?
                     .iter()
                     .map(|s| s.2)
                     .sum::<f64>();

@@ -205,10 +205,7 @@ impl Sae {
         }
         // Weights first: a directory with a cfg.json always has its weights.
         let path = dir.join("sae_weights.safetensors");
-        crate::report::write_atomic_path(&path, |tmp| {
-            candle_core::safetensors::save(&tensors, tmp)?;
-            Ok(())
-        })?;
+        crate::report::write_safetensors(&path, tensors)?;
         crate::report::write_atomic(&dir.join("cfg.json"), text.as_bytes())
     }
 

@@ -200,15 +200,10 @@ impl ActivationStore {
             let at = Tensor::from_vec(a, (chunk.len(), d), &Device::Cpu)?;
             let tt = Tensor::from_vec(t, chunk.len(), &Device::Cpu)?;
             let path = self.dir.join(&file);
-            crate::report::write_atomic_path(&path, |tmp| {
-                candle_core::safetensors::save(
-                    &[("activations".to_string(), at), ("tokens".to_string(), tt)]
-                        .into_iter()
-                        .collect::<std::collections::HashMap<_, _>>(),
-                    tmp,
-                )?;
-                Ok(())
-            })?;
+            crate::report::write_safetensors(
+                &path,
+                [("activations".to_string(), at), ("tokens".to_string(), tt)],
+            )?;
             self.meta.shards.push(ShardInfo {
                 file,
                 n: chunk.len(),
