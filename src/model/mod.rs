@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod export;
+pub mod kernels;
 pub mod source;
 pub mod tokenizer;
 pub mod transformer;

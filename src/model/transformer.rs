@@ -16,6 +16,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::{Activation, ModelConfig};
+use super::kernels;
 use super::weights::WeightSource;
 use crate::hooks::{HookPoint, Hooks};
 use crate::{Error, Result};
@@ -175,6 +176,7 @@ pub struct Transformer {
     norm: Tensor,
     lm_head: Tensor,
     inv_freqs: Vec<Vec<f32>>,
+    fused: bool,
 }
 
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -317,6 +319,9 @@ impl Transformer {
             blocks,
             lm_head,
             inv_freqs,
+            fused: dtype == DType::F32
+                && device.is_cpu()
+                && std::env::var_os("ENGRAM_UNFUSED").is_none_or(|v| v == "0"),
             dtype,
             device: device.clone(),
             cfg,
@@ -577,13 +582,26 @@ impl Transformer {
         // into the query axis.
         let qg = q.reshape((b, nk, g * t, dh))?;
         let scores = qg.matmul(&k.t()?)?.reshape((b, nh, t, tk))?;
-        let mut scores = (scores.to_dtype(DType::F32)? * cfg.attn_scale)?;
-        if let Some(cap) = cfg.attn_softcap {
-            scores = softcap(&scores, cap)?;
-        }
-        let scores = scores.broadcast_add(mask)?;
-        let scores = hooks.apply(HookPoint::AttnScores(l), scores)?;
-        let pattern = candle_nn::ops::softmax_last_dim(&scores)?;
+        let pattern = if self.fused() && !hooks.edits(HookPoint::AttnScores(l)) {
+            if hooks.wants(HookPoint::AttnScores(l)) {
+                // Capture only: materialise the scores for the cache, keep the fused softmax
+                // so that capturing never changes the numbers.
+                let mut s = (scores.clone() * cfg.attn_scale)?;
+                if let Some(cap) = cfg.attn_softcap {
+                    s = softcap(&s, cap)?;
+                }
+                hooks.apply(HookPoint::AttnScores(l), s.broadcast_add(mask)?)?;
+            }
+            kernels::masked_softmax(&scores, mask, cfg.attn_scale, cfg.attn_softcap)?
+        } else {
+            let mut scores = (scores.to_dtype(DType::F32)? * cfg.attn_scale)?;
+            if let Some(cap) = cfg.attn_softcap {
+                scores = softcap(&scores, cap)?;
+            }
+            let scores = scores.broadcast_add(mask)?;
+            let scores = hooks.apply(HookPoint::AttnScores(l), scores)?;
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
         let pattern = hooks.apply(HookPoint::Pattern(l), pattern)?;
         let pattern = pattern.to_dtype(self.dtype)?;
         let z = pattern
@@ -624,14 +642,33 @@ impl Transformer {
         let gu = linear(&h, &blk.w_gate_up, None)?;
         let gate = gu.narrow(2, 0, cfg.d_mlp)?;
         let up = gu.narrow(2, cfg.d_mlp, cfg.d_mlp)?;
-        let gate = hooks.apply(HookPoint::MlpPre(l), gate)?;
-        let up = hooks.apply(HookPoint::MlpPreLinear(l), up)?;
-        let act = match cfg.act {
-            Activation::Silu => candle_nn::ops::silu(&gate)?,
-            Activation::GeluTanh => gate.gelu()?,
-            Activation::Gelu => gate.gelu_erf()?,
+        let fused_act = match cfg.act {
+            Activation::Silu => Some(kernels::GatedAct::Silu),
+            Activation::GeluTanh => Some(kernels::GatedAct::GeluTanh),
+            Activation::Gelu => None,
         };
-        let post = (act * up)?;
+        let post = match fused_act {
+            Some(act)
+                if self.fused()
+                    && !hooks.edits(HookPoint::MlpPre(l))
+                    && !hooks.edits(HookPoint::MlpPreLinear(l)) =>
+            {
+                // Captures see the unedited halves; the kernel reads them from `gu` directly.
+                hooks.apply(HookPoint::MlpPre(l), gate)?;
+                hooks.apply(HookPoint::MlpPreLinear(l), up)?;
+                kernels::gated_act(&gu, act)?
+            }
+            _ => {
+                let gate = hooks.apply(HookPoint::MlpPre(l), gate)?;
+                let up = hooks.apply(HookPoint::MlpPreLinear(l), up)?;
+                let act = match cfg.act {
+                    Activation::Silu => candle_nn::ops::silu(&gate)?,
+                    Activation::GeluTanh => gate.gelu()?,
+                    Activation::Gelu => gate.gelu_erf()?,
+                };
+                (act * up)?
+            }
+        };
         let post = hooks.apply(HookPoint::MlpPost(l), post)?;
         let mlp = linear(&post, &blk.w_down, None)?;
         let mlp = match &blk.post_ff_ln {
@@ -641,6 +678,12 @@ impl Transformer {
         let mlp = hooks.apply(HookPoint::MlpOut(l), mlp)?;
         let x = (x + mlp)?;
         hooks.apply(HookPoint::ResidPost(l), x)
+    }
+
+    /// Whether the fused CPU kernels ([`kernels`]) run: f32 on the CPU, unless
+    /// `ENGRAM_UNFUSED=1` asks for candle's op-by-op path (for comparisons).
+    fn fused(&self) -> bool {
+        self.fused
     }
 
     // ---- weight views for probes (TransformerLens conventions) ----
