@@ -123,6 +123,71 @@ fn fma_peak_gflops(threads: usize) -> f64 {
     }
 }
 
+/// The machine's bf16 dot-product peak (`vdpbf16ps`: 32 multiply-adds per instruction),
+/// measured like [`fma_peak_gflops`]; NaN without AVX512-BF16.
+fn bf16_peak_gflops(threads: usize) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        unsafe fn chains(iters: u64) -> f32 {
+            let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
+            let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3380_3380));
+            let mut acc = [_mm512_setzero_ps(); 12];
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = _mm512_dpbf16_ps(*x, a, b);
+                }
+            }
+            let mut s = _mm512_setzero_ps();
+            for x in acc {
+                s = _mm512_add_ps(s, x);
+            }
+            _mm512_reduce_add_ps(s)
+        }
+        if !engram::model::bf16_gemm::native() {
+            return f64::NAN;
+        }
+        let iters: u64 = 50_000_000;
+        let run = move || {
+            let t0 = Instant::now();
+            // SAFETY: AVX512-BF16 was detected above.
+            std::hint::black_box(unsafe { chains(iters) });
+            t0.elapsed().as_secs_f64()
+        };
+        run();
+        let secs: Vec<f64> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads).map(|_| s.spawn(run)).collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or(f64::NAN))
+                .collect()
+        });
+        let flop = iters as f64 * 12.0 * 64.0;
+        secs.iter().map(|s| flop / s).sum::<f64>() / 1e9
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = threads;
+        f64::NAN
+    }
+}
+
+/// GFLOP/s of engram's bf16 matmul ([`engram::model::bf16_gemm`]) on the same shape.
+fn matmul_bf16_gflops(m: usize, k: usize, n: usize, reps: usize) -> engram::Result<f64> {
+    let dev = candle_core::Device::Cpu;
+    let a = candle_core::Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+    let w = candle_core::Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+    let p = engram::model::bf16_gemm::PackedBf16::pack(&w)?;
+    let _ = p.matmul_t(&a)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(3) {
+        let t0 = Instant::now();
+        std::hint::black_box(p.matmul_t(&a)?);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+}
+
 /// GFLOP/s of candle's f32 matmul on the model's largest per-layer shape (tokens × d @ d × d_mlp),
 /// the matmul-bound part of a forward pass.
 fn matmul_gflops(m: usize, k: usize, n: usize, reps: usize) -> engram::Result<f64> {
@@ -159,8 +224,11 @@ fn main() -> engram::Result<()> {
         Ok("f16") => candle_core::DType::F16,
         _ => candle_core::DType::F32,
     };
+    // MATMUL=bf16 runs the linear layers' products in bf16 (AVX512-BF16), the rest in f32.
+    let bf16_matmul = std::env::var("MATMUL").as_deref() == Ok("bf16");
     let opts = LoadOptions {
         dtype,
+        bf16_matmul,
         ..LoadOptions::default()
     };
     let model = Model::load(spec, &opts)?;
@@ -218,8 +286,10 @@ fn main() -> engram::Result<()> {
     let threads = rayon::current_num_threads();
     let peak = fma_peak_gflops(threads);
     let mm = matmul_gflops(b * t, cfg.d_model, cfg.d_mlp, reps)?;
+    let bf16_peak = bf16_peak_gflops(threads);
+    let mm_bf16 = matmul_bf16_gflops(b * t, cfg.d_model, cfg.d_mlp, reps)?;
     let out = serde_json::json!({
-        "model": spec, "dtype": format!("{dtype:?}"), "batch": b, "seq": t, "threads": threads,
+        "model": spec, "dtype": format!("{dtype:?}"), "matmul": if bf16_matmul { "bf16" } else { "dtype" }, "batch": b, "seq": t, "threads": threads,
         "load_s": load_s,
         "forward_s": plain, "forward_tok_s": tokens / plain, "forward_gflop_s": gflop / plain,
         "capture_s": capture, "capture_tok_s": tokens / capture,
@@ -229,6 +299,7 @@ fn main() -> engram::Result<()> {
         "cpu_s": *cpu_of.borrow(),
         "fma_peak_gflop_s": peak,
         "matmul_gflop_s": mm, "matmul_shape": [b * t, cfg.d_model, cfg.d_mlp],
+        "bf16_peak_gflop_s": bf16_peak, "matmul_bf16_gflop_s": mm_bf16,
     });
     println!("{out}");
     Ok(())

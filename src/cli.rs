@@ -49,17 +49,27 @@ pub struct ModelArgs {
     /// A tokenizer.json to use instead of the model's own
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Precision of the linear layers' products: f32, or bf16 (weights and activations rounded
+    /// to bf16, f32 accumulation: ~2× faster on CPUs with AVX512-BF16, logits within ~1e-2;
+    /// needs --dtype f32 on the CPU)
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub matmul: String,
 }
 
 impl ModelArgs {
-    pub fn load(&self) -> Result<Model> {
-        let opts = LoadOptions {
+    /// The load options these flags ask for.
+    pub fn options(&self) -> Result<LoadOptions> {
+        Ok(LoadOptions {
             dtype: model::parse_dtype(&self.dtype)?,
             device: model::parse_device(&self.device)?,
             revision: self.revision.clone(),
             tokenizer: self.tokenizer.clone(),
-        };
-        Model::load(&self.model, &opts)
+            bf16_matmul: self.matmul == "bf16",
+        })
+    }
+
+    pub fn load(&self) -> Result<Model> {
+        Model::load(&self.model, &self.options()?)
     }
 }
 
@@ -264,6 +274,9 @@ fn info(args: &ModelArgs, list_hooks: bool) -> Result<()> {
     println!("path         {}", m.source.path.display());
     println!("arch         {}", c.arch.name());
     println!("dtype        {:?}", m.dtype);
+    if m.bf16_matmul() {
+        println!("matmul       bf16 (f32 accumulation)");
+    }
     println!("layers       {}", c.n_layers);
     println!("d_model      {}", c.d_model);
     println!(
@@ -386,7 +399,11 @@ pub fn model_record(m: &Model) -> Result<ModelRecord> {
         revision: m.source.commit.clone().or(m.source.revision.clone()),
         sha256: sha,
         arch: m.cfg().arch.name().to_string(),
-        dtype: format!("{:?}", m.dtype).to_lowercase(),
+        dtype: if m.bf16_matmul() {
+            format!("{:?}+bf16-matmul", m.dtype).to_lowercase()
+        } else {
+            format!("{:?}", m.dtype).to_lowercase()
+        },
     })
 }
 

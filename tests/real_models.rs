@@ -59,6 +59,55 @@ fn logits_match_transformers_gguf_loader() {
     }
 }
 
+/// bf16 products (`--matmul bf16`): weights and activations rounded to bf16 at every linear
+/// layer, f32 everywhere else. The logits move by the bf16 rounding (bounded here relative to
+/// the largest logit), the top token and the continuation stay.
+#[test]
+fn bf16_matmul_stays_close_to_transformers_f32() {
+    let opts = LoadOptions {
+        bf16_matmul: true,
+        ..LoadOptions::default()
+    };
+    for (alias, file) in MODELS {
+        let Some(model) = real_model_with(alias, &opts) else {
+            continue;
+        };
+        assert!(model.bf16_matmul());
+        let r = candle_core::safetensors::load(
+            fixture_dir("real").join(format!("{file}.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let ids = ids_of(&r["input_ids"]);
+        let logits = model
+            .forward(&Batch::single(&ids[0]).unwrap(), &mut Hooks::none())
+            .unwrap();
+        let t = ids[0].len();
+        let last = logits.narrow(1, t - 1, 1).unwrap().flatten_all().unwrap();
+        let reference = &r["last_logits"];
+        let e = max_abs_diff(&last, reference);
+        let scale = reference
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let argmax = |x: &candle_core::Tensor| x.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        eprintln!(
+            "{alias}: bf16 matmul max abs logit error {e:.2e} ({:.2}% of max |logit| {scale:.1})",
+            100.0 * e / scale
+        );
+        assert!(e > 0.0, "{alias}: bf16 products changed nothing");
+        assert!(e <= 0.015 * scale, "{alias}: bf16 logits off by {e}");
+        assert_eq!(argmax(&last), argmax(reference), "{alias}: top token");
+        let text = model
+            .complete("The Eiffel Tower is located in the city of", 8)
+            .unwrap();
+        assert!(text.contains("Paris"), "{alias}: {text:?}");
+    }
+}
+
 #[test]
 fn eiffel_tower_is_in_paris() {
     for (alias, _) in MODELS {

@@ -16,8 +16,10 @@ reps = int(sys.argv[4]) if len(sys.argv) > 4 else 3
 torch.set_num_threads(int(os.environ.get("THREADS", os.cpu_count())))
 
 t0 = time.perf_counter()
+# DTYPE=bf16: the whole model in bfloat16 (torch's fast CPU path on AVX512-BF16 machines).
+dtype = torch.bfloat16 if os.environ.get("DTYPE") == "bf16" else torch.float32
 model = AutoModelForCausalLM.from_pretrained(
-    os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32,
+    os.path.dirname(path), gguf_file=os.path.basename(path), dtype=dtype,
     attn_implementation="eager")
 model.eval()
 load_s = time.perf_counter() - t0
@@ -47,7 +49,7 @@ plain = timed("forward")
 capture = timed("capture", output_attentions=True, output_hidden_states=True)
 tokens = b * t
 print(json.dumps({
-    "model": os.path.basename(path), "batch": b, "seq": t, "threads": torch.get_num_threads(),
+    "model": os.path.basename(path), "dtype": str(dtype), "batch": b, "seq": t, "threads": torch.get_num_threads(),
     "torch": torch.__version__, "load_s": load_s,
     "forward_s": plain, "forward_tok_s": tokens / plain,
     "capture_s": capture, "capture_tok_s": tokens / capture,

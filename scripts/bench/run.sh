@@ -4,6 +4,7 @@
 #   1. forward, no capture (batch B × T)      2. forward capturing every resid_post + pattern
 #   3. model load (GGUF → f32)                4. peak RSS
 #   5. the heads probe end-to-end (`engram heads` vs scripts/bench/heads_reference.py, same work)
+#   plus the bf16 path: engram --matmul bf16 (bf16 products, f32 elsewhere) vs torch in bfloat16
 # plus the machine's measured f32 FMA peak and candle's matmul GFLOP/s on the MLP shape.
 # SAE training throughput (item 6) is scripts/bench/sae.sh.
 #
@@ -22,8 +23,13 @@ GGUF="$HOME/.cache/engram/models/smollm2-135m-instruct.gguf"
 cargo build --release --example bench_forward --bin engram >/dev/null 2>&1
 E=$(./target/release/examples/bench_forward smollm2 "$B" "$T" "$R")
 P=$("$PY" scripts/bench/reference.py "$GGUF" "$B" "$T" "$R" 2>/dev/null | tail -n 1)
+# bf16: engram's bf16 matmul (f32 elsewhere) vs torch with the whole model in bfloat16.
+E16=$(MATMUL=bf16 ./target/release/examples/bench_forward smollm2 "$B" "$T" "$R")
+P16=$(DTYPE=bf16 "$PY" scripts/bench/reference.py "$GGUF" "$B" "$T" "$R" 2>/dev/null | tail -n 1)
 echo "engram:       $E"
 echo "transformers: $P"
+echo "engram bf16:  $E16"
+echo "torch bf16:   $P16"
 H_E=""; H_P=""
 if [ "$HEADS" = 1 ]; then
   TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
@@ -36,9 +42,10 @@ if [ "$HEADS" = 1 ]; then
   echo "heads engram: $H_E"
   echo "heads python: $H_P"
 fi
-python3 - "$E" "$P" "$H_E" "$H_P" <<'PY'
+python3 - "$E" "$P" "$H_E" "$H_P" "$E16" "$P16" <<'PY'
 import json, sys
 e, p = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+e16, p16 = json.loads(sys.argv[5]), json.loads(sys.argv[6])
 def row(name, a, b, unit, fmt="8.0f"):
     print(f"{name:<20}{a:{fmt}} {unit} vs {b:{fmt}}  ratio {a/b:.2f}x")
 row("forward tok/s", e["forward_tok_s"], p["forward_tok_s"], "")
@@ -50,6 +57,12 @@ print(f"{'peak RSS MB':<20}{e['peak_rss_mb']:8.0f}   vs {p['peak_rss_mb']:8.0f} 
 print(f"{'FMA peak GFLOP/s':<20}{e['fma_peak_gflop_s']:8.1f}   ({e['threads']} threads, measured)")
 print(f"{'matmul GFLOP/s':<20}{e['matmul_gflop_s']:8.1f}   {100*e['matmul_gflop_s']/e['fma_peak_gflop_s']:.0f}% of peak, shape {e['matmul_shape']}")
 print(f"{'forward GFLOP/s':<20}{e['forward_gflop_s']:8.1f}   {100*e['forward_gflop_s']/e['fma_peak_gflop_s']:.0f}% of peak")
+for k in ("forward", "capture"):
+    a, b, c = e16[k + "_tok_s"], p16[k + "_tok_s"], p[k + "_tok_s"]
+    print(f"{k+' bf16 tok/s':<20}{a:8.0f}   vs {b:8.0f}  ratio {a/b:.2f}x vs torch bf16, {a/c:.2f}x vs torch f32")
+print(f"{'bf16 peak GFLOP/s':<20}{e16['bf16_peak_gflop_s']:8.1f}   (vdpbf16ps, measured)")
+print(f"{'bf16 matmul GFLOP/s':<20}{e16['matmul_bf16_gflop_s']:8.1f}   {100*e16['matmul_bf16_gflop_s']/e16['bf16_peak_gflop_s']:.0f}% of bf16 peak")
+print(f"{'bf16 forward GFLOP/s':<20}{e16['forward_gflop_s']:8.1f}   {100*e16['forward_gflop_s']/e16['bf16_peak_gflop_s']:.0f}% of bf16 peak; peak RSS {e16['peak_rss_mb']:.0f} MB vs {p16['peak_rss_mb']:.0f}")
 print(f"{'hook overhead':<20}{100*(e['embed_capture_s']/e['forward_s']-1):+7.1f}%   (capturing hook_embed only vs no hooks)")
 if sys.argv[3]:
     he, hp = json.loads(sys.argv[3]), json.loads(sys.argv[4])

@@ -50,10 +50,10 @@ fn tanh(x: f32) -> f32 {
     let big = if x < 0.0 { -big } else { big };
     let z = x * x;
     let mut p = -5.704_988_7e-3_f32;
-    p = p * z + 2.063_908_9e-2;
+    p = p * z + 2.063_909e-2;
     p = p * z - 5.373_971_6e-2;
     p = p * z + 0.133_314_42;
-    p = p * z - 0.333_332_82;
+    p = p * z - 0.333_332_8;
     let small = p * z * x + x;
     if a < 0.625 {
         small
@@ -82,7 +82,10 @@ fn softmax_row(row: &mut [f32], mask: &[f32], scale: f32, cap: Option<f32>) {
             *a = if b > *a { b } else { *a };
         }
     }
-    let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut max = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     max = mx.iter().fold(max, |a, &b| a.max(b));
     let mut acc = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
@@ -122,14 +125,18 @@ fn gated_row(gate: &[f32], up: &[f32], out: &mut [f32], act: GatedAct) {
 macro_rules! multiversion {
     ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
         $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
         fn $name($($arg: $ty),*) {
             #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
             fn generic($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn avx512($($arg: $ty),*) { generic($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) { generic($($arg),*) }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has the features the function was compiled for.
@@ -214,7 +221,16 @@ impl CustomOp2 for MaskedSoftmax {
         out.par_chunks_mut(rows_per_task * tk)
             .enumerate()
             .for_each(|(i, chunk)| {
-                softmax_rows(chunk, mask, tk, block, t, self.scale, self.cap, i * rows_per_task)
+                softmax_rows(
+                    chunk,
+                    mask,
+                    tk,
+                    block,
+                    t,
+                    self.scale,
+                    self.cap,
+                    i * rows_per_task,
+                )
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -233,7 +249,9 @@ pub fn masked_softmax(
         scale: scale as f32,
         cap: softcap.map(|c| c as f32),
     };
-    Ok(scores.contiguous()?.apply_op2_no_bwd(&mask.contiguous()?, &op)?)
+    Ok(scores
+        .contiguous()?
+        .apply_op2_no_bwd(&mask.contiguous()?, &op)?)
 }
 
 /// The gated activations the fused kernel knows.
@@ -256,7 +274,7 @@ impl CustomOp1 for Gated {
         let gu = f32_slice(s, l, "gate-up")?;
         let dims = l.dims();
         let two_f = *dims.last().unwrap_or(&0);
-        if two_f % 2 != 0 {
+        if !two_f.is_multiple_of(2) {
             candle_core::bail!("gate-up width {two_f} is odd");
         }
         let f = two_f / 2;

@@ -9,6 +9,7 @@
 //! # Ok::<(), engram::Error>(())
 //! ```
 
+pub mod bf16_gemm;
 pub mod config;
 pub mod export;
 pub mod kernels;
@@ -40,6 +41,9 @@ pub struct LoadOptions {
     pub revision: Option<String>,
     /// Use this tokenizer.json instead of the one beside the weights or inside the GGUF.
     pub tokenizer: Option<PathBuf>,
+    /// Run the linear layers' products in bf16 (f32 CPU models only; see
+    /// [`Transformer::use_bf16_matmul`]).
+    pub bf16_matmul: bool,
 }
 
 impl Default for LoadOptions {
@@ -49,6 +53,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             revision: None,
             tokenizer: None,
+            bf16_matmul: false,
         }
     }
 }
@@ -132,6 +137,10 @@ impl Model {
                 (t?, tok?)
             }
         };
+        let mut transformer = transformer;
+        if opts.bf16_matmul {
+            transformer.use_bf16_matmul()?;
+        }
         Ok(Model {
             transformer,
             tokenizer,

@@ -15,6 +15,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
+use super::bf16_gemm::PackedBf16;
 use super::config::{Activation, ModelConfig};
 use super::kernels;
 use super::weights::WeightSource;
@@ -177,6 +178,22 @@ pub struct Transformer {
     lm_head: Tensor,
     inv_freqs: Vec<Vec<f32>>,
     fused: bool,
+    /// bf16-packed copies of the linear weights when products run in bf16
+    /// ([`Transformer::use_bf16_matmul`]); the f32 weights stay for the weight views.
+    packed: Option<Packed>,
+}
+
+/// The linear weights packed for [`PackedBf16::matmul_t`].
+struct Packed {
+    blocks: Vec<PackedBlock>,
+    lm_head: PackedBf16,
+}
+
+struct PackedBlock {
+    qkv: PackedBf16,
+    o: PackedBf16,
+    gate_up: PackedBf16,
+    down: PackedBf16,
 }
 
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -187,6 +204,25 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         None => y,
     };
     Ok(y.reshape((bsz, t, ()))?)
+}
+
+/// `x · Wᵀ (+ b)`, through the bf16-packed weights when there are some.
+fn project(
+    x: &Tensor,
+    w: &Tensor,
+    packed: Option<&PackedBf16>,
+    b: Option<&Tensor>,
+) -> Result<Tensor> {
+    match packed {
+        Some(p) => {
+            let y = p.matmul_t(x)?;
+            Ok(match b {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            })
+        }
+        None => linear(x, w, b),
+    }
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
@@ -319,6 +355,7 @@ impl Transformer {
             blocks,
             lm_head,
             inv_freqs,
+            packed: None,
             fused: dtype == DType::F32
                 && device.is_cpu()
                 && std::env::var_os("ENGRAM_UNFUSED").is_none_or(|v| v == "0"),
@@ -505,7 +542,10 @@ impl Transformer {
         if opts.logits == LogitsAt::None {
             return Ok(h);
         }
-        let logits = linear(&h, &self.lm_head, None)?.to_dtype(DType::F32)?;
+        let logits = match &self.packed {
+            Some(p) => p.lm_head.matmul_t(&h)?,
+            None => linear(&h, &self.lm_head, None)?.to_dtype(DType::F32)?,
+        };
         match cfg.final_softcap {
             Some(cap) => softcap(&logits, cap),
             None => Ok(logits),
@@ -532,7 +572,8 @@ impl Transformer {
 
         // Attention.
         let h = rms_norm(&x, &blk.ln1, cfg.norm_eps)?;
-        let qkv = linear(&h, &blk.w_qkv, blk.b_qkv.as_ref())?;
+        let pk = self.packed.as_ref().map(|p| &p.blocks[l]);
+        let qkv = project(&h, &blk.w_qkv, pk.map(|p| &p.qkv), blk.b_qkv.as_ref())?;
         let q = qkv.narrow(2, 0, nh * dh)?.reshape((b, t, nh, dh))?;
         let k = qkv.narrow(2, nh * dh, nk * dh)?.reshape((b, t, nk, dh))?;
         let v = qkv
@@ -624,10 +665,20 @@ impl Transformer {
             } else {
                 // Capture only: keep the fused projection so numerics match an unhooked run.
                 hooks.apply(HookPoint::Result(l), result)?;
-                linear(&z.reshape((b, t, nh * dh))?, &blk.w_o, None)?
+                project(
+                    &z.reshape((b, t, nh * dh))?,
+                    &blk.w_o,
+                    pk.map(|p| &p.o),
+                    None,
+                )?
             }
         } else {
-            linear(&z.reshape((b, t, nh * dh))?, &blk.w_o, None)?
+            project(
+                &z.reshape((b, t, nh * dh))?,
+                &blk.w_o,
+                pk.map(|p| &p.o),
+                None,
+            )?
         };
         let attn = match &blk.post_attn_ln {
             Some(w) => rms_norm(&attn, w, cfg.norm_eps)?,
@@ -639,7 +690,7 @@ impl Transformer {
 
         // MLP.
         let h = rms_norm(&x, &blk.ln2, cfg.norm_eps)?;
-        let gu = linear(&h, &blk.w_gate_up, None)?;
+        let gu = project(&h, &blk.w_gate_up, pk.map(|p| &p.gate_up), None)?;
         let gate = gu.narrow(2, 0, cfg.d_mlp)?;
         let up = gu.narrow(2, cfg.d_mlp, cfg.d_mlp)?;
         let fused_act = match cfg.act {
@@ -670,7 +721,7 @@ impl Transformer {
             }
         };
         let post = hooks.apply(HookPoint::MlpPost(l), post)?;
-        let mlp = linear(&post, &blk.w_down, None)?;
+        let mlp = project(&post, &blk.w_down, pk.map(|p| &p.down), None)?;
         let mlp = match &blk.post_ff_ln {
             Some(w) => rms_norm(&mlp, w, cfg.norm_eps)?,
             None => mlp,
@@ -678,6 +729,41 @@ impl Transformer {
         let mlp = hooks.apply(HookPoint::MlpOut(l), mlp)?;
         let x = (x + mlp)?;
         hooks.apply(HookPoint::ResidPost(l), x)
+    }
+
+    /// Run the linear layers' products in bf16 (weights and activations rounded to bf16, f32
+    /// accumulation; AVX512-BF16 where the CPU has it): about twice the f32 throughput, logits
+    /// within ~1e-2 of f32. Needs an f32 model on the CPU. Keeps the f32 weights for the views.
+    pub fn use_bf16_matmul(&mut self) -> Result<()> {
+        if self.dtype != DType::F32 || !self.device.is_cpu() {
+            crate::bail!("bf16 matmul needs an f32 model on the CPU (--dtype f32 --device cpu)");
+        }
+        if self.packed.is_some() {
+            return Ok(());
+        }
+        use rayon::prelude::*;
+        let blocks = self
+            .blocks
+            .par_iter()
+            .map(|b| {
+                Ok(PackedBlock {
+                    qkv: PackedBf16::pack(&b.w_qkv)?,
+                    o: PackedBf16::pack(&b.w_o)?,
+                    gate_up: PackedBf16::pack(&b.w_gate_up)?,
+                    down: PackedBf16::pack(&b.w_down)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.packed = Some(Packed {
+            blocks,
+            lm_head: PackedBf16::pack(&self.lm_head)?,
+        });
+        Ok(())
+    }
+
+    /// Whether the linear layers run in bf16 ([`Transformer::use_bf16_matmul`]).
+    pub fn bf16_matmul(&self) -> bool {
+        self.packed.is_some()
     }
 
     /// Whether the fused CPU kernels ([`kernels`]) run: f32 on the CPU, unless

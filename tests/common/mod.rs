@@ -100,6 +100,11 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 /// Real models fetched by scripts/fetch-models.sh; `None` (test skipped, with a message) when
 /// absent, a panic when `ENGRAM_REQUIRE_MODELS=1` (CI fetches them first).
 pub fn real_model(alias: &str) -> Option<Model> {
+    real_model_with(alias, &LoadOptions::default())
+}
+
+/// [`real_model`] with explicit load options.
+pub fn real_model_with(alias: &str, opts: &LoadOptions) -> Option<Model> {
     let file = engram::model::source::ALIASES
         .iter()
         .find(|a| a.0 == alias)
@@ -115,7 +120,7 @@ pub fn real_model(alias: &str) -> Option<Model> {
         );
         return None;
     }
-    Some(Model::load(alias, &LoadOptions::default()).unwrap())
+    Some(Model::load(alias, opts).unwrap())
 }
 
 /// Run the engram binary: (exit code, stdout, stderr).

@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::{DirectionsData, DirectionsParams, Part, Samples};
 use crate::cli::{model_record, ModelArgs};
-use crate::model::{LoadOptions, Model};
+use crate::model::Model;
 use crate::progress::Progress;
 use crate::report::manifest::Manifest;
 use crate::Result;
@@ -196,13 +196,7 @@ impl DirectionsArgs {
 }
 
 fn load(args: &ModelArgs, spec: &str) -> Result<Model> {
-    let opts = LoadOptions {
-        dtype: crate::model::parse_dtype(&args.dtype)?,
-        device: crate::model::parse_device(&args.device)?,
-        revision: args.revision.clone(),
-        tokenizer: args.tokenizer.clone(),
-    };
-    Model::load(spec, &opts)
+    Model::load(spec, &args.options()?)
 }
 
 /// Run the command.
