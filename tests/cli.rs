@@ -70,6 +70,18 @@ fn bad_input_gives_one_line_errors() {
         ],
         "tokenizer",
     );
+    // bf16 products need f32 weights on the CPU; an unknown precision is refused by the parser.
+    assert_one_line_error(
+        &[
+            "info", "--model", llama, "--dtype", "bf16", "--matmul", "bf16",
+        ],
+        "bf16 matmul needs an f32 model",
+    );
+    let (code, _, err) = engram(&["info", "--model", llama, "--matmul", "f16"]);
+    assert!(code != 0 && err.contains("f16"), "{err}");
+    let (code, stdout, err) = engram(&["info", "--model", llama, "--matmul", "bf16"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("matmul       bf16"), "{stdout}");
 }
 
 #[test]
