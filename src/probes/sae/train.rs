@@ -30,7 +30,11 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::store::ActivationStore;
-use super::{randn, topk_mask, Sae, SaeKind};
+use rayon::prelude::*;
+
+#[cfg(test)]
+use super::topk_mask;
+use super::{randn, Sae, SaeKind};
 use crate::progress::Progress;
 use crate::Result;
 
@@ -146,28 +150,287 @@ pub struct TrainReport {
     pub log: Vec<StepLog>,
 }
 
+/// Adam state on the host; one fused pass per parameter updates m, v and the parameter.
 struct Adam {
-    m: Tensor,
-    v: Tensor,
+    m: Vec<f32>,
+    v: Vec<f32>,
 }
 
 impl Adam {
     fn new(p: &Tensor) -> Result<Self> {
+        let n = p.elem_count();
         Ok(Adam {
-            m: p.zeros_like()?,
-            v: p.zeros_like()?,
+            m: vec![0.0; n],
+            v: vec![0.0; n],
         })
     }
 
     /// p ← p − lr·m̂/(√v̂ + eps), with bias correction folded into `lr_t`.
     fn step(&mut self, p: &Tensor, g: &Tensor, lr_t: f64) -> Result<Tensor> {
-        const B1: f64 = 0.9;
-        const B2: f64 = 0.999;
-        self.m = ((&self.m * B1)? + (g * (1.0 - B1))?)?;
-        self.v = ((&self.v * B2)? + (g.sqr()? * (1.0 - B2))?)?;
-        let upd = (&self.m / (self.v.sqrt()? + 1e-8)?)?;
-        Ok((p - (upd * lr_t)?)?)
+        const B1: f32 = 0.9;
+        const B2: f32 = 0.999;
+        let mut pv = host_vec(p)?;
+        let gv = host_vec(g)?;
+        let lr = lr_t as f32;
+        const CHUNK: usize = 1 << 14;
+        pv.par_chunks_mut(CHUNK)
+            .zip(gv.par_chunks(CHUNK))
+            .zip(self.m.par_chunks_mut(CHUNK))
+            .zip(self.v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| {
+                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    *m = B1 * *m + (1.0 - B1) * g;
+                    *v = B2 * *v + (1.0 - B2) * g * g;
+                    *p -= lr * (*m / (v.sqrt() + 1e-8));
+                }
+            });
+        Ok(Tensor::from_vec(pv, p.shape(), p.device())?)
     }
+}
+
+/// A tensor's values as a host vector (f32).
+fn host_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+}
+
+/// Run `f` on a tensor's f32 values without copying them when they already sit contiguous in
+/// host memory.
+fn with_host_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&v[a..b]));
+        }
+    }
+    Ok(f(&host_vec(&t)?))
+}
+
+/// Below this fraction of active latents the three products that involve the codes
+/// (`z·W_dec`, `zᵀ·∂x̂`, `xᵀ·∂pre`) run as sparse sums over the active entries instead of dense
+/// GEMMs (at L0 = 50 of 2304 latents that is ~2% of the dense work).
+const SPARSE_BELOW: f64 = 0.1;
+
+/// The nonzero codes of a `[b, n]` batch, by row and by column.
+struct SparseCodes {
+    /// Per row: (latent, value).
+    rows: Vec<Vec<(u32, f32)>>,
+    /// Per latent: the rows it fired on, and its value there.
+    cols: Vec<Vec<(u32, f32)>>,
+}
+
+impl SparseCodes {
+    fn new(z: &[f32], n: usize) -> SparseCodes {
+        let rows: Vec<Vec<(u32, f32)>> = z
+            .par_chunks(n)
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .filter(|(_, &v)| v != 0.0)
+                    .map(|(j, &v)| (j as u32, v))
+                    .collect()
+            })
+            .collect();
+        let mut cols: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n];
+        for (i, r) in rows.iter().enumerate() {
+            for &(j, v) in r {
+                cols[j as usize].push((i as u32, v));
+            }
+        }
+        SparseCodes { rows, cols }
+    }
+
+    /// `z · W + bias` with `W` `[n, d]` row-major: `[b, d]`.
+    fn times(&self, w: &[f32], bias: &[f32]) -> Vec<f32> {
+        let d = bias.len();
+        let mut out = vec![0f32; self.rows.len() * d];
+        out.par_chunks_mut(d).zip(&self.rows).for_each(|(o, row)| {
+            o.copy_from_slice(bias);
+            for &(j, v) in row {
+                let wj = &w[j as usize * d..(j as usize + 1) * d];
+                o.iter_mut().zip(wj).for_each(|(o, w)| *o += v * w);
+            }
+        });
+        out
+    }
+
+    /// `Σ_i c_ij · a[i, :]` for every latent `j`, where `c_ij` is `coef(i, j, z_ij)` over the
+    /// active entries and `a` is `[b, d]`: `[n, d]` (e.g. `zᵀ·∂x̂`).
+    fn gather(
+        &self,
+        a: &[f32],
+        d: usize,
+        coef: impl Fn(usize, usize, f32) -> f32 + Sync,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; self.cols.len() * d];
+        out.par_chunks_mut(d)
+            .zip(&self.cols)
+            .enumerate()
+            .for_each(|(j, (o, col))| {
+                for &(i, v) in col {
+                    let c = coef(i as usize, j, v);
+                    let ai = &a[i as usize * d..(i as usize + 1) * d];
+                    o.iter_mut().zip(ai).for_each(|(o, a)| *o += c * a);
+                }
+            });
+        out
+    }
+}
+
+/// Rows per parallel task in the fused elementwise passes.
+const ROWS_PER_TASK: usize = 16;
+
+/// The fused encoder nonlinearity over `pre_nb = x·W_enc` (`[b, n]`): adds `b_enc`, applies the
+/// kind's activation.
+fn encode_fused(
+    pre_nb: &Tensor,
+    b_enc: &[f32],
+    kind: SaeKind,
+    threshold: Option<&[f32]>,
+    k: usize,
+) -> Result<Encoded> {
+    let n = b_enc.len();
+    let mut pre = host_vec(pre_nb)?;
+    let mut z = vec![0f32; pre.len()];
+    let (fired, zsum) = pre
+        .par_chunks_mut(ROWS_PER_TASK * n)
+        .zip(z.par_chunks_mut(ROWS_PER_TASK * n))
+        .fold(
+            || (vec![0f32; n], 0f64),
+            |(mut fired, mut zsum), (pre, z)| {
+                let mut idx: Vec<u32> = Vec::new();
+                for (pre, z) in pre.chunks_exact_mut(n).zip(z.chunks_exact_mut(n)) {
+                    pre.iter_mut().zip(b_enc).for_each(|(p, b)| *p += b);
+                    // TopK: the k-th largest pre-activation of the row is the row's threshold
+                    // (the same selection as `topk_mask`).
+                    let kth = if kind == SaeKind::TopK && k > 0 && k < n {
+                        idx.clear();
+                        idx.extend(0..n as u32);
+                        idx.select_nth_unstable_by(k - 1, |&a, &b| {
+                            pre[b as usize].total_cmp(&pre[a as usize])
+                        });
+                        Some(&idx[..k])
+                    } else {
+                        None
+                    };
+                    match (kind, kth) {
+                        (SaeKind::TopK, Some(sel)) => {
+                            for &j in sel {
+                                let j = j as usize;
+                                if pre[j] > 0.0 {
+                                    z[j] = pre[j];
+                                }
+                            }
+                        }
+                        (SaeKind::TopK, None) if k == 0 => {}
+                        (SaeKind::Threshold, _) => {
+                            let th = threshold.expect("threshold");
+                            for ((z, &p), &t) in z.iter_mut().zip(pre.iter()).zip(th) {
+                                if p > 0.0 && p > t {
+                                    *z = p;
+                                }
+                            }
+                        }
+                        _ => {
+                            for (z, &p) in z.iter_mut().zip(pre.iter()) {
+                                if p > 0.0 {
+                                    *z = p;
+                                }
+                            }
+                        }
+                    }
+                    for (f, &v) in fired.iter_mut().zip(z.iter()) {
+                        if v != 0.0 {
+                            *f += 1.0;
+                            zsum += v as f64;
+                        }
+                    }
+                }
+                (fired, zsum)
+            },
+        )
+        .reduce(
+            || (vec![0f32; n], 0f64),
+            |(mut a, sa), (b, sb)| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                (a, sa + sb)
+            },
+        );
+    Ok(Encoded {
+        pre,
+        z,
+        fired,
+        zsum,
+    })
+}
+
+/// What [`encode_fused`] computes for a `[b, n]` batch.
+struct Encoded {
+    /// Pre-activations `x·W_enc + b_enc`.
+    pre: Vec<f32>,
+    /// Codes.
+    z: Vec<f32>,
+    /// Per latent, the number of rows it fired on.
+    fired: Vec<f32>,
+    /// Σ z over the batch.
+    zsum: f64,
+}
+
+/// The fused backward through the nonlinearity: from `g_z` (`[b, n]`) to `g_pre`, its column
+/// sums (the `b_enc` gradient) and, for threshold SAEs, the τ gradient of the rectangle-kernel
+/// straight-through estimator: dL/dτ = −(1/ε) Σ_b K·(g_z·τ + λ/B).
+#[allow(clippy::too_many_arguments)]
+fn backward_fused(
+    g_z: &Tensor,
+    pre: &[f32],
+    z: &[f32],
+    kind: SaeKind,
+    threshold: Option<&[f32]>,
+    relu_l1: f32,
+    eps: f32,
+    lam_over_b: f32,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let n = pre.len() / g_z.dim(0)?.max(1);
+    let mut g_pre = host_vec(g_z)?;
+    let (g_b, g_th) = g_pre
+        .par_chunks_mut(ROWS_PER_TASK * n)
+        .zip(pre.par_chunks(ROWS_PER_TASK * n))
+        .zip(z.par_chunks(ROWS_PER_TASK * n))
+        .fold(
+            || (vec![0f32; n], vec![0f32; n]),
+            |(mut gb, mut gth), ((g, pre), z)| {
+                for ((g, pre), z) in g
+                    .chunks_exact_mut(n)
+                    .zip(pre.chunks_exact(n))
+                    .zip(z.chunks_exact(n))
+                {
+                    if let (SaeKind::Threshold, Some(th)) = (kind, threshold) {
+                        for (j, (&gz, &p)) in g.iter().zip(pre).enumerate() {
+                            if ((p - th[j]) / eps).abs() < 0.5 {
+                                gth[j] += gz * th[j] + lam_over_b;
+                            }
+                        }
+                    }
+                    for ((g, &zv), gb) in g.iter_mut().zip(z).zip(gb.iter_mut()) {
+                        *g = if zv != 0.0 { *g + relu_l1 } else { 0.0 };
+                        *gb += *g;
+                    }
+                }
+                (gb, gth)
+            },
+        )
+        .reduce(
+            || (vec![0f32; n], vec![0f32; n]),
+            |(mut a, mut b), (c, d)| {
+                a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
+                b.iter_mut().zip(&d).for_each(|(b, d)| *b += d);
+                (a, b)
+            },
+        );
+    let g_th = g_th.iter().map(|v| v * (-1.0 / eps)).collect();
+    Ok((g_pre, g_b, g_th))
 }
 
 /// The state of one SAE being trained (normalised units).
@@ -188,6 +451,9 @@ pub struct Trainer {
     pub fired: Vec<u64>,
     pub samples: u64,
     device: Device,
+    /// Force sparse (`Some(true)`) or dense products instead of choosing by density (tests
+    /// compare both ways).
+    sparse_override: Option<bool>,
 }
 
 fn unit_rows(w: &Tensor) -> Result<Tensor> {
@@ -232,6 +498,7 @@ impl Trainer {
             fired: vec![0; n],
             samples: 0,
             device: device.clone(),
+            sparse_override: None,
         })
     }
 
@@ -260,20 +527,42 @@ impl Trainer {
     /// sparsity coefficient `lam`, without changing the parameters.
     pub fn gradients(&self, x: &Tensor, lam: f64) -> Result<Gradients> {
         let (b, _) = x.dims2()?;
+        let (n, dev) = (self.n, &self.device);
         let bf = b as f64;
-        let pre = x.matmul(&self.w_enc)?.broadcast_add(&self.b_enc)?;
-        let pos = pre.gt(0f32)?.to_dtype(DType::F32)?;
-        let th = self.log_th.as_ref().map(|t| t.exp()).transpose()?;
-        let mask = match self.params.kind {
-            SaeKind::Relu => pos,
-            SaeKind::TopK => (topk_mask(&pre, self.params.k)? * pos)?,
-            SaeKind::Threshold => {
-                let th = th.as_ref().expect("threshold");
-                (pre.broadcast_gt(th)?.to_dtype(DType::F32)? * pos)?
+        let kind = self.params.kind;
+        // The elementwise parts run fused on the host (one pass forward, one backward); the
+        // five matrix products stay candle matmuls.
+        let th: Option<Vec<f32>> = self
+            .log_th
+            .as_ref()
+            .map(|t| host_vec(&t.exp()?))
+            .transpose()?;
+        let b_enc = host_vec(&self.b_enc)?;
+        let Encoded {
+            pre,
+            z,
+            fired,
+            zsum,
+        } = encode_fused(
+            &x.matmul(&self.w_enc)?,
+            &b_enc,
+            kind,
+            th.as_deref(),
+            self.params.k,
+        )?;
+        let d = self.d;
+        let density = fired.iter().map(|&f| f as f64).sum::<f64>() / (b * n).max(1) as f64;
+        let sparse = self.sparse_override.unwrap_or(density < SPARSE_BELOW);
+        let codes = sparse.then(|| SparseCodes::new(&z, n));
+        let zt = Tensor::from_vec(z, (b, n), dev)?;
+        let xhat = match &codes {
+            Some(c) => {
+                let w = host_vec(&self.w_dec)?;
+                let xh = c.times(&w, &host_vec(&self.b_dec)?);
+                Tensor::from_vec(xh, (b, d), dev)?
             }
+            None => zt.matmul(&self.w_dec)?.broadcast_add(&self.b_dec)?,
         };
-        let z = (&pre * &mask)?;
-        let xhat = z.matmul(&self.w_dec)?.broadcast_add(&self.b_dec)?;
         let r = (xhat - x)?;
         let sse = r.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
         let mse = sse / bf;
@@ -282,40 +571,54 @@ impl Trainer {
             .sqr()?
             .sum_all()?
             .to_scalar::<f32>()? as f64;
-        let fired: Vec<f32> = mask.sum(0)?.to_vec1()?;
         let l0 = fired.iter().map(|&v| v as f64).sum::<f64>() / bf;
         // Backward.
         let g_xhat = (r * (2.0 / bf))?;
-        let w_dec = z.t()?.matmul(&g_xhat)?;
         let b_dec = g_xhat.sum(0)?;
+        let g_xhat_host = codes.as_ref().map(|_| host_vec(&g_xhat)).transpose()?;
+        let w_dec = match (&codes, &g_xhat_host) {
+            (Some(c), Some(gx)) => Tensor::from_vec(c.gather(gx, d, |_, _, v| v), (n, d), dev)?,
+            _ => zt.t()?.matmul(&g_xhat)?,
+        };
         let g_z = g_xhat.matmul(&self.w_dec.t()?)?;
-        let mut g_pre = (&g_z * &mask)?;
-        let mut penalty = 0.0;
-        let mut log_threshold = None;
-        match self.params.kind {
-            SaeKind::Relu => {
-                g_pre = (g_pre + (&mask * (lam / bf))?)?;
-                penalty = lam * z.sum_all()?.to_scalar::<f32>()? as f64 / bf;
+        let (relu_l1, penalty) = match kind {
+            SaeKind::Relu => ((lam / bf) as f32, lam * zsum / bf),
+            SaeKind::TopK => (0.0, 0.0),
+            SaeKind::Threshold => (0.0, lam * l0),
+        };
+        let z = with_host_slice(&zt, |z| {
+            backward_fused(
+                &g_z,
+                &pre,
+                z,
+                kind,
+                th.as_deref(),
+                relu_l1,
+                self.params.bandwidth as f32,
+                (lam / bf) as f32,
+            )
+        })??;
+        let (g_pre, g_b, g_th) = z;
+        let log_threshold = match &th {
+            Some(th) => {
+                let g: Vec<f32> = g_th.iter().zip(th).map(|(g, t)| g * t).collect();
+                Some(Tensor::from_vec(g, n, dev)?)
             }
-            SaeKind::TopK => {}
-            SaeKind::Threshold => {
-                let th = th.as_ref().expect("threshold");
-                let eps = self.params.bandwidth;
-                let u = (pre.broadcast_sub(th)? / eps)?;
-                let kern = u.abs()?.lt(0.5f32)?.to_dtype(DType::F32)?;
-                // dL/dτ = −(1/ε) Σ_b K·(g_z·τ + λ/B)
-                let inner = (g_z.broadcast_mul(th)? + lam / bf)?;
-                let g_th = ((kern * inner)?.sum(0)? * (-1.0 / eps))?;
-                log_threshold = Some((g_th * th)?);
-                penalty = lam * l0;
+            None => None,
+        };
+        let w_enc = match &codes {
+            // ∂pre is zero off the active entries, so xᵀ·∂pre sums over them only.
+            Some(c) => {
+                let xs = host_vec(x)?;
+                let g = c.gather(&xs, d, |i, j, _| g_pre[i * n + j]);
+                Tensor::from_vec(g, (n, d), dev)?.t()?.contiguous()?
             }
-        }
-        let w_enc = x.t()?.matmul(&g_pre)?;
-        let b_enc = g_pre.sum(0)?;
+            None => x.t()?.matmul(&Tensor::from_vec(g_pre, (b, n), dev)?)?,
+        };
         Ok(Gradients {
             w_enc,
             w_dec,
-            b_enc,
+            b_enc: Tensor::from_vec(g_b, n, dev)?,
             b_dec,
             log_threshold,
             loss: mse + penalty,
@@ -525,7 +828,7 @@ mod tests {
     /// The hand-written backward against candle's autograd on the same loss, the threshold's
     /// straight-through estimator written as a zero-valued surrogate whose τ-derivative is the
     /// rectangle-kernel pseudo-derivative.
-    fn check(kind: SaeKind) {
+    fn check(kind: SaeKind, sparse: bool) {
         let dev = Device::Cpu;
         let (b, d, n) = (64, 8, 24);
         let mut rng = StdRng::seed_from_u64(9);
@@ -543,6 +846,7 @@ mod tests {
         t.log_th = Some(Tensor::from_vec(th, n, &dev).unwrap().log().unwrap());
         let x = Tensor::from_vec(randn(&mut rng, b * d), (b, d), &dev).unwrap();
         let lam = 0.7;
+        t.sparse_override = Some(sparse);
         let g = t.gradients(&x, lam).unwrap();
 
         let v = |t: &Tensor| Var::from_tensor(t).unwrap();
@@ -602,7 +906,7 @@ mod tests {
             assert!(scale > 0.0, "{kind:?} {what}: zero gradient");
             assert!(
                 diff <= 1e-4 * scale.max(1.0),
-                "{kind:?} {what}: {diff} (scale {scale})"
+                "{kind:?} sparse={sparse} {what}: {diff} (scale {scale})"
             );
         };
         close(&g.w_enc, grads.get(&we).unwrap(), "W_enc");
@@ -623,7 +927,8 @@ mod tests {
     #[test]
     fn backward_matches_autograd() {
         for kind in SaeKind::ALL {
-            check(kind);
+            check(kind, false);
+            check(kind, true);
         }
     }
 }
