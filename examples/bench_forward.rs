@@ -15,10 +15,15 @@ use rand::{Rng, SeedableRng};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// A memory figure of /proc/self/status (VmHWM: peak RSS, VmRSS: current), in MB.
+fn status_mb(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+            s.lines().find(|l| l.starts_with(key)).and_then(|l| {
                 l.split_whitespace()
                     .nth(1)
                     .and_then(|v| v.parse::<f64>().ok())
@@ -206,11 +211,8 @@ fn matmul_gflops(m: usize, k: usize, n: usize, reps: usize) -> engram::Result<f6
 }
 
 fn main() -> engram::Result<()> {
-    // As the engram binary does (src/main.rs): keep freed pages mapped.
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a global allocator option before any worker thread exists.
-        unsafe { libmimalloc_sys::mi_option_set(15, -1) };
-    }
+    // As the engram binary does (src/main.rs).
+    engram::alloc::keep_freed_pages();
     let args: Vec<String> = std::env::args().collect();
     let spec = args.get(1).map(String::as_str).unwrap_or("smollm2");
     let b: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8);
@@ -234,6 +236,7 @@ fn main() -> engram::Result<()> {
     let model = Model::load(spec, &opts)?;
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mb();
+    let rss_now_after_load = status_mb("VmRSS:");
     let cfg = model.cfg().clone();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let rows: Vec<Vec<u32>> = (0..b)
@@ -247,8 +250,11 @@ fn main() -> engram::Result<()> {
     // Best wall time of `reps` runs, and mean CPU seconds per run (robust on a busy machine).
     let cpu_of = std::cell::RefCell::new(std::collections::HashMap::<&str, f64>::new());
     let time = |name: &'static str, hooks: &mut dyn FnMut() -> Hooks| -> engram::Result<f64> {
-        let mut h = hooks();
-        model.forward(&batch, &mut h)?; // warm-up
+        {
+            // Warm-up; its captures are dropped before the timed runs.
+            let mut h = hooks();
+            model.forward(&batch, &mut h)?;
+        }
         let mut best = f64::INFINITY;
         let c0 = cpu_seconds();
         for _ in 0..reps {
@@ -295,7 +301,7 @@ fn main() -> engram::Result<()> {
         "capture_s": capture, "capture_tok_s": tokens / capture,
         "embed_capture_s": empty_filter,
         "gflop_per_forward": gflop,
-        "rss_after_load_mb": rss_after_load, "peak_rss_mb": peak_rss_mb(),
+        "rss_after_load_mb": rss_after_load, "rss_now_after_load_mb": rss_now_after_load, "peak_rss_mb": peak_rss_mb(),
         "cpu_s": *cpu_of.borrow(),
         "fma_peak_gflop_s": peak,
         "matmul_gflop_s": mm, "matmul_shape": [b * t, cfg.d_model, cfg.d_mlp],

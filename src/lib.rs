@@ -3,6 +3,7 @@
 //! Data flows one way: model source → weights + config + tokenizer → one hooked forward pass →
 //! captured activations / interventions → a probe's computation → tables + charts + manifest.
 
+pub mod alloc;
 pub mod batch;
 pub mod cli;
 pub mod data;

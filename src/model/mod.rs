@@ -105,6 +105,10 @@ impl Deref for Model {
 impl Model {
     /// Load from a `.gguf` file, a Hugging Face folder, a Hub repo id or an alias.
     pub fn load(spec: &str, opts: &LoadOptions) -> Result<Model> {
+        crate::alloc::purging(|| Model::load_inner(spec, opts))
+    }
+
+    fn load_inner(spec: &str, opts: &LoadOptions) -> Result<Model> {
         let t0 = Instant::now();
         let mut source = source::resolve(spec, opts.revision.as_deref())?;
         if let Some(t) = &opts.tokenizer {
