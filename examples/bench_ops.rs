@@ -17,6 +17,7 @@ fn time<F: FnMut() -> Tensor>(name: &str, reps: usize, mut f: F) -> f64 {
 }
 
 fn main() -> candle_core::Result<()> {
+    engram::alloc::keep_freed_pages();
     let dev = Device::Cpu;
     let (b, t, d, nh, nk, dh, f, v) = (
         8usize, 128usize, 576usize, 9usize, 3usize, 64usize, 1536usize, 49152usize,
@@ -64,6 +65,9 @@ fn main() -> candle_core::Result<()> {
     tot += time("softmax", r, || {
         candle_nn::ops::softmax_last_dim(&sc).unwrap()
     });
+    time("fused scale+mask+softmax", r, || {
+        engram::model::kernels::masked_softmax(&sc, &mask, 0.125, None).unwrap()
+    });
     let p = sc.reshape((b, nk, 3 * t, t))?;
     tot += time("pattern·v", r, || p.matmul(&vv).unwrap());
     let z = Tensor::randn(0f32, 1.0, (b, nh, t, dh), &dev)?;
@@ -92,6 +96,9 @@ fn main() -> candle_core::Result<()> {
     tot += time("silu(gate)", r, || candle_nn::ops::silu(&gate).unwrap());
     let g2 = gate.contiguous()?;
     tot += time("act*up", r, || (&g2 * &up).unwrap());
+    time("fused silu(gate)*up", r, || {
+        engram::model::kernels::gated_act(&gu, engram::model::kernels::GatedAct::Silu).unwrap()
+    });
     tot += time("resid add (x2)", r, || (&x + &x).unwrap()) * 2.0;
     let per_layer = tot;
     let lm = time("lm_head (once)", 3, || x.matmul(&wu.t().unwrap()).unwrap());

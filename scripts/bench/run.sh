@@ -4,70 +4,82 @@
 #   1. forward, no capture (batch B × T)      2. forward capturing every resid_post + pattern
 #   3. model load (GGUF → f32)                4. peak RSS
 #   5. the heads probe end-to-end (`engram heads` vs scripts/bench/heads_reference.py, same work)
-#   plus the bf16 path: engram --matmul bf16 (bf16 products, f32 elsewhere) vs torch in bfloat16
-# plus the machine's measured f32 FMA peak and candle's matmul GFLOP/s on the MLP shape.
-# SAE training throughput (item 6) is scripts/bench/sae.sh.
+# plus the bf16 path (engram --matmul bf16: bf16 products, f32 elsewhere, vs torch in bfloat16),
+# the machine's measured f32 FMA and bf16 dot-product peaks, and both matmuls' GFLOP/s on the
+# MLP shape. SAE training throughput (item 6) is scripts/bench/sae.sh.
 #
-#   scripts/bench/run.sh                   # PYTHON=python3 B=8 T=128 R=3 THREADS=$(nproc)
+# The four forward configurations run interleaved for ROUNDS rounds (each: best of R forwards);
+# ratios are per round, reported as the median and range over rounds — single runs on a shared
+# 2-core VM move by ±15%. CPU seconds per forward are printed too.
+#
+#   scripts/bench/run.sh                   # PYTHON=python3 B=8 T=128 R=3 ROUNDS=3 THREADS=$(nproc)
 #   HEADS=0 scripts/bench/run.sh           # skip the (slow) heads comparison
 #
-# Needs scripts/fetch-models.sh and a Python with torch + transformers + gguf + numpy. Run it on
-# a quiet machine: both sides use every core; CPU seconds are printed too (robust to contention).
+# Needs scripts/fetch-models.sh and a Python with torch + transformers + gguf + numpy.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY="${PYTHON:-python3}"
-B="${B:-8}"; T="${T:-128}"; R="${R:-3}"; HEADS="${HEADS:-1}"
+B="${B:-8}"; T="${T:-128}"; R="${R:-3}"; HEADS="${HEADS:-1}"; ROUNDS="${ROUNDS:-3}"
 THREADS="${THREADS:-$(nproc)}"
 export RAYON_NUM_THREADS="$THREADS" THREADS
 GGUF="$HOME/.cache/engram/models/smollm2-135m-instruct.gguf"
 cargo build --release --example bench_forward --bin engram >/dev/null 2>&1
-E=$(./target/release/examples/bench_forward smollm2 "$B" "$T" "$R")
-P=$("$PY" scripts/bench/reference.py "$GGUF" "$B" "$T" "$R" 2>/dev/null | tail -n 1)
-# bf16: engram's bf16 matmul (f32 elsewhere) vs torch with the whole model in bfloat16.
-E16=$(MATMUL=bf16 ./target/release/examples/bench_forward smollm2 "$B" "$T" "$R")
-P16=$(DTYPE=bf16 "$PY" scripts/bench/reference.py "$GGUF" "$B" "$T" "$R" 2>/dev/null | tail -n 1)
-echo "engram:       $E"
-echo "transformers: $P"
-echo "engram bf16:  $E16"
-echo "torch bf16:   $P16"
-H_E=""; H_P=""
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+for i in $(seq "$ROUNDS"); do
+  ./target/release/examples/bench_forward smollm2 "$B" "$T" "$R" | tee -a "$TMP/e.jsonl" | sed 's/^/engram f32:   /'
+  "$PY" scripts/bench/reference.py "$GGUF" "$B" "$T" "$R" 2>/dev/null | tail -n 1 | tee -a "$TMP/p.jsonl" | sed 's/^/torch f32:    /'
+  MATMUL=bf16 ./target/release/examples/bench_forward smollm2 "$B" "$T" "$R" | tee -a "$TMP/e16.jsonl" | sed 's/^/engram bf16:  /'
+  DTYPE=bf16 "$PY" scripts/bench/reference.py "$GGUF" "$B" "$T" "$R" 2>/dev/null | tail -n 1 | tee -a "$TMP/p16.jsonl" | sed 's/^/torch bf16:   /'
+done
+echo '{}' > "$TMP/he.json"; echo '{}' > "$TMP/hp.json"; echo '{}' > "$TMP/he16.json"
 if [ "$HEADS" = 1 ]; then
-  TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
   TABLE=notebooks-data/icl-cmr/cmr_crp_avg_20_11.npy
-  /usr/bin/time -f '{"wall_s": %e, "cpu_s": %U, "sys_s": %S, "peak_rss_mb": %M}' -o "$TMP/e.json" \
+  FMT='{"wall_s": %e, "cpu_s": %U, "sys_s": %S, "peak_rss_mb": %M}'
+  /usr/bin/time -f "$FMT" -o "$TMP/he.json" \
     ./target/release/engram --quiet heads --model smollm2 --cmr-table "$TABLE" --out "$TMP/run" >/dev/null
-  /usr/bin/time -f '{"wall_s": %e, "cpu_s": %U, "sys_s": %S, "peak_rss_mb": %M}' -o "$TMP/p.json" \
+  /usr/bin/time -f "$FMT" -o "$TMP/hp.json" \
     "$PY" scripts/bench/heads_reference.py "$GGUF" "$TABLE" >/dev/null 2>&1
-  H_E=$(tail -n 1 "$TMP/e.json"); H_P=$(tail -n 1 "$TMP/p.json")
-  echo "heads engram: $H_E"
-  echo "heads python: $H_P"
+  /usr/bin/time -f "$FMT" -o "$TMP/he16.json" \
+    ./target/release/engram --quiet heads --model smollm2 --matmul bf16 --cmr-table "$TABLE" --out "$TMP/run16" >/dev/null
 fi
-python3 - "$E" "$P" "$H_E" "$H_P" "$E16" "$P16" <<'PY'
-import json, sys
-e, p = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-e16, p16 = json.loads(sys.argv[5]), json.loads(sys.argv[6])
-def row(name, a, b, unit, fmt="8.0f"):
-    print(f"{name:<20}{a:{fmt}} {unit} vs {b:{fmt}}  ratio {a/b:.2f}x")
-row("forward tok/s", e["forward_tok_s"], p["forward_tok_s"], "")
-row("capture tok/s", e["capture_tok_s"], p["capture_tok_s"], "")
+python3 - "$TMP" <<'PY'
+import json, statistics, sys
+d = sys.argv[1]
+load = lambda f: [json.loads(l) for l in open(f"{d}/{f}") if l.strip()]
+e, p, e16, p16 = load("e.jsonl"), load("p.jsonl"), load("e16.jsonl"), load("p16.jsonl")
+last = lambda f: json.loads(open(f"{d}/{f}").read().strip().splitlines()[-1])
+med = statistics.median
+def ratio(name, a, b, key, note=""):
+    r = [x[key] / y[key] for x, y in zip(a, b)]
+    print(f"{name:<24}{med(x[key] for x in a):8.0f} vs {med(y[key] for y in b):8.0f}   "
+          f"ratio {med(r):.2f}x (rounds {min(r):.2f}–{max(r):.2f}){note}")
+print(f"{len(e)} rounds, batch {e[0]['batch']} × {e[0]['seq']}, {e[0]['threads']} threads; medians")
+ratio("forward tok/s (f32)", e, p, "forward_tok_s")
+ratio("capture tok/s (f32)", e, p, "capture_tok_s")
 for k in ("forward", "capture"):
-    print(f"{k+' CPU s/run':<20}{e['cpu_s'][k]:8.2f}   vs {p['cpu_s'][k]:8.2f}  ratio {p['cpu_s'][k]/e['cpu_s'][k]:.2f}x less CPU")
-print(f"{'load s':<20}{e['load_s']:8.2f}   vs {p['load_s']:8.2f}  {p['load_s']/e['load_s']:.1f}x faster")
-print(f"{'peak RSS MB':<20}{e['peak_rss_mb']:8.0f}   vs {p['peak_rss_mb']:8.0f}  (after load {e['rss_after_load_mb']:.0f} MB)")
-print(f"{'FMA peak GFLOP/s':<20}{e['fma_peak_gflop_s']:8.1f}   ({e['threads']} threads, measured)")
-print(f"{'matmul GFLOP/s':<20}{e['matmul_gflop_s']:8.1f}   {100*e['matmul_gflop_s']/e['fma_peak_gflop_s']:.0f}% of peak, shape {e['matmul_shape']}")
-print(f"{'forward GFLOP/s':<20}{e['forward_gflop_s']:8.1f}   {100*e['forward_gflop_s']/e['fma_peak_gflop_s']:.0f}% of peak")
-for k in ("forward", "capture"):
-    a, b, c = e16[k + "_tok_s"], p16[k + "_tok_s"], p[k + "_tok_s"]
-    print(f"{k+' bf16 tok/s':<20}{a:8.0f}   vs {b:8.0f}  ratio {a/b:.2f}x vs torch bf16, {a/c:.2f}x vs torch f32")
-print(f"{'bf16 peak GFLOP/s':<20}{e16['bf16_peak_gflop_s']:8.1f}   (vdpbf16ps, measured)")
-print(f"{'bf16 matmul GFLOP/s':<20}{e16['matmul_bf16_gflop_s']:8.1f}   {100*e16['matmul_bf16_gflop_s']/e16['bf16_peak_gflop_s']:.0f}% of bf16 peak")
-print(f"{'bf16 forward GFLOP/s':<20}{e16['forward_gflop_s']:8.1f}   {100*e16['forward_gflop_s']/e16['bf16_peak_gflop_s']:.0f}% of bf16 peak; peak RSS {e16['peak_rss_mb']:.0f} MB vs {p16['peak_rss_mb']:.0f}")
-print(f"{'hook overhead':<20}{100*(e['embed_capture_s']/e['forward_s']-1):+7.1f}%   (capturing hook_embed only vs no hooks)")
-if sys.argv[3]:
-    he, hp = json.loads(sys.argv[3]), json.loads(sys.argv[4])
-    print(f"{'heads probe wall s':<20}{he['wall_s']:8.1f}   vs {hp['wall_s']:8.1f}  {hp['wall_s']/he['wall_s']:.1f}x faster")
-    ce, cp = he["cpu_s"] + he["sys_s"], hp["cpu_s"] + hp["sys_s"]
-    print(f"{'heads probe CPU s':<20}{ce:8.1f}   vs {cp:8.1f}  {cp/ce:.1f}x less CPU")
-    print(f"{'heads peak RSS MB':<20}{he['peak_rss_mb']/1024:8.0f}   vs {hp['peak_rss_mb']/1024:8.0f}")
+    r = [y["cpu_s"][k] / x["cpu_s"][k] for x, y in zip(e, p)]
+    print(f"{k+' CPU s (f32)':<24}{med(x['cpu_s'][k] for x in e):8.2f} vs {med(y['cpu_s'][k] for y in p):8.2f}   "
+          f"{med(r):.2f}x less CPU (rounds {min(r):.2f}–{max(r):.2f})")
+ratio("forward tok/s (bf16)", e16, p16, "forward_tok_s", " vs torch bf16")
+ratio("capture tok/s (bf16)", e16, p16, "capture_tok_s", " vs torch bf16")
+ratio("forward bf16 / torch f32", e16, p, "forward_tok_s")
+ratio("capture bf16 / torch f32", e16, p, "capture_tok_s")
+print(f"{'load s':<24}{med(x['load_s'] for x in e):8.2f} vs {med(y['load_s'] for y in p):8.2f}")
+print(f"{'peak RSS MB (f32)':<24}{med(x['peak_rss_mb'] for x in e):8.0f} vs {med(y['peak_rss_mb'] for y in p):8.0f}"
+      f"   (engram RSS right after load {med(x['rss_now_after_load_mb'] for x in e):.0f} MB)")
+print(f"{'peak RSS MB (bf16)':<24}{med(x['peak_rss_mb'] for x in e16):8.0f} vs {med(y['peak_rss_mb'] for y in p16):8.0f}")
+fp, bp = med(x["fma_peak_gflop_s"] for x in e), med(x["bf16_peak_gflop_s"] for x in e16)
+mm, mb = med(x["matmul_gflop_s"] for x in e), med(x["matmul_bf16_gflop_s"] for x in e16)
+print(f"{'f32 FMA peak GFLOP/s':<24}{fp:8.1f}   matmul {mm:.1f} ({100*mm/fp:.0f}%), "
+      f"forward {med(x['forward_gflop_s'] for x in e):.1f} ({100*med(x['forward_gflop_s'] for x in e)/fp:.0f}%)")
+print(f"{'bf16 dot peak GFLOP/s':<24}{bp:8.1f}   matmul {mb:.1f} ({100*mb/bp:.0f}%), "
+      f"forward {med(x['forward_gflop_s'] for x in e16):.1f} ({100*med(x['forward_gflop_s'] for x in e16)/bp:.0f}%)")
+h = [100 * (x["embed_capture_s"] / x["forward_s"] - 1) for x in e]
+print(f"{'hook overhead':<24}{med(h):+7.1f}%   (hook_embed only vs no hooks; rounds {min(h):+.1f}…{max(h):+.1f}%)")
+he, hp, he16 = last("he.json"), last("hp.json"), last("he16.json")
+if he:
+    for name, x in (("heads probe (f32)", he), ("heads probe (bf16)", he16)):
+        print(f"{name:<24}{x['wall_s']:8.1f} vs {hp['wall_s']:8.1f} s   {hp['wall_s']/x['wall_s']:.1f}x faster, "
+              f"CPU {x['cpu_s']+x['sys_s']:.1f} vs {hp['cpu_s']+hp['sys_s']:.1f} s, "
+              f"RSS {x['peak_rss_mb']/1024:.0f} vs {hp['peak_rss_mb']/1024:.0f} MB")
 PY
