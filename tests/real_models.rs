@@ -105,6 +105,31 @@ fn bf16_matmul_stays_close_to_transformers_f32() {
             .complete("The Eiffel Tower is located in the city of", 8)
             .unwrap();
         assert!(text.contains("Paris"), "{alias}: {text:?}");
+        // The weight views still answer in f32, with the bf16 values the products use.
+        if *alias == "smollm2" {
+            let f32_model = real_model(alias).unwrap();
+            for (a, b) in [
+                (model.w_out(3).unwrap(), f32_model.w_out(3).unwrap()),
+                (model.w_o(3).unwrap(), f32_model.w_o(3).unwrap()),
+                (model.w_q(3).unwrap(), f32_model.w_q(3).unwrap()),
+            ] {
+                assert_eq!(a.dtype(), candle_core::DType::F32);
+                assert_eq!(a.dims(), b.dims());
+                let rel = (&a - &b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .div(&b.abs().unwrap().affine(1.0, 1e-6).unwrap())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(rel <= 1.0 / 256.0, "bf16 view off by {rel} (relative)");
+            }
+        }
     }
 }
 

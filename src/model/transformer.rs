@@ -657,6 +657,7 @@ impl Transformer {
                 .w_o
                 .reshape((cfg.d_model, nh, dh))?
                 .permute((1, 2, 0))?
+                .to_dtype(self.dtype)?
                 .contiguous()?; // [nh, dh, d]
             let zh = z.transpose(1, 2)?.contiguous()?; // [b, nh, t, dh]
             let result = zh.broadcast_matmul(&w)?.transpose(1, 2)?; // [b, t, nh, d]
@@ -733,7 +734,8 @@ impl Transformer {
 
     /// Run the linear layers' products in bf16 (weights and activations rounded to bf16, f32
     /// accumulation; AVX512-BF16 where the CPU has it): about twice the f32 throughput, logits
-    /// within ~1e-2 of f32. Needs an f32 model on the CPU. Keeps the f32 weights for the views.
+    /// within ~1% of f32. Needs an f32 model on the CPU. The block weights are then kept in bf16
+    /// (the weight views return them as f32).
     pub fn use_bf16_matmul(&mut self) -> Result<()> {
         if self.dtype != DType::F32 || !self.device.is_cpu() {
             crate::bail!("bf16 matmul needs an f32 model on the CPU (--dtype f32 --device cpu)");
@@ -758,7 +760,22 @@ impl Transformer {
             blocks,
             lm_head: PackedBf16::pack(&self.lm_head)?,
         });
+        // The views only need the bf16 values the products use: keep the block weights in
+        // bf16 (half the memory). The unembedding stays: it is usually the embedding itself.
+        self.blocks.par_iter_mut().try_for_each(|b| -> Result<()> {
+            b.w_qkv = b.w_qkv.to_dtype(DType::BF16)?;
+            b.w_o = b.w_o.to_dtype(DType::BF16)?;
+            b.w_gate_up = b.w_gate_up.to_dtype(DType::BF16)?;
+            b.w_down = b.w_down.to_dtype(DType::BF16)?;
+            Ok(())
+        })?;
         Ok(())
+    }
+
+    /// A weight view in the model's dtype, contiguous (the linear weights are kept in bf16 when
+    /// the products run in bf16).
+    fn view(&self, t: Tensor) -> Result<Tensor> {
+        Ok(t.to_dtype(self.dtype)?.contiguous()?)
     }
 
     /// Whether the linear layers run in bf16 ([`Transformer::use_bf16_matmul`]).
@@ -801,6 +818,7 @@ impl Transformer {
         )?;
         Ok(w.reshape((c.n_kv_heads, c.d_head, c.d_model))?
             .transpose(1, 2)?
+            .to_dtype(self.dtype)?
             .contiguous()?)
     }
 
@@ -813,6 +831,7 @@ impl Transformer {
             .narrow(0, 0, c.n_heads * c.d_head)?;
         Ok(w.reshape((c.n_heads, c.d_head, c.d_model))?
             .transpose(1, 2)?
+            .to_dtype(self.dtype)?
             .contiguous()?)
     }
 
@@ -825,6 +844,7 @@ impl Transformer {
                 .narrow(0, c.n_heads * c.d_head, c.n_kv_heads * c.d_head)?;
         Ok(w.reshape((c.n_kv_heads, c.d_head, c.d_model))?
             .transpose(1, 2)?
+            .to_dtype(self.dtype)?
             .contiguous()?)
     }
 
@@ -832,21 +852,25 @@ impl Transformer {
     pub fn w_o(&self, l: usize) -> Result<Tensor> {
         let c = &self.cfg;
         let w = &self.check_layer(l)?.w_o; // [d, nh*dh]
-        Ok(w.reshape((c.d_model, c.n_heads, c.d_head))?
-            .permute((1, 2, 0))?
-            .contiguous()?)
+        self.view(
+            w.reshape((c.d_model, c.n_heads, c.d_head))?
+                .permute((1, 2, 0))?,
+        )
     }
 
     /// MLP input weights (gate, up) of layer `l`: each `[d_mlp, d_model]` (rows = neurons).
     pub fn w_gate_up(&self, l: usize) -> Result<(Tensor, Tensor)> {
         let c = &self.cfg;
         let w = &self.check_layer(l)?.w_gate_up;
-        Ok((w.narrow(0, 0, c.d_mlp)?, w.narrow(0, c.d_mlp, c.d_mlp)?))
+        Ok((
+            self.view(w.narrow(0, 0, c.d_mlp)?)?,
+            self.view(w.narrow(0, c.d_mlp, c.d_mlp)?)?,
+        ))
     }
 
     /// `W_out` of layer `l`: `[d_mlp, d_model]` (row n = neuron n's output direction).
     pub fn w_out(&self, l: usize) -> Result<Tensor> {
-        Ok(self.check_layer(l)?.w_down.t()?.contiguous()?)
+        self.view(self.check_layer(l)?.w_down.t()?)
     }
 
     /// The attention input norm's effective weight (offset included) of layer `l`: `[d_model]`.
@@ -917,7 +941,7 @@ impl Transformer {
             out.push((p("mlp.down_proj.weight"), b.w_down.clone()));
         }
         out.into_iter()
-            .map(|(n, t)| Ok((n, t.contiguous()?)))
+            .map(|(n, t)| Ok((n, self.view(t)?)))
             .collect()
     }
 }
