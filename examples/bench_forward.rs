@@ -150,7 +150,7 @@ fn bf16_peak_gflops(threads: usize) -> f64 {
             }
             _mm512_reduce_add_ps(s)
         }
-        if !engram::model::bf16_gemm::native() {
+        if !engram::model::gemm::native() {
             return f64::NAN;
         }
         let iters: u64 = 50_000_000;
@@ -177,12 +177,12 @@ fn bf16_peak_gflops(threads: usize) -> f64 {
     }
 }
 
-/// GFLOP/s of engram's bf16 matmul ([`engram::model::bf16_gemm`]) on the same shape.
+/// GFLOP/s of engram's bf16 matmul ([`engram::model::gemm`]) on the same shape.
 fn matmul_bf16_gflops(m: usize, k: usize, n: usize, reps: usize) -> engram::Result<f64> {
     let dev = candle_core::Device::Cpu;
     let a = candle_core::Tensor::randn(0f32, 1.0, (m, k), &dev)?;
     let w = candle_core::Tensor::randn(0f32, 1.0, (n, k), &dev)?;
-    let p = engram::model::bf16_gemm::PackedBf16::pack(&w)?;
+    let p = engram::model::gemm::PackedLinear::pack(&w, engram::model::gemm::Format::Bf16)?;
     let _ = p.matmul_t(&a)?;
     let mut best = f64::INFINITY;
     for _ in 0..reps.max(3) {

@@ -36,21 +36,21 @@ fn main() -> candle_core::Result<()> {
     tot += time("o", r, || x.matmul(&wo.t().unwrap()).unwrap());
     tot += time("gate_up", r, || x.matmul(&wgu.t().unwrap()).unwrap());
     tot += time("down", r, || post.matmul(&wd.t().unwrap()).unwrap());
-    use engram::model::bf16_gemm::PackedBf16;
-    println!("bf16 native: {}", engram::model::bf16_gemm::native());
+    use engram::model::gemm::{Format, PackedLinear};
+    println!("bf16 native: {}", engram::model::gemm::native());
     for (name, w, inp) in [
         ("qkv", &wqkv, &x),
         ("o", &wo, &x),
         ("gate_up", &wgu, &x),
         ("down", &wd, &post),
     ] {
-        let p = PackedBf16::pack(w).unwrap();
+        let p = PackedLinear::pack(w, Format::Bf16).unwrap();
         let (n, k) = p.dims();
         let s = time(&format!("{name} bf16"), r, || p.matmul_t(inp).unwrap());
         println!("    {:.0} GFLOP/s", 2.0 * (b * t * n * k) as f64 / s / 1e9);
     }
     let t0 = Instant::now();
-    let p = PackedBf16::pack(&wu).unwrap();
+    let p = PackedLinear::pack(&wu, Format::Bf16).unwrap();
     println!("pack lm_head {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
     let s = time("lm_head bf16", 3, || p.matmul_t(&x).unwrap());
     println!("    {:.0} GFLOP/s", 2.0 * (b * t * v * d) as f64 / s / 1e9);

@@ -9,9 +9,9 @@
 //! # Ok::<(), engram::Error>(())
 //! ```
 
-pub mod bf16_gemm;
 pub mod config;
 pub mod export;
+pub mod gemm;
 pub mod kernels;
 pub mod source;
 pub mod tokenizer;

@@ -15,8 +15,8 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::bf16_gemm::PackedBf16;
 use super::config::{Activation, ModelConfig};
+use super::gemm::{Format, PackedLinear};
 use super::kernels;
 use super::weights::WeightSource;
 use crate::hooks::{HookPoint, Hooks};
@@ -155,15 +155,15 @@ impl KvCache {
 
 struct Block {
     ln1: Tensor,
-    w_qkv: Tensor,
+    w_qkv: Linear,
     b_qkv: Option<Tensor>,
-    w_o: Tensor,
+    w_o: Linear,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     post_attn_ln: Option<Tensor>,
     ln2: Tensor,
-    w_gate_up: Tensor,
-    w_down: Tensor,
+    w_gate_up: Linear,
+    w_down: Linear,
     post_ff_ln: Option<Tensor>,
 }
 
@@ -178,22 +178,48 @@ pub struct Transformer {
     lm_head: Tensor,
     inv_freqs: Vec<Vec<f32>>,
     fused: bool,
-    /// bf16-packed copies of the linear weights when products run in bf16
-    /// ([`Transformer::use_bf16_matmul`]); the f32 weights stay for the weight views.
-    packed: Option<Packed>,
+    /// The unembedding packed in bf16 when the products run in bf16
+    /// ([`Transformer::use_bf16_matmul`]).
+    lm_head_bf16: Option<PackedLinear>,
 }
 
-/// The linear weights packed for [`PackedBf16::matmul_t`].
-struct Packed {
-    blocks: Vec<PackedBlock>,
-    lm_head: PackedBf16,
+/// A linear layer's weight `[out, in]`: as loaded (candle's matmul) or packed once for the
+/// [`super::gemm`] kernels (f32 CPU models with AVX-512; `--matmul bf16`).
+enum Linear {
+    Dense(Tensor),
+    Packed(PackedLinear),
 }
 
-struct PackedBlock {
-    qkv: PackedBf16,
-    o: PackedBf16,
-    gate_up: PackedBf16,
-    down: PackedBf16,
+impl Linear {
+    /// `x · Wᵀ (+ b)`.
+    fn forward(&self, x: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        match self {
+            Linear::Dense(w) => linear(x, w, b),
+            Linear::Packed(p) => {
+                let y = p.matmul_t(x)?;
+                Ok(match b {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                })
+            }
+        }
+    }
+
+    /// The weight as a tensor (unpacked when packed: exact for f32, the bf16 values for bf16).
+    fn tensor(&self, device: &Device) -> Result<Tensor> {
+        match self {
+            Linear::Dense(w) => Ok(w.clone()),
+            Linear::Packed(p) => p.unpack(device),
+        }
+    }
+
+    fn pack(&mut self, format: Format, device: &Device) -> Result<()> {
+        if matches!(self, Linear::Packed(p) if p.format() == format) {
+            return Ok(());
+        }
+        *self = Linear::Packed(PackedLinear::pack(&self.tensor(device)?, format)?);
+        Ok(())
+    }
 }
 
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -204,25 +230,6 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         None => y,
     };
     Ok(y.reshape((bsz, t, ()))?)
-}
-
-/// `x · Wᵀ (+ b)`, through the bf16-packed weights when there are some.
-fn project(
-    x: &Tensor,
-    w: &Tensor,
-    packed: Option<&PackedBf16>,
-    b: Option<&Tensor>,
-) -> Result<Tensor> {
-    match packed {
-        Some(p) => {
-            let y = p.matmul_t(x)?;
-            Ok(match b {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            })
-        }
-        None => linear(x, w, b),
-    }
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
@@ -331,15 +338,15 @@ impl Transformer {
             };
             blocks.push(Block {
                 ln1: norm(&p("input_layernorm.weight"))?,
-                w_qkv,
+                w_qkv: Linear::Dense(w_qkv),
                 b_qkv,
-                w_o: get(&p("self_attn.o_proj.weight"))?,
+                w_o: Linear::Dense(get(&p("self_attn.o_proj.weight"))?),
                 q_norm,
                 k_norm,
                 post_attn_ln,
                 ln2,
-                w_gate_up: Tensor::cat(&[&gate, &up], 0)?,
-                w_down: get(&p("mlp.down_proj.weight"))?,
+                w_gate_up: Linear::Dense(Tensor::cat(&[&gate, &up], 0)?),
+                w_down: Linear::Dense(get(&p("mlp.down_proj.weight"))?),
                 post_ff_ln,
             });
         }
@@ -349,20 +356,26 @@ impl Transformer {
             embed.clone()
         };
         let inv_freqs = cfg.ropes.iter().map(|r| r.inv_freq(cfg.d_head)).collect();
-        Ok(Transformer {
+        let mut tr = Transformer {
             norm: norm("model.norm.weight")?,
             embed,
             blocks,
             lm_head,
             inv_freqs,
-            packed: None,
+            lm_head_bf16: None,
             fused: dtype == DType::F32
                 && device.is_cpu()
                 && std::env::var_os("ENGRAM_UNFUSED").is_none_or(|v| v == "0"),
             dtype,
             device: device.clone(),
             cfg,
-        })
+        };
+        // f32 on an AVX-512 CPU: pack the block weights once for the FMA kernel (exact f32,
+        // faster than candle's matmul, which repacks the weight on every call).
+        if tr.fused && super::gemm::native_for(Format::F32) {
+            tr.pack_blocks(Format::F32)?;
+        }
+        Ok(tr)
     }
 
     /// cos/sin tables `[batch, t, d_head/2]` (or `[t, d_head/2]` without padding) for padded
@@ -542,8 +555,8 @@ impl Transformer {
         if opts.logits == LogitsAt::None {
             return Ok(h);
         }
-        let logits = match &self.packed {
-            Some(p) => p.lm_head.matmul_t(&h)?,
+        let logits = match &self.lm_head_bf16 {
+            Some(p) => p.matmul_t(&h)?,
             None => linear(&h, &self.lm_head, None)?.to_dtype(DType::F32)?,
         };
         match cfg.final_softcap {
@@ -572,8 +585,7 @@ impl Transformer {
 
         // Attention.
         let h = rms_norm(&x, &blk.ln1, cfg.norm_eps)?;
-        let pk = self.packed.as_ref().map(|p| &p.blocks[l]);
-        let qkv = project(&h, &blk.w_qkv, pk.map(|p| &p.qkv), blk.b_qkv.as_ref())?;
+        let qkv = blk.w_qkv.forward(&h, blk.b_qkv.as_ref())?;
         let q = qkv.narrow(2, 0, nh * dh)?.reshape((b, t, nh, dh))?;
         let k = qkv.narrow(2, nh * dh, nk * dh)?.reshape((b, t, nk, dh))?;
         let v = qkv
@@ -655,6 +667,7 @@ impl Transformer {
             // Each head's contribution: z_h · W_O[:, h]ᵀ → [b, t, nh, d].
             let w = blk
                 .w_o
+                .tensor(&self.device)?
                 .reshape((cfg.d_model, nh, dh))?
                 .permute((1, 2, 0))?
                 .to_dtype(self.dtype)?
@@ -666,20 +679,10 @@ impl Transformer {
             } else {
                 // Capture only: keep the fused projection so numerics match an unhooked run.
                 hooks.apply(HookPoint::Result(l), result)?;
-                project(
-                    &z.reshape((b, t, nh * dh))?,
-                    &blk.w_o,
-                    pk.map(|p| &p.o),
-                    None,
-                )?
+                blk.w_o.forward(&z.reshape((b, t, nh * dh))?, None)?
             }
         } else {
-            project(
-                &z.reshape((b, t, nh * dh))?,
-                &blk.w_o,
-                pk.map(|p| &p.o),
-                None,
-            )?
+            blk.w_o.forward(&z.reshape((b, t, nh * dh))?, None)?
         };
         let attn = match &blk.post_attn_ln {
             Some(w) => rms_norm(&attn, w, cfg.norm_eps)?,
@@ -691,7 +694,7 @@ impl Transformer {
 
         // MLP.
         let h = rms_norm(&x, &blk.ln2, cfg.norm_eps)?;
-        let gu = project(&h, &blk.w_gate_up, pk.map(|p| &p.gate_up), None)?;
+        let gu = blk.w_gate_up.forward(&h, None)?;
         let gate = gu.narrow(2, 0, cfg.d_mlp)?;
         let up = gu.narrow(2, cfg.d_mlp, cfg.d_mlp)?;
         let fused_act = match cfg.act {
@@ -722,7 +725,7 @@ impl Transformer {
             }
         };
         let post = hooks.apply(HookPoint::MlpPost(l), post)?;
-        let mlp = project(&post, &blk.w_down, pk.map(|p| &p.down), None)?;
+        let mlp = blk.w_down.forward(&post, None)?;
         let mlp = match &blk.post_ff_ln {
             Some(w) => rms_norm(&mlp, w, cfg.norm_eps)?,
             None => mlp,
@@ -734,57 +737,43 @@ impl Transformer {
 
     /// Run the linear layers' products in bf16 (weights and activations rounded to bf16, f32
     /// accumulation; AVX512-BF16 where the CPU has it): about twice the f32 throughput, logits
-    /// within ~1% of f32. Needs an f32 model on the CPU. The block weights are then kept in bf16
-    /// (the weight views return them as f32).
+    /// within ~1% of f32. Needs an f32 model on the CPU. The weight views then return the bf16
+    /// values (as f32) that the products use.
     pub fn use_bf16_matmul(&mut self) -> Result<()> {
         if self.dtype != DType::F32 || !self.device.is_cpu() {
             crate::bail!("bf16 matmul needs an f32 model on the CPU (--dtype f32 --device cpu)");
         }
-        if self.packed.is_some() {
-            return Ok(());
+        if self.lm_head_bf16.is_none() {
+            self.pack_blocks(Format::Bf16)?;
+            self.lm_head_bf16 = Some(PackedLinear::pack(&self.lm_head, Format::Bf16)?);
         }
-        use rayon::prelude::*;
-        let blocks = self
-            .blocks
-            .par_iter()
-            .map(|b| {
-                Ok(PackedBlock {
-                    qkv: PackedBf16::pack(&b.w_qkv)?,
-                    o: PackedBf16::pack(&b.w_o)?,
-                    gate_up: PackedBf16::pack(&b.w_gate_up)?,
-                    down: PackedBf16::pack(&b.w_down)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.packed = Some(Packed {
-            blocks,
-            lm_head: PackedBf16::pack(&self.lm_head)?,
-        });
-        // The views only need the bf16 values the products use: keep the block weights in
-        // bf16 (half the memory). The unembedding stays: it is usually the embedding itself.
-        self.blocks.par_iter_mut().try_for_each(|b| -> Result<()> {
-            b.w_qkv = b.w_qkv.to_dtype(DType::BF16)?;
-            b.w_o = b.w_o.to_dtype(DType::BF16)?;
-            b.w_gate_up = b.w_gate_up.to_dtype(DType::BF16)?;
-            b.w_down = b.w_down.to_dtype(DType::BF16)?;
-            Ok(())
-        })?;
         Ok(())
     }
 
-    /// A weight view in the model's dtype, contiguous (the linear weights are kept in bf16 when
-    /// the products run in bf16).
+    /// Pack every block's linear weights in `format` (replacing the loaded tensors).
+    fn pack_blocks(&mut self, format: Format) -> Result<()> {
+        use rayon::prelude::*;
+        let device = self.device.clone();
+        self.blocks.par_iter_mut().try_for_each(|b| -> Result<()> {
+            b.w_qkv.pack(format, &device)?;
+            b.w_o.pack(format, &device)?;
+            b.w_gate_up.pack(format, &device)?;
+            b.w_down.pack(format, &device)
+        })
+    }
+
+    /// A weight view in the model's dtype, contiguous.
     fn view(&self, t: Tensor) -> Result<Tensor> {
         Ok(t.to_dtype(self.dtype)?.contiguous()?)
     }
 
     /// Whether the linear layers run in bf16 ([`Transformer::use_bf16_matmul`]).
     pub fn bf16_matmul(&self) -> bool {
-        self.packed.is_some()
+        self.lm_head_bf16.is_some()
     }
 
-    /// Whether the fused CPU kernels ([`kernels`]) run: f32 on the CPU, unless
-    /// `ENGRAM_UNFUSED=1` asks for candle's op-by-op path (for comparisons).
+    /// Whether the fused CPU kernels ([`kernels`], and the packed f32 matmul) run: f32 on the
+    /// CPU, unless `ENGRAM_UNFUSED=1` asks for candle's op-by-op path (for comparisons).
     fn fused(&self) -> bool {
         self.fused
     }
@@ -811,7 +800,7 @@ impl Transformer {
     /// `W_V` of layer `l`: `[n_kv_heads, d_model, d_head]`.
     pub fn w_v(&self, l: usize) -> Result<Tensor> {
         let c = &self.cfg;
-        let w = self.check_layer(l)?.w_qkv.narrow(
+        let w = self.check_layer(l)?.w_qkv.tensor(&self.device)?.narrow(
             0,
             (c.n_heads + c.n_kv_heads) * c.d_head,
             c.n_kv_heads * c.d_head,
@@ -825,10 +814,11 @@ impl Transformer {
     /// `W_Q` of layer `l`: `[n_heads, d_model, d_head]`.
     pub fn w_q(&self, l: usize) -> Result<Tensor> {
         let c = &self.cfg;
-        let w = self
-            .check_layer(l)?
-            .w_qkv
-            .narrow(0, 0, c.n_heads * c.d_head)?;
+        let w =
+            self.check_layer(l)?
+                .w_qkv
+                .tensor(&self.device)?
+                .narrow(0, 0, c.n_heads * c.d_head)?;
         Ok(w.reshape((c.n_heads, c.d_head, c.d_model))?
             .transpose(1, 2)?
             .to_dtype(self.dtype)?
@@ -838,10 +828,11 @@ impl Transformer {
     /// `W_K` of layer `l`: `[n_kv_heads, d_model, d_head]`.
     pub fn w_k(&self, l: usize) -> Result<Tensor> {
         let c = &self.cfg;
-        let w =
-            self.check_layer(l)?
-                .w_qkv
-                .narrow(0, c.n_heads * c.d_head, c.n_kv_heads * c.d_head)?;
+        let w = self.check_layer(l)?.w_qkv.tensor(&self.device)?.narrow(
+            0,
+            c.n_heads * c.d_head,
+            c.n_kv_heads * c.d_head,
+        )?;
         Ok(w.reshape((c.n_kv_heads, c.d_head, c.d_model))?
             .transpose(1, 2)?
             .to_dtype(self.dtype)?
@@ -851,7 +842,7 @@ impl Transformer {
     /// `W_O` of layer `l`: `[n_heads, d_head, d_model]`.
     pub fn w_o(&self, l: usize) -> Result<Tensor> {
         let c = &self.cfg;
-        let w = &self.check_layer(l)?.w_o; // [d, nh*dh]
+        let w = self.check_layer(l)?.w_o.tensor(&self.device)?; // [d, nh*dh]
         self.view(
             w.reshape((c.d_model, c.n_heads, c.d_head))?
                 .permute((1, 2, 0))?,
@@ -861,7 +852,7 @@ impl Transformer {
     /// MLP input weights (gate, up) of layer `l`: each `[d_mlp, d_model]` (rows = neurons).
     pub fn w_gate_up(&self, l: usize) -> Result<(Tensor, Tensor)> {
         let c = &self.cfg;
-        let w = &self.check_layer(l)?.w_gate_up;
+        let w = self.check_layer(l)?.w_gate_up.tensor(&self.device)?;
         Ok((
             self.view(w.narrow(0, 0, c.d_mlp)?)?,
             self.view(w.narrow(0, c.d_mlp, c.d_mlp)?)?,
@@ -870,7 +861,7 @@ impl Transformer {
 
     /// `W_out` of layer `l`: `[d_mlp, d_model]` (row n = neuron n's output direction).
     pub fn w_out(&self, l: usize) -> Result<Tensor> {
-        self.view(self.check_layer(l)?.w_down.t()?)
+        self.view(self.check_layer(l)?.w_down.tensor(&self.device)?.t()?)
     }
 
     /// The attention input norm's effective weight (offset included) of layer `l`: `[d_model]`.
@@ -900,19 +891,19 @@ impl Transformer {
         for (i, b) in self.blocks.iter().enumerate() {
             let p = |s: &str| format!("model.layers.{i}.{s}");
             let (nq, nk) = (c.n_heads * c.d_head, c.n_kv_heads * c.d_head);
+            let (w_qkv, w_o) = (b.w_qkv.tensor(&self.device)?, b.w_o.tensor(&self.device)?);
+            let w_gate_up = b.w_gate_up.tensor(&self.device)?;
+            let w_down = b.w_down.tensor(&self.device)?;
             out.push((p("input_layernorm.weight"), unnorm(&b.ln1)?));
-            out.push((p("self_attn.q_proj.weight"), b.w_qkv.narrow(0, 0, nq)?));
-            out.push((p("self_attn.k_proj.weight"), b.w_qkv.narrow(0, nq, nk)?));
-            out.push((
-                p("self_attn.v_proj.weight"),
-                b.w_qkv.narrow(0, nq + nk, nk)?,
-            ));
+            out.push((p("self_attn.q_proj.weight"), w_qkv.narrow(0, 0, nq)?));
+            out.push((p("self_attn.k_proj.weight"), w_qkv.narrow(0, nq, nk)?));
+            out.push((p("self_attn.v_proj.weight"), w_qkv.narrow(0, nq + nk, nk)?));
             if let Some(bias) = &b.b_qkv {
                 out.push((p("self_attn.q_proj.bias"), bias.narrow(0, 0, nq)?));
                 out.push((p("self_attn.k_proj.bias"), bias.narrow(0, nq, nk)?));
                 out.push((p("self_attn.v_proj.bias"), bias.narrow(0, nq + nk, nk)?));
             }
-            out.push((p("self_attn.o_proj.weight"), b.w_o.clone()));
+            out.push((p("self_attn.o_proj.weight"), w_o));
             if let Some(w) = &b.q_norm {
                 out.push((p("self_attn.q_norm.weight"), unnorm(w)?));
             }
@@ -930,15 +921,12 @@ impl Transformer {
             } else {
                 out.push((p("post_attention_layernorm.weight"), unnorm(&b.ln2)?));
             }
-            out.push((
-                p("mlp.gate_proj.weight"),
-                b.w_gate_up.narrow(0, 0, c.d_mlp)?,
-            ));
+            out.push((p("mlp.gate_proj.weight"), w_gate_up.narrow(0, 0, c.d_mlp)?));
             out.push((
                 p("mlp.up_proj.weight"),
-                b.w_gate_up.narrow(0, c.d_mlp, c.d_mlp)?,
+                w_gate_up.narrow(0, c.d_mlp, c.d_mlp)?,
             ));
-            out.push((p("mlp.down_proj.weight"), b.w_down.clone()));
+            out.push((p("mlp.down_proj.weight"), w_down));
         }
         out.into_iter()
             .map(|(n, t)| Ok((n, self.view(t)?)))

@@ -1,0 +1,512 @@
+//! Packed matrix multiplies for the linear layers, `x · Wᵀ` with `W` packed once at load:
+//!
+//! - [`Format::F32`]: exact f32 products with an AVX-512 FMA micro-kernel (the default f32 CPU
+//!   path: with the weights pre-packed no call repacks them, and the kernel runs at ~99% of the
+//!   measured FMA peak against candle's 83–92% on the model's shapes);
+//! - [`Format::Bf16`] (`--matmul bf16`): weights and activations rounded to bf16, f32
+//!   accumulation with `vdpbf16ps` (AVX512-BF16: twice the FLOPs per instruction of an f32 FMA).
+//!   Everything between the matmuls (residual stream, norms, softmax, activations, hooks) stays
+//!   f32.
+//!
+//! Layout: `W` (`[n, k]`, the HF `[out, in]` convention) is cut into panels of [`NR`] output
+//! columns; a panel stores, per input step, the [`NR`] columns' weights side by side as 32-bit
+//! words — an f32, or for bf16 a pair of input features `(2p, 2p+1)` in one word, exactly what
+//! one `vdpbf16ps` lane multiplies with a broadcast pair of `x`. The micro-kernel keeps an
+//! `MR × NR` block of the output in 24 registers and streams the panel from L2.
+//!
+//! Without AVX-512 (f32) or AVX512-BF16 (bf16) the same packed data runs through a portable
+//! kernel (same numbers up to summation order, slower).
+
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+use crate::Result;
+
+/// Output columns per packed panel (4 × 16 f32 lanes).
+pub const NR: usize = 64;
+/// Rows per micro-kernel call.
+const MR: usize = 6;
+/// Rows per parallel task (a multiple of MR).
+const ROWS_PER_TASK: usize = 16 * MR;
+
+/// Round to bf16 (nearest even; NaN stays NaN) and return the bits.
+#[inline(always)]
+fn bf16_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1))) >> 16;
+    // NaN stays NaN (rounding could carry its payload into the exponent → ±inf).
+    if x.is_nan() {
+        (b >> 16) | 0x40
+    } else {
+        rounded
+    }
+}
+
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    bf16_bits(lo) | (bf16_bits(hi) << 16)
+}
+
+#[inline(always)]
+fn unpair(p: u32) -> (f32, f32) {
+    (f32::from_bits(p << 16), f32::from_bits(p & 0xffff_0000))
+}
+
+/// Element format of a packed weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    F32,
+    Bf16,
+}
+
+/// Whether this CPU runs the AVX-512 kernel of `format`.
+pub fn native_for(format: Format) -> bool {
+    match format {
+        Format::Bf16 => native(),
+        #[cfg(target_arch = "x86_64")]
+        Format::F32 => std::arch::is_x86_feature_detected!("avx512f"),
+        #[cfg(not(target_arch = "x86_64"))]
+        Format::F32 => false,
+    }
+}
+
+/// Whether this CPU runs the AVX512-BF16 kernel.
+pub fn native() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A weight matrix `[n, k]` packed for `x · Wᵀ`.
+#[derive(Clone, Debug)]
+pub struct PackedLinear {
+    n: usize,
+    k: usize,
+    format: Format,
+    /// Input steps per panel row: `k` (f32) or ⌈k / 2⌉ pairs (bf16).
+    kp: usize,
+    /// `⌈n / NR⌉` panels of `kp × NR` words.
+    data: Vec<u32>,
+}
+
+impl PackedLinear {
+    /// Pack `w` (`[n, k]`, any float dtype) in `format`.
+    pub fn pack(w: &Tensor, format: Format) -> Result<PackedLinear> {
+        let (n, k) = w.dims2()?;
+        let w = w.to_dtype(DType::F32)?.contiguous()?;
+        let (storage, layout) = w.storage_and_layout();
+        let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) = &*storage else {
+            crate::bail!("bf16 matmul: weights must be on the CPU");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            crate::bail!("bf16 matmul: weights must be contiguous");
+        };
+        let w = &v[start..end];
+        let kp = match format {
+            Format::F32 => k,
+            Format::Bf16 => k.div_ceil(2),
+        };
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0u32; panels * kp * NR];
+        data.par_chunks_mut(kp * NR)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                let cols = NR.min(n - p * NR);
+                let rows = &w[p * NR * k..(p * NR + cols) * k];
+                // Sequential writes; `cols` read streams advancing two floats per step.
+                for (q, out) in panel.chunks_exact_mut(NR).enumerate() {
+                    for (j, o) in out.iter_mut().take(cols).enumerate() {
+                        let row = &rows[j * k..(j + 1) * k];
+                        *o = match format {
+                            Format::F32 => row[q].to_bits(),
+                            Format::Bf16 => {
+                                let hi = if 2 * q + 1 < k { row[2 * q + 1] } else { 0.0 };
+                                pair(row[2 * q], hi)
+                            }
+                        };
+                    }
+                }
+            });
+        Ok(PackedLinear {
+            n,
+            k,
+            format,
+            kp,
+            data,
+        })
+    }
+
+    /// `[n, k]`
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The packed weights back as an f32 `[n, k]` tensor (exact for f32; the bf16-rounded
+    /// values for bf16).
+    pub fn unpack(&self, device: &Device) -> Result<Tensor> {
+        let (k, kp) = (self.k, self.kp);
+        let mut w = vec![0f32; self.n * k];
+        w.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
+            let (p, j) = (i / NR, i % NR);
+            let panel = &self.data[p * kp * NR..(p + 1) * kp * NR];
+            match self.format {
+                Format::F32 => {
+                    for (q, v) in row.iter_mut().enumerate() {
+                        *v = f32::from_bits(panel[q * NR + j]);
+                    }
+                }
+                Format::Bf16 => {
+                    for (q, pr) in row.chunks_mut(2).enumerate() {
+                        let (lo, hi) = unpair(panel[q * NR + j]);
+                        pr[0] = lo;
+                        if pr.len() > 1 {
+                            pr[1] = hi;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Tensor::from_vec(w, (self.n, k), device)?)
+    }
+
+    /// `x · Wᵀ` for `x` `[.., k]` (f32, CPU): `[.., n]` f32.
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        let k = *x.dims().last().unwrap_or(&0);
+        if k != self.k {
+            crate::bail!(
+                "packed matmul: input has {k} features, the weight {}",
+                self.k
+            );
+        }
+        Ok(x.contiguous()?.apply_op1_no_bwd(self)?)
+    }
+
+    /// `x` is `[m, k]` row-major; returns `[m, n]`.
+    fn matmul_slice(&self, x: &[f32], m: usize, native: bool) -> Vec<f32> {
+        let (n, kp) = (self.n, self.kp);
+        // The left operand as words, row-major `[m, kp]`: the f32 bits themselves, or bf16
+        // pairs of activations.
+        let converted;
+        let a: &[u32] = match self.format {
+            // SAFETY: f32 and u32 have the same size and alignment; every bit pattern is valid.
+            Format::F32 => unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u32, x.len()) },
+            Format::Bf16 => {
+                let mut v = vec![0u32; m * kp];
+                v.par_chunks_mut(kp)
+                    .zip(x.par_chunks(self.k))
+                    .for_each(|(dst, src)| {
+                        for (q, d) in dst.iter_mut().enumerate() {
+                            let lo = src[2 * q];
+                            let hi = src.get(2 * q + 1).copied().unwrap_or(0.0);
+                            *d = pair(lo, hi);
+                        }
+                    });
+                converted = v;
+                &converted
+            }
+        };
+        let mut c: Vec<f32> = Vec::with_capacity(m * n);
+        let panels = n.div_ceil(NR);
+        let row_tasks = m.div_ceil(ROWS_PER_TASK);
+        let cp = SendPtr(c.as_mut_ptr());
+        (0..panels * row_tasks).into_par_iter().for_each(|t| {
+            let (p, r) = (t / row_tasks, t % row_tasks);
+            let panel = &self.data[p * kp * NR..(p + 1) * kp * NR];
+            let cols = NR.min(n - p * NR);
+            let r0 = r * ROWS_PER_TASK;
+            let r1 = (r0 + ROWS_PER_TASK).min(m);
+            let mut i = r0;
+            while i < r1 {
+                let mr = MR.min(r1 - i);
+                let a_rows = &a[i * kp..(i + mr) * kp];
+                // SAFETY: tasks write disjoint (row range × column panel) blocks of `c`, which
+                // outlives the parallel loop; `cp` is only offset inside `m × n`.
+                let c_blk = unsafe { cp.get().add(i * n + p * NR) };
+                block(a_rows, mr, kp, panel, c_blk, n, cols, self.format, native);
+                i += mr;
+            }
+        });
+        // SAFETY: the tasks above wrote every element of the `m × n` block (each column panel
+        // for every row range, all `cols` columns of it).
+        unsafe { c.set_len(m * n) };
+        c
+    }
+}
+
+impl candle_core::CustomOp1 for PackedLinear {
+    fn name(&self) -> &'static str {
+        "packed-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(v) = s else {
+            candle_core::bail!("packed matmul: expected f32 activations");
+        };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("packed matmul: expected contiguous activations");
+        };
+        let m = (b - a) / self.k.max(1);
+        let out = self.matmul_slice(&v[a..b], m, native_for(self.format));
+        let mut shape = l.dims().to_vec();
+        *shape.last_mut().unwrap() = self.n;
+        Ok((candle_core::CpuStorage::F32(out), shape.into()))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to write disjoint blocks from parallel tasks (see `matmul_slice`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `C[mr × cols] = A[mr × kp] · panel`, written at `c` with row stride `ldc`.
+#[allow(clippy::too_many_arguments)]
+fn block(
+    a: &[u32],
+    mr: usize,
+    kp: usize,
+    panel: &[u32],
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    format: Format,
+    native: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if native {
+        macro_rules! run {
+            ($k:ident) => {
+                // SAFETY: `native` is only true when the CPU has the kernel's features
+                // (`native_for`); slices are `mr × kp` and `kp × NR` long; `c` has `mr` rows of
+                // `cols` writable floats.
+                unsafe {
+                    match mr {
+                        6 => avx512::$k::<6>(a, kp, panel, c, ldc, cols),
+                        5 => avx512::$k::<5>(a, kp, panel, c, ldc, cols),
+                        4 => avx512::$k::<4>(a, kp, panel, c, ldc, cols),
+                        3 => avx512::$k::<3>(a, kp, panel, c, ldc, cols),
+                        2 => avx512::$k::<2>(a, kp, panel, c, ldc, cols),
+                        _ => avx512::$k::<1>(a, kp, panel, c, ldc, cols),
+                    }
+                }
+            };
+        }
+        match format {
+            Format::Bf16 => run!(kernel_bf16),
+            Format::F32 => run!(kernel_f32),
+        }
+        return;
+    }
+    let _ = native;
+    for i in 0..mr {
+        let mut acc = [0f32; NR];
+        let row = &a[i * kp..(i + 1) * kp];
+        for (q, &ap) in row.iter().enumerate() {
+            let bq = &panel[q * NR..(q + 1) * NR];
+            match format {
+                Format::F32 => {
+                    let av = f32::from_bits(ap);
+                    for (acc, &bp) in acc.iter_mut().zip(bq) {
+                        *acc += av * f32::from_bits(bp);
+                    }
+                }
+                Format::Bf16 => {
+                    let (alo, ahi) = unpair(ap);
+                    for (acc, &bp) in acc.iter_mut().zip(bq) {
+                        let (blo, bhi) = unpair(bp);
+                        *acc += alo * blo + ahi * bhi;
+                    }
+                }
+            }
+        }
+        for (j, v) in acc.iter().enumerate().take(cols) {
+            // SAFETY: as above.
+            unsafe { *c.add(i * ldc + j) = *v };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    /// Store an `M × NR` accumulator block, the last columns masked off past `cols`.
+    #[inline(always)]
+    unsafe fn store<const M: usize>(acc: &[[__m512; 4]; M], c: *mut f32, ldc: usize, cols: usize) {
+        for (i, acc) in acc.iter().enumerate() {
+            let row = c.add(i * ldc);
+            for (j, v) in acc.iter().enumerate() {
+                let left = cols.saturating_sub(j * 16);
+                if left >= 16 {
+                    _mm512_storeu_ps(row.add(j * 16), *v);
+                } else if left > 0 {
+                    let mask: __mmask16 = (1u32 << left) as u16 - 1;
+                    _mm512_mask_storeu_ps(row.add(j * 16), mask, *v);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn kernel_bf16<const M: usize>(
+        a: &[u32],
+        kp: usize,
+        panel: &[u32],
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        debug_assert!(a.len() >= M * kp && panel.len() >= kp * NR);
+        let mut acc = [[_mm512_setzero_ps(); 4]; M];
+        let ap = a.as_ptr();
+        let bp = panel.as_ptr();
+        for q in 0..kp {
+            let b = bp.add(q * NR) as *const __m512i;
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(1)));
+            let b2: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(2)));
+            let b3: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(3)));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let x: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*ap.add(i * kp + q) as i32));
+                acc[0] = _mm512_dpbf16_ps(acc[0], x, b0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], x, b1);
+                acc[2] = _mm512_dpbf16_ps(acc[2], x, b2);
+                acc[3] = _mm512_dpbf16_ps(acc[3], x, b3);
+            }
+        }
+        store(&acc, c, ldc, cols);
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn kernel_f32<const M: usize>(
+        a: &[u32],
+        kp: usize,
+        panel: &[u32],
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        debug_assert!(a.len() >= M * kp && panel.len() >= kp * NR);
+        let mut acc = [[_mm512_setzero_ps(); 4]; M];
+        let ap = a.as_ptr() as *const f32;
+        let bp = panel.as_ptr() as *const f32;
+        for q in 0..kp {
+            let b = bp.add(q * NR);
+            let b0 = _mm512_loadu_ps(b);
+            let b1 = _mm512_loadu_ps(b.add(16));
+            let b2 = _mm512_loadu_ps(b.add(32));
+            let b3 = _mm512_loadu_ps(b.add(48));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*ap.add(i * kp + q));
+                acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
+                acc[2] = _mm512_fmadd_ps(x, b2, acc[2]);
+                acc[3] = _mm512_fmadd_ps(x, b3, acc[3]);
+            }
+        }
+        store(&acc, c, ldc, cols);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, format: Format) -> Vec<f32> {
+        let r = |v: f32| match format {
+            Format::F32 => v as f64,
+            Format::Bf16 => f32::from_bits(bf16_bits(v) << 16) as f64,
+        };
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k).map(|q| r(x[i * k + q]) * r(w[j * k + q])).sum();
+                c[i * n + j] = s as f32;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn rounding_is_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1.0).
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+        assert!(f32::from_bits(bf16_bits(f32::NAN) << 16).is_nan());
+        assert_eq!(bf16_bits(f32::INFINITY), 0x7f80);
+    }
+
+    #[test]
+    fn matches_a_float64_product_of_the_rounded_inputs() -> Result<()> {
+        for format in [Format::F32, Format::Bf16] {
+            check(format)?;
+        }
+        Ok(())
+    }
+
+    fn check(format: Format) -> Result<()> {
+        // Odd k, n not a multiple of the panel, m not a multiple of the row block.
+        for &(m, n, k) in &[(1, 1, 1), (13, 70, 33), (100, 130, 64), (7, 64, 2)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?;
+            let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
+            let want = reference(&xv, &wv, m, n, k, format);
+            let p = PackedLinear::pack(&w, format)?;
+            let mut kernels = vec![false];
+            if native_for(format) {
+                kernels.push(true);
+            }
+            for nat in kernels {
+                let got = p.matmul_slice(&xv, m, nat);
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    err < 1e-4 * (k as f32).sqrt(),
+                    "{m}×{n}×{k} native={nat}: {err}"
+                );
+            }
+            // Through tensors, with a leading batch axis.
+            let y = p.matmul_t(&x.reshape((1, m, k))?)?;
+            assert_eq!(y.dims(), &[1, m, n]);
+            // Unpacking gives the (rounded) weights back.
+            let u: Vec<f32> = p.unpack(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+            for (a, b) in u.iter().zip(&wv) {
+                match format {
+                    Format::F32 => assert_eq!(a.to_bits(), b.to_bits()),
+                    Format::Bf16 => assert_eq!(a.to_bits(), bf16_bits(*b) << 16),
+                }
+            }
+        }
+        let p = PackedLinear::pack(&Tensor::zeros((3, 5), DType::F32, &Device::Cpu)?, format)?;
+        assert!(p
+            .matmul_t(&Tensor::zeros((2, 4), DType::F32, &Device::Cpu)?)
+            .is_err());
+        Ok(())
+    }
+}
