@@ -226,7 +226,7 @@ fn main() -> engram::Result<()> {
         Ok("f16") => candle_core::DType::F16,
         _ => candle_core::DType::F32,
     };
-    // MATMUL=bf16 runs the linear layers' products in bf16 (AVX512-BF16), the rest in f32.
+    // MATMUL=bf16 runs the linear layers' products in bf16 (AMX or AVX512-BF16), the rest in f32.
     let bf16_matmul = std::env::var("MATMUL").as_deref() == Ok("bf16");
     let opts = LoadOptions {
         dtype,
@@ -306,6 +306,7 @@ fn main() -> engram::Result<()> {
         "fma_peak_gflop_s": peak,
         "matmul_gflop_s": mm, "matmul_shape": [b * t, cfg.d_model, cfg.d_mlp],
         "bf16_peak_gflop_s": bf16_peak, "matmul_bf16_gflop_s": mm_bf16,
+        "amx": engram::model::gemm::amx(),
     });
     println!("{out}");
     Ok(())

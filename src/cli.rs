@@ -50,8 +50,8 @@ pub struct ModelArgs {
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Precision of the linear layers' products: f32, or bf16 (weights and activations rounded
-    /// to bf16, f32 accumulation: ~2× faster on CPUs with AVX512-BF16, logits within ~1% of f32;
-    /// needs --dtype f32 on the CPU)
+    /// to bf16, f32 accumulation: 1.4–2× faster on CPUs with AMX or AVX512-BF16, logits within
+    /// ~1% of f32; needs --dtype f32 on the CPU)
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub matmul: String,
 }
