@@ -632,41 +632,34 @@ mod amx {
             );
         }
         if cols == NR {
-            let sc = ldc * 4;
-            asm!(
-                "tilestored [{c0} + {sc}*1], tmm0",
-                "tilestored [{c1} + {sc}*1], tmm1",
-                "tilestored [{c2} + {sc}*1], tmm2",
-                "tilestored [{c3} + {sc}*1], tmm3",
-                c0 = in(reg) c,
-                c1 = in(reg) c.add(16),
-                c2 = in(reg) c.add(32),
-                c3 = in(reg) c.add(48),
-                sc = in(reg) sc,
-                options(nostack)
-            );
+            store(c, ldc);
         } else {
             // A last, partial panel: through a buffer, so nothing past `cols` is written.
             #[repr(C, align(64))]
             struct Buf([f32; 16 * NR]);
             let mut buf = Buf([0.0; 16 * NR]);
             let bp = buf.0.as_mut_ptr();
-            asm!(
-                "tilestored [{c0} + {sc}*1], tmm0",
-                "tilestored [{c1} + {sc}*1], tmm1",
-                "tilestored [{c2} + {sc}*1], tmm2",
-                "tilestored [{c3} + {sc}*1], tmm3",
-                c0 = in(reg) bp,
-                c1 = in(reg) bp.add(16),
-                c2 = in(reg) bp.add(32),
-                c3 = in(reg) bp.add(48),
-                sc = in(reg) NR * 4,
-                options(nostack)
-            );
+            store(bp, NR);
             for i in 0..mr {
                 std::ptr::copy_nonoverlapping(bp.add(i * NR), c.add(i * ldc), cols);
             }
         }
+    }
+
+    /// Store the four output tiles side by side: `NR` columns at `c`, row stride `ldc` floats.
+    unsafe fn store(c: *mut f32, ldc: usize) {
+        asm!(
+            "tilestored [{c0} + {sc}*1], tmm0",
+            "tilestored [{c1} + {sc}*1], tmm1",
+            "tilestored [{c2} + {sc}*1], tmm2",
+            "tilestored [{c3} + {sc}*1], tmm3",
+            c0 = in(reg) c,
+            c1 = in(reg) c.add(16),
+            c2 = in(reg) c.add(32),
+            c3 = in(reg) c.add(48),
+            sc = in(reg) ldc * 4,
+            options(nostack)
+        );
     }
 }
 
