@@ -78,6 +78,45 @@ fn main() -> candle_core::Result<()> {
     });
     let p = sc.reshape((b, nk, 3 * t, t))?;
     tot += time("pattern·v", r, || p.matmul(&vv).unwrap());
+    {
+        let qh = q.reshape((b, nh, t, dh))?;
+        let causal: Vec<f32> = (0..t * t)
+            .map(|i| {
+                if i % t <= i / t {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        let causal = Tensor::from_vec(causal, (1, 1, t, t), &dev)?;
+        let unfused = time("attention, unfused (causal)", r, || {
+            let s = q
+                .matmul(&k.t().unwrap())
+                .unwrap()
+                .reshape((b, nh, t, t))
+                .unwrap();
+            let p = engram::model::kernels::masked_softmax(&s, &causal, 0.125, None).unwrap();
+            p.reshape((b, nk, 3 * t, t))
+                .unwrap()
+                .matmul(&vv)
+                .unwrap()
+                .reshape((b, nh, t, dh))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        });
+        for pattern in [false, true] {
+            let s = time(&format!("attention, fused (pattern {pattern})"), r, || {
+                engram::model::kernels::attention(&qh, &k, &vv, &causal, 0.125, None, pattern)
+                    .unwrap()
+                    .0
+            });
+            println!("    {:.2}x", unfused / s);
+        }
+    }
     let z = Tensor::randn(0f32, 1.0, (b, nh, t, dh), &dev)?;
     tot += time("z transpose+contig", r, || {
         z.transpose(1, 2).unwrap().contiguous().unwrap()

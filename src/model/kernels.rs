@@ -8,7 +8,7 @@
 //! Both use a branch-free `exp` (Cephes polynomial, ≈1 ulp) written so that LLVM vectorises it;
 //! the loops are compiled twice, for AVX-512 and AVX2 + FMA, and picked at run time.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::Result;
@@ -23,7 +23,11 @@ fn exp(x: f32) -> f32 {
     const C2: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to the nearest integer
     let xc = x.clamp(-87.336_54, 88.376_26);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let shifted = xc * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    // `n` as an integer, read off the mantissa of `shifted` (`ROUND + n` has the same exponent
+    // as `ROUND`): integer lanes vectorise, a saturating `n as i32` does not.
+    let ni = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let r = xc - n * C1 - n * C2;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -32,7 +36,7 @@ fn exp(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let p = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
     let y = p * scale;
     if x < -87.336_54 {
         0.0
@@ -294,6 +298,392 @@ pub fn gated_act(gate_up: &Tensor, act: GatedAct) -> Result<Tensor> {
     Ok(gate_up.contiguous()?.apply_op1_no_bwd(&Gated { act })?)
 }
 
+/// Per-query key range `[lo, hi)` outside which a mask row is −∞ (those keys get exactly zero
+/// probability, so the fused attention neither scores nor sums them).
+fn key_ranges(mask: &[f32], tk: usize) -> Vec<(usize, usize)> {
+    mask.chunks_exact(tk.max(1))
+        .map(|row| {
+            let lo = row.iter().position(|m| m.is_finite()).unwrap_or(0);
+            let hi = row
+                .iter()
+                .rposition(|m| m.is_finite())
+                .map_or(lo, |i| i + 1);
+            (lo, hi)
+        })
+        .collect()
+}
+
+/// Query rows per attention block.
+const QB: usize = 8;
+
+multiversion! {
+    /// Scores of a block of [`QB`] query rows `qb` (`QB × dh`) against the keys `[c0, c1)`
+    /// (multiples of 16): `s[r · tkp + j] = qb[r] · kᵀ[:, j]`, `kt` being `Kᵀ`, `dh × tkp`.
+    fn scores_generic(qb: &[f32], kt: &[f32], dh: usize, tkp: usize, c0: usize, c1: usize, s: &mut [f32]) {
+        for (r, q) in qb.chunks_exact(dh).enumerate() {
+            let row = &mut s[r * tkp + c0..r * tkp + c1];
+            row.fill(0.0);
+            for (d, &a) in q.iter().enumerate() {
+                for (x, &k) in row.iter_mut().zip(&kt[d * tkp + c0..d * tkp + c1]) {
+                    *x = a.mul_add(k, *x);
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `z[r] = Σ_j p[r, j] · v[j]` over the keys `[c0, c1)` for `rows` rows of probabilities
+    /// `p` (stride `tkp`); `z` rows at stride `zs`.
+    fn values_generic(p: &[f32], tkp: usize, v: &[f32], dh: usize, c0: usize, c1: usize, z: &mut [f32], zs: usize, rows: usize) {
+        for r in 0..rows {
+            let out = &mut z[r * zs..r * zs + dh];
+            out.fill(0.0);
+            for j in c0..c1 {
+                let a = p[r * tkp + j];
+                for (x, &b) in out.iter_mut().zip(&v[j * dh..(j + 1) * dh]) {
+                    *x = a.mul_add(b, *x);
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Softmax of the block's rows over their (16-aligned) key ranges; zeros elsewhere in
+    /// `[c0, c1)`, where the values product reads.
+    fn softmax_block(s: &mut [f32], tkp: usize, mask: &[f32], ranges: &[(usize, usize)], c0: usize, c1: usize, scale: f32, cap: Option<f32>) {
+        for (r, &(lo, hi)) in ranges.iter().enumerate() {
+            let row = &mut s[r * tkp..(r + 1) * tkp];
+            let m = &mask[r * tkp..(r + 1) * tkp];
+            row[c0..lo].fill(0.0);
+            row[hi..c1].fill(0.0);
+            softmax_row(&mut row[lo..hi], &m[lo..hi], scale, cap);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod attn_avx512 {
+    use super::{LANES, QB};
+    use std::arch::x86_64::*;
+
+    /// As `scores_generic`: 8 rows × 16 keys of scores in registers.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scores(
+        qb: &[f32],
+        kt: &[f32],
+        dh: usize,
+        tkp: usize,
+        c0: usize,
+        c1: usize,
+        s: &mut [f32],
+    ) {
+        debug_assert!(qb.len() >= QB * dh && kt.len() >= dh * tkp && s.len() >= QB * tkp);
+        debug_assert!(c1 <= tkp && c0.is_multiple_of(LANES) && c1.is_multiple_of(LANES));
+        let (q, k, out) = (qb.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
+        let mut j0 = c0;
+        while j0 < c1 {
+            let mut acc = [_mm512_setzero_ps(); QB];
+            for d in 0..dh {
+                let kv = _mm512_loadu_ps(k.add(d * tkp + j0));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*q.add(r * dh + d)), kv, *acc);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(out.add(r * tkp + j0), *acc);
+            }
+            j0 += LANES;
+        }
+    }
+
+    /// As `values_generic`: 4 rows × 64 lanes of `z` in registers, head sizes of any width
+    /// (masked loads and stores for the last lanes).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn values(
+        p: &[f32],
+        tkp: usize,
+        v: &[f32],
+        dh: usize,
+        c0: usize,
+        c1: usize,
+        z: &mut [f32],
+        zs: usize,
+        rows: usize,
+    ) {
+        const R: usize = 4;
+        debug_assert!(p.len() >= QB * tkp && v.len() >= c1 * dh && rows <= QB);
+        debug_assert!(rows == 0 || z.len() >= (rows - 1) * zs + dh);
+        let (pp, vp, zp) = (p.as_ptr(), v.as_ptr(), z.as_mut_ptr());
+        for r0 in (0..rows).step_by(R) {
+            let nr = R.min(rows - r0);
+            for d0 in (0..dh).step_by(4 * LANES) {
+                let mut masks = [0 as __mmask16; 4];
+                for (i, m) in masks.iter_mut().enumerate() {
+                    let left = dh.saturating_sub(d0 + i * LANES).min(LANES);
+                    *m = ((1u32 << left) - 1) as __mmask16;
+                }
+                let mut acc = [[_mm512_setzero_ps(); 4]; R];
+                for j in c0..c1 {
+                    let row = vp.add(j * dh + d0);
+                    let vv = [
+                        _mm512_maskz_loadu_ps(masks[0], row),
+                        _mm512_maskz_loadu_ps(masks[1], row.add(LANES)),
+                        _mm512_maskz_loadu_ps(masks[2], row.add(2 * LANES)),
+                        _mm512_maskz_loadu_ps(masks[3], row.add(3 * LANES)),
+                    ];
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        // Rows past `rows` read the block's scratch and are never stored.
+                        let a = _mm512_set1_ps(*pp.add((r0 + r) * tkp + j));
+                        for (x, b) in acc.iter_mut().zip(vv) {
+                            *x = _mm512_fmadd_ps(a, b, *x);
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate().take(nr) {
+                    let out = zp.add((r0 + r) * zs + d0);
+                    for (i, x) in acc.iter().enumerate() {
+                        _mm512_mask_storeu_ps(out.add(i * LANES), masks[i], *x);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fused attention over `[b, nh, t, dh]` queries and `[b, nk, tk, dh]` keys/values; writes
+/// `z` as `[b, t, nh, dh]` and, when asked, the pattern `[b, nh, t, tk]` after it.
+struct Attention<'a> {
+    /// `[mask_rows · t, tkp]`: the mask, padded with −∞ to a multiple of 16 keys.
+    mask: &'a [f32],
+    mask_rows: usize,
+    scale: f32,
+    cap: Option<f32>,
+    pattern: bool,
+    /// Run the AVX-512 kernels (the CPU has them), or the portable ones.
+    native: bool,
+}
+
+impl CustomOp3 for Attention<'_> {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            f32_slice(sq, lq, "queries")?,
+            f32_slice(sk, lk, "keys")?,
+            f32_slice(sv, lv, "values")?,
+        );
+        let &[b, nh, t, dh] = lq.dims() else {
+            candle_core::bail!("queries must be [batch, head, query, d_head]");
+        };
+        let &[kb, nk, tk, kdh] = lk.dims() else {
+            candle_core::bail!("keys must be [batch, kv_head, key, d_head]");
+        };
+        if kb != b || kdh != dh || nk == 0 || nh % nk != 0 || lv.dims() != lk.dims() {
+            candle_core::bail!(
+                "attention: queries {:?}, keys {:?}, values {:?} do not fit",
+                lq.dims(),
+                lk.dims(),
+                lv.dims()
+            );
+        }
+        let tkp = tk.div_ceil(LANES) * LANES;
+        let mb = self.mask_rows;
+        if (mb != 1 && mb != b) || self.mask.len() != mb * t * tkp {
+            candle_core::bail!("attention: mask does not fit [{b}, 1, {t}, {tk}]");
+        }
+        // Key ranges widened to whole 16-key chunks (the padded mask is −∞ there too).
+        let ranges: Vec<(usize, usize)> = key_ranges(self.mask, tkp)
+            .into_iter()
+            .map(|(lo, hi)| (lo - lo % LANES, hi.div_ceil(LANES) * LANES))
+            .collect();
+        let native = self.native;
+        let g = nh / nk;
+        let z_len = b * t * nh * dh;
+        let p_len = if self.pattern { b * nh * t * tk } else { 0 };
+        let mut out = vec![0f32; z_len + p_len];
+        let (z, pattern) = out.split_at_mut(z_len);
+        let zp = SendPtr(z.as_mut_ptr());
+        let task = |bh: usize, mut pat: Option<&mut [f32]>| {
+            let (bi, h) = (bh / nh, bh % nh);
+            let kv = (bi * nk + h / g) * tk * dh;
+            let (kh, vh) = (&k[kv..kv + tk * dh], &v[kv..kv + tk * dh]);
+            let qh = &q[bh * t * dh..(bh + 1) * t * dh];
+            let mrow = if mb == 1 { 0 } else { bi * t };
+            let mut kt = vec![0f32; dh * tkp];
+            for (j, row) in kh.chunks_exact(dh).enumerate() {
+                for (d, &x) in row.iter().enumerate() {
+                    kt[d * tkp + j] = x;
+                }
+            }
+            let mut s = vec![0f32; QB * tkp];
+            let mut qb = vec![0f32; QB * dh];
+            for i0 in (0..t).step_by(QB) {
+                let rows = QB.min(t - i0);
+                // Whole blocks read the queries in place; the last one is zero-padded.
+                let qs: &[f32] = if rows == QB {
+                    &qh[i0 * dh..(i0 + QB) * dh]
+                } else {
+                    qb[..rows * dh].copy_from_slice(&qh[i0 * dh..(i0 + rows) * dh]);
+                    qb[rows * dh..].fill(0.0);
+                    &qb
+                };
+                let rr = &ranges[mrow + i0..mrow + i0 + rows];
+                let c0 = rr.iter().map(|r| r.0).min().unwrap_or(0);
+                let c1 = rr.iter().map(|r| r.1).max().unwrap_or(0).max(c0);
+                let m = &self.mask[(mrow + i0) * tkp..(mrow + i0 + rows) * tkp];
+                // SAFETY (both blocks): task `bh` writes only the `z` rows `(bi, i, h)`,
+                // disjoint from every other task's and inside the `z_len` floats `zp` points
+                // to; `out` outlives the parallel loop. The kernels need AVX-512 (`native`)
+                // and get slices of the sizes they check.
+                let zrow = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        zp.get().add(((bi * t + i0) * nh + h) * dh),
+                        ((rows - 1) * nh + 1) * dh,
+                    )
+                };
+                #[cfg(target_arch = "x86_64")]
+                if native {
+                    unsafe { attn_avx512::scores(qs, &kt, dh, tkp, c0, c1, &mut s) };
+                } else {
+                    scores_generic(qs, &kt, dh, tkp, c0, c1, &mut s);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                scores_generic(qs, &kt, dh, tkp, c0, c1, &mut s);
+                softmax_block(&mut s, tkp, m, rr, c0, c1, self.scale, self.cap);
+                if let Some(p) = pat.as_deref_mut() {
+                    for r in 0..rows {
+                        let dst = &mut p[(i0 + r) * tk..(i0 + r + 1) * tk];
+                        dst.fill(0.0);
+                        let (lo, hi) = (c0.min(tk), c1.min(tk));
+                        dst[lo..hi].copy_from_slice(&s[r * tkp + lo..r * tkp + hi]);
+                    }
+                }
+                // Keys past `tk` have zero probability and no value row.
+                let c1 = c1.min(tk);
+                #[cfg(target_arch = "x86_64")]
+                if native {
+                    unsafe { attn_avx512::values(&s, tkp, vh, dh, c0, c1, zrow, nh * dh, rows) };
+                } else {
+                    values_generic(&s, tkp, vh, dh, c0, c1, zrow, nh * dh, rows);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                values_generic(&s, tkp, vh, dh, c0, c1, zrow, nh * dh, rows);
+            }
+        };
+        if self.pattern {
+            pattern
+                .par_chunks_mut(t * tk)
+                .enumerate()
+                .for_each(|(bh, p)| task(bh, Some(p)));
+        } else {
+            (0..b * nh).into_par_iter().for_each(|bh| task(bh, None));
+        }
+        Ok((CpuStorage::F32(out), Shape::from(z_len + p_len)))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to write disjoint rows from parallel tasks (see `Attention`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Fused attention: `z = softmax(softcap(q·kᵀ · scale) + mask) · v` per head, 8 query rows at
+/// a time, skipping keys outside each block's unmasked range. `q` `[b, nh, t, dh]`, `k`/`v`
+/// `[b, nk, tk, dh]` (grouped-query heads share their kv head), mask `[b | 1, 1, t, tk]`
+/// (0 or −∞), all f32. Returns `z` as `[b, t, nh, dh]`, and the pattern `[b, nh, t, tk]` when
+/// `pattern` is set; masked keys get exactly zero, as in [`masked_softmax`].
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+    pattern: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    attention_with(q, k, v, mask, scale, softcap, pattern, avx512())
+}
+
+/// Whether the CPU runs the AVX-512 attention kernels.
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+    pattern: bool,
+    native: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (b, nh, t, dh) = q.dims4()?;
+    let tk = k.dim(2)?;
+    let (mask_rows, _, mt, mk) = mask.dims4()?;
+    if mt != t || mk != tk {
+        crate::bail!(
+            "attention: mask {:?} does not fit [{b}, 1, {t}, {tk}]",
+            mask.dims()
+        );
+    }
+    let tkp = tk.div_ceil(LANES) * LANES;
+    let mut m = vec![f32::NEG_INFINITY; mask_rows * t * tkp];
+    for (dst, src) in m.chunks_exact_mut(tkp).zip(
+        mask.flatten_all()?
+            .to_vec1::<f32>()?
+            .chunks_exact(tk.max(1)),
+    ) {
+        dst[..tk].copy_from_slice(src);
+    }
+    let op = Attention {
+        mask: &m,
+        mask_rows,
+        scale: scale as f32,
+        cap: softcap.map(|c| c as f32),
+        pattern,
+        native,
+    };
+    let out = q
+        .contiguous()?
+        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)?;
+    let z_len = b * t * nh * dh;
+    let z = out.narrow(0, 0, z_len)?.reshape((b, t, nh, dh))?;
+    let p = if pattern {
+        Some(
+            out.narrow(0, z_len, b * nh * t * tk)?
+                .reshape((b, nh, t, tk))?,
+        )
+    } else {
+        None
+    };
+    Ok((z, p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,6 +774,71 @@ mod tests {
         assert_eq!(gated_act(&gu, GatedAct::Silu)?.dims(), &[2, 7, f]);
         let bad = Tensor::zeros((2, 3), DType::F64, &dev)?;
         assert!(gated_act(&bad, GatedAct::Silu).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn fused_attention_matches_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        // (batch, heads, kv heads, queries, past keys, d_head, padded, softcap)
+        for (b, nh, nk, t, past, dh, padded, cap) in [
+            (2, 6, 2, 21, 0, 64, true, None),
+            (1, 4, 4, 19, 5, 8, false, Some(4.0)),
+            (3, 2, 1, 33, 0, 80, true, None),
+        ] {
+            let tk = past + t;
+            let q = Tensor::randn(0f32, 1.0, (b, nh, t, dh), &dev)?;
+            let k = Tensor::randn(0f32, 1.0, (b, nk, tk, dh), &dev)?;
+            let v = Tensor::randn(0f32, 1.0, (b, nk, tk, dh), &dev)?;
+            let rows = if padded { b } else { 1 };
+            let mut m = vec![0f32; rows * t * tk];
+            for r in 0..rows {
+                let pad = 3 * r;
+                for qi in 0..t {
+                    let i = past + qi;
+                    for j in 0..tk {
+                        let ok = j <= i && (j >= pad || i < pad && i == j);
+                        if !ok {
+                            m[(r * t + qi) * tk + j] = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+            }
+            let mask = Tensor::from_vec(m, (rows, 1, t, tk), &dev)?;
+            let g = nh / nk;
+            let kk = k
+                .unsqueeze(2)?
+                .repeat((1, 1, g, 1, 1))?
+                .reshape((b, nh, tk, dh))?;
+            let vv = v
+                .unsqueeze(2)?
+                .repeat((1, 1, g, 1, 1))?
+                .reshape((b, nh, tk, dh))?;
+            let mut s = (q.matmul(&kk.t()?)? * 0.125)?;
+            if let Some(c) = cap {
+                s = ((s / c)?.tanh()? * c)?;
+            }
+            let want_p = candle_nn::ops::softmax_last_dim(&s.broadcast_add(&mask)?)?;
+            let want_z = want_p.matmul(&vv)?.transpose(1, 2)?.contiguous()?;
+            for kernel in [false, avx512()] {
+                let (z, p) = attention_with(&q, &k, &v, &mask, 0.125, cap, true, kernel)?;
+                let p = p.unwrap();
+                let what = format!("d_head {dh}, AVX-512 {kernel}");
+                assert!(max_diff(&p, &want_p) < 1e-5, "pattern, {what}");
+                assert!(max_diff(&z, &want_z) < 1e-5, "z, {what}");
+                assert_eq!(z.dims(), &[b, t, nh, dh]);
+                // Masked keys get exactly zero; the pattern-free call gives the same z.
+                let row = p.get(0)?.get(0)?.get(2)?.to_vec1::<f32>()?;
+                assert!(row[past + 3..].iter().all(|&x| x == 0.0));
+                let (z2, none) = attention_with(&q, &k, &v, &mask, 0.125, cap, false, kernel)?;
+                assert!(none.is_none());
+                assert_eq!(max_diff(&z, &z2), 0.0);
+            }
+        }
+        let q = Tensor::zeros((1, 3, 4, 8), DType::F32, &dev)?;
+        let k = Tensor::zeros((1, 2, 4, 8), DType::F32, &dev)?;
+        let mask = Tensor::zeros((1, 1, 4, 4), DType::F32, &dev)?;
+        assert!(attention(&q, &k, &k, &mask, 1.0, None, false).is_err());
         Ok(())
     }
 }

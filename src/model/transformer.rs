@@ -630,38 +630,72 @@ impl Transformer {
             }
             None => (k, v),
         };
-        let tk = k.dim(2)?;
-        // Grouped-query attention without repeating k/v: fold each kv group's query heads
-        // into the query axis.
-        let qg = q.reshape((b, nk, g * t, dh))?;
-        let scores = qg.matmul(&k.t()?)?.reshape((b, nh, t, tk))?;
-        let pattern = if self.fused() && !hooks.edits(HookPoint::AttnScores(l)) {
+        // Grouped-query attention without repeating k/v: fold each kv group's query heads into
+        // the query axis.
+        let scores = |q: &Tensor, k: &Tensor| -> Result<Tensor> {
+            let tk = k.dim(2)?;
+            Ok(q.reshape((b, nk, g * t, dh))?
+                .matmul(&k.t()?)?
+                .reshape((b, nh, t, tk))?)
+        };
+        // Capture only (fused paths): materialise the scores for the cache, outside the
+        // computation, so that capturing never changes the numbers.
+        let capture_scores = |hooks: &mut Hooks, scores: &Tensor| -> Result<()> {
             if hooks.wants(HookPoint::AttnScores(l)) {
-                // Capture only: materialise the scores for the cache, keep the fused softmax
-                // so that capturing never changes the numbers.
-                let mut s = (scores.clone() * cfg.attn_scale)?;
+                let mut s = (scores * cfg.attn_scale)?;
                 if let Some(cap) = cfg.attn_softcap {
                     s = softcap(&s, cap)?;
                 }
                 hooks.apply(HookPoint::AttnScores(l), s.broadcast_add(mask)?)?;
             }
-            kernels::masked_softmax(&scores, mask, cfg.attn_scale, cfg.attn_softcap)?
-        } else {
-            let mut scores = (scores.to_dtype(DType::F32)? * cfg.attn_scale)?;
-            if let Some(cap) = cfg.attn_softcap {
-                scores = softcap(&scores, cap)?;
-            }
-            let scores = scores.broadcast_add(mask)?;
-            let scores = hooks.apply(HookPoint::AttnScores(l), scores)?;
-            candle_nn::ops::softmax_last_dim(&scores)?
+            Ok(())
         };
-        let pattern = hooks.apply(HookPoint::Pattern(l), pattern)?;
-        let pattern = pattern.to_dtype(self.dtype)?;
-        let z = pattern
-            .reshape((b, nk, g * t, tk))?
-            .matmul(&v)?
-            .reshape((b, nh, t, dh))?
-            .transpose(1, 2)?; // [b, t, nh, dh]
+        let z = if self.fused()
+            && !hooks.edits(HookPoint::AttnScores(l))
+            && !hooks.edits(HookPoint::Pattern(l))
+        {
+            // One pass per head (scores, softmax and the values product, masked keys skipped);
+            // scores and pattern are materialised only for a capture.
+            if hooks.wants(HookPoint::AttnScores(l)) {
+                capture_scores(hooks, &scores(&q, &k)?)?;
+            }
+            let (z, pattern) = kernels::attention(
+                &q,
+                &k,
+                &v,
+                mask,
+                cfg.attn_scale,
+                cfg.attn_softcap,
+                hooks.wants(HookPoint::Pattern(l)),
+            )?;
+            if let Some(p) = pattern {
+                hooks.apply(HookPoint::Pattern(l), p)?;
+            }
+            z
+        } else {
+            let tk = k.dim(2)?;
+            let scores = scores(&q, &k)?;
+            let pattern = if self.fused() && !hooks.edits(HookPoint::AttnScores(l)) {
+                // The pattern is edited: the fused softmax, then the edit.
+                capture_scores(hooks, &scores)?;
+                kernels::masked_softmax(&scores, mask, cfg.attn_scale, cfg.attn_softcap)?
+            } else {
+                let mut scores = (scores.to_dtype(DType::F32)? * cfg.attn_scale)?;
+                if let Some(cap) = cfg.attn_softcap {
+                    scores = softcap(&scores, cap)?;
+                }
+                let scores = scores.broadcast_add(mask)?;
+                let scores = hooks.apply(HookPoint::AttnScores(l), scores)?;
+                candle_nn::ops::softmax_last_dim(&scores)?
+            };
+            let pattern = hooks.apply(HookPoint::Pattern(l), pattern)?;
+            let pattern = pattern.to_dtype(self.dtype)?;
+            pattern
+                .reshape((b, nk, g * t, tk))?
+                .matmul(&v)?
+                .reshape((b, nh, t, dh))?
+                .transpose(1, 2)? // [b, t, nh, dh]
+        };
         let z = hooks.apply(HookPoint::Z(l), z)?;
         let attn = if hooks.wants(HookPoint::Result(l)) {
             // Each head's contribution: z_h · W_O[:, h]ᵀ → [b, t, nh, d].
