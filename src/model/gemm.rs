@@ -65,6 +65,34 @@ fn unpair(p: u32) -> (f32, f32) {
     (f32::from_bits(p << 16), f32::from_bits(p & 0xffff_0000))
 }
 
+/// One row of activations as bf16 pairs: `dst[q] = pair(src[2q], src[2q + 1])`, zero past the
+/// end of `src` (an odd width, the padding to [`KP_ALIGN`]); every word of `dst` is written.
+fn pairs(src: &[f32], dst: &mut [std::mem::MaybeUninit<u32>]) {
+    #[inline(always)]
+    fn generic(src: &[f32], dst: &mut [std::mem::MaybeUninit<u32>]) {
+        let full = (src.len() / 2).min(dst.len());
+        for (d, s) in dst[..full].iter_mut().zip(src.chunks_exact(2)) {
+            d.write(pair(s[0], s[1]));
+        }
+        for (q, d) in dst.iter_mut().enumerate().skip(full) {
+            let lo = src.get(2 * q).copied().unwrap_or(0.0);
+            d.write(pair(lo, 0.0));
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw")]
+        unsafe fn avx512(src: &[f32], dst: &mut [std::mem::MaybeUninit<u32>]) {
+            generic(src, dst)
+        }
+        if std::arch::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU has the features the function was compiled for.
+            return unsafe { avx512(src, dst) };
+        }
+    }
+    generic(src, dst)
+}
+
 /// Element format of a packed weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -259,16 +287,13 @@ impl PackedLinear {
             // SAFETY: f32 and u32 have the same size and alignment; every bit pattern is valid.
             Format::F32 => unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u32, x.len()) },
             Format::Bf16 => {
-                let mut v = vec![0u32; m * kp];
-                v.par_chunks_mut(kp)
+                let mut v: Vec<u32> = Vec::with_capacity(m * kp);
+                v.spare_capacity_mut()[..m * kp]
+                    .par_chunks_mut(kp)
                     .zip(x.par_chunks(self.k))
-                    .for_each(|(dst, src)| {
-                        for (q, d) in dst.iter_mut().enumerate() {
-                            let lo = src.get(2 * q).copied().unwrap_or(0.0);
-                            let hi = src.get(2 * q + 1).copied().unwrap_or(0.0);
-                            *d = pair(lo, hi);
-                        }
-                    });
+                    .for_each(|(dst, src)| pairs(src, dst));
+                // SAFETY: `pairs` wrote all `kp` words of each of the `m` rows.
+                unsafe { v.set_len(m * kp) };
                 converted = v;
                 &converted
             }
