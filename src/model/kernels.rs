@@ -1,11 +1,15 @@
-//! Fused CPU kernels for the two elementwise-heavy steps of the forward pass, used for f32 on
-//! the CPU when no hook needs the intermediate tensors:
+//! Fused CPU kernels for the attention and the elementwise-heavy steps of the forward pass,
+//! used for f32 on the CPU when no hook edits the intermediate tensors:
 //!
+//! - [`attention`]: `softmax(softcap(q·kᵀ · scale) + mask) · v` in one pass per head, 8 query
+//!   rows at a time, keys outside the unmasked range skipped (AVX-512 kernels for the two
+//!   products, a portable fallback);
 //! - [`masked_softmax`]: `softmax(softcap(scores · scale) + mask)` in one pass over the scores
-//!   (candle does scale, mask add and softmax as three passes with libm `expf`);
+//!   (candle does scale, mask add and softmax as three passes with libm `expf`), for when the
+//!   pattern is edited;
 //! - [`gated_act`]: `act(gate) · up` straight from the fused gate-up projection output.
 //!
-//! Both use a branch-free `exp` (Cephes polynomial, ≈1 ulp) written so that LLVM vectorises it;
+//! They use a branch-free `exp` (Cephes polynomial, ≈1 ulp) written so that LLVM vectorises it;
 //! the loops are compiled twice, for AVX-512 and AVX2 + FMA, and picked at run time.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
