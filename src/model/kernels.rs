@@ -12,6 +12,8 @@
 //! They use a branch-free `exp` (Cephes polynomial, ≈1 ulp) written so that LLVM vectorises it;
 //! the loops are compiled twice, for AVX-512 and AVX2 + FMA, and picked at run time.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -114,17 +116,17 @@ fn softmax_row(row: &mut [f32], mask: &[f32], scale: f32, cap: Option<f32>) {
 }
 
 #[inline(always)]
-fn gated_row(gate: &[f32], up: &[f32], out: &mut [f32], act: GatedAct) {
+fn gated_row(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>], act: GatedAct) {
     match act {
         GatedAct::Silu => {
             for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = g / (1.0 + exp(-g)) * u;
+                o.write(g / (1.0 + exp(-g)) * u);
             }
         }
         GatedAct::GeluTanh => {
             const K: f32 = 0.797_884_6; // sqrt(2/π)
             for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = 0.5 * g * (1.0 + tanh(K * g * (1.0 + 0.044_715 * g * g))) * u;
+                o.write(0.5 * g * (1.0 + tanh(K * g * (1.0 + 0.044_715 * g * g))) * u);
             }
         }
     }
@@ -177,7 +179,7 @@ multiversion! {
 }
 
 multiversion! {
-    fn gated_rows(gu: &[f32], out: &mut [f32], f: usize, act: GatedAct) {
+    fn gated_rows(gu: &[f32], out: &mut [MaybeUninit<f32>], f: usize, act: GatedAct) {
         for (src, dst) in gu.chunks_exact(2 * f).zip(out.chunks_exact_mut(f)) {
             gated_row(&src[..f], &src[f..], dst, act);
         }
@@ -286,11 +288,15 @@ impl CustomOp1 for Gated {
             candle_core::bail!("gate-up width {two_f} is odd");
         }
         let f = two_f / 2;
-        let mut out = vec![0f32; gu.len() / 2];
+        let len = gu.len() / 2;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
         let rows_per_task = 32;
-        out.par_chunks_mut(rows_per_task * f)
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(rows_per_task * f)
             .zip(gu.par_chunks(rows_per_task * two_f))
             .for_each(|(o, g)| gated_rows(g, o, f, self.act));
+        // SAFETY: every row of `out` was written (`gu` holds `len / f` rows of `2f`).
+        unsafe { out.set_len(len) };
         let mut shape = dims.to_vec();
         *shape.last_mut().unwrap() = f;
         Ok((CpuStorage::F32(out), Shape::from(shape)))

@@ -586,11 +586,12 @@ impl Transformer {
         // Attention.
         let h = rms_norm(&x, &blk.ln1, cfg.norm_eps)?;
         let qkv = blk.w_qkv.forward(&h, blk.b_qkv.as_ref())?;
-        let q = qkv.narrow(2, 0, nh * dh)?.reshape((b, t, nh, dh))?;
-        let k = qkv.narrow(2, nh * dh, nk * dh)?.reshape((b, t, nk, dh))?;
-        let v = qkv
-            .narrow(2, (nh + nk) * dh, nk * dh)?
-            .reshape((b, t, nk, dh))?;
+        // Views into the projection's output (split per head first, so that no copy is made
+        // until the heads move in front of the positions below).
+        let qkv = qkv.reshape((b, t, nh + 2 * nk, dh))?;
+        let q = qkv.narrow(2, 0, nh)?;
+        let k = qkv.narrow(2, nh, nk)?;
+        let v = qkv.narrow(2, nh + nk, nk)?;
         let q = match &blk.q_norm {
             Some(w) => rms_norm(&q, w, cfg.norm_eps)?,
             None => q,
