@@ -361,13 +361,16 @@ impl candle_core::CustomOp1 for PackedLinear {
     }
 }
 
+/// An output buffer shared by parallel tasks that write disjoint parts of it (the packed
+/// matmul's row × panel blocks, the fused attention's per-head rows).
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to write disjoint blocks from parallel tasks (see `matmul_slice`).
+pub(super) struct SendPtr(pub(super) *mut f32);
+// SAFETY: only used to write disjoint blocks from parallel tasks, each user's SAFETY comment
+// says why they are disjoint.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -17,6 +17,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::gemm::SendPtr;
 use crate::Result;
 
 const LANES: usize = 16;
@@ -602,17 +603,6 @@ impl CustomOp3 for Attention<'_> {
             (0..b * nh).into_par_iter().for_each(|bh| task(bh, None));
         }
         Ok((CpuStorage::F32(out), Shape::from(z_len + p_len)))
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to write disjoint rows from parallel tasks (see `Attention`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 
