@@ -37,7 +37,9 @@ const MR: usize = 6;
     allow(dead_code)
 )]
 const MR_AMX: usize = 16;
-/// Rows per parallel task (a multiple of MR and of MR_AMX).
+/// Rows per AMX row block: two A tiles.
+const AMX_BLOCK: usize = 2 * MR_AMX;
+/// Rows per parallel task (a multiple of MR and of AMX_BLOCK).
 const ROWS_PER_TASK: usize = 16 * MR;
 /// AMX: packed weights up to this size (bytes, 1.5 MiB) are kept in L2 while a block of rows
 /// runs against every panel (Sapphire Rapids has 2 MiB of L2 per core).
@@ -288,11 +290,35 @@ impl PackedLinear {
     fn matmul_slice(&self, x: &[f32], m: usize, kernel: Kernel) -> Vec<f32> {
         let (n, kp) = (self.n, self.kp);
         // The left operand as words, row-major `[m, kp]`: the f32 bits themselves, or bf16
-        // pairs of activations.
+        // pairs of activations (for AMX in tile order, `ALayout::Tiled`).
         let converted;
         let a: &[u32] = match self.format {
             // SAFETY: f32 and u32 have the same size and alignment; every bit pattern is valid.
             Format::F32 => unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u32, x.len()) },
+            Format::Bf16 if kernel == Kernel::Amx => {
+                let (k, len) = (self.k, m.div_ceil(AMX_BLOCK) * AMX_BLOCK * kp);
+                let mut v: Vec<u32> = Vec::with_capacity(len);
+                v.spare_capacity_mut()[..len]
+                    .par_chunks_mut(AMX_BLOCK * kp)
+                    .enumerate()
+                    .for_each(|(blk, dst)| {
+                        for r in 0..AMX_BLOCK {
+                            let i = blk * AMX_BLOCK + r;
+                            // Rows past `m` (the last block's padding) are zeros.
+                            let row = if i < m { &x[i * k..(i + 1) * k] } else { &[] };
+                            for (q, step) in dst.chunks_exact_mut(AMX_BLOCK * 16).enumerate() {
+                                let src =
+                                    &row[(32 * q).min(row.len())..(32 * q + 32).min(row.len())];
+                                pairs(src, &mut step[r * 16..(r + 1) * 16]);
+                            }
+                        }
+                    });
+                // SAFETY: `pairs` wrote all 16 words of every row of every k step of every
+                // block.
+                unsafe { v.set_len(len) };
+                converted = v;
+                &converted
+            }
             Format::Bf16 => {
                 let mut v: Vec<u32> = Vec::with_capacity(m * kp);
                 v.spare_capacity_mut()[..m * kp]
@@ -327,12 +353,13 @@ impl PackedLinear {
                 let (p, r) = (t / row_tasks * panels_per_task, t % row_tasks);
                 let (r0, r1) = (r * row_block, ((r + 1) * row_block).min(m));
                 // SAFETY: `Amx` is only chosen when the CPU and OS allow the tiles; `kp` is a
-                // multiple of the tile depth; `a` holds rows `r0..r1` of `kp` words; the
+                // multiple of the tile depth; `a` holds the blocks of rows `r0..r1` (`r0` is a
+                // multiple of `AMX_BLOCK`), `kp` words per row, in tile order; the
                 // panels `p..p + panels_per_task` exist; tasks write disjoint (row range ×
                 // panel range) blocks of `c`, which outlives the parallel loop.
                 unsafe {
                     amx::rows(
-                        &a[r0 * kp..r1 * kp],
+                        &a[r0 * kp..],
                         r1 - r0,
                         kp,
                         &self.data[p * kp * NR..(p + panels_per_task) * kp * NR],
@@ -561,10 +588,11 @@ mod avx512 {
 
 /// AMX tiles for the bf16 products. The packed bf16 panel is already in the tiles' "VNNI"
 /// layout: a B tile is 16 input pairs × 16 output columns, row `q` at `panel[q * NR + col0]`
-/// (stride `NR` words), and an A tile 16 rows × 16 pairs of the converted activations.
+/// (stride `NR` words), and an A tile 16 rows × 16 pairs of the converted activations, which
+/// are written in tile order for it (64 bytes per tile row).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod amx {
-    use super::{KP_ALIGN, MR_AMX, NR};
+    use super::{AMX_BLOCK, KP_ALIGN, MR_AMX, NR};
     use std::arch::asm;
 
     /// CPUID leaf 7 has AMX-TILE and AMX-BF16, and Linux grants this process the tile state
@@ -627,9 +655,9 @@ mod amx {
     /// rows left at the end go 16 at a time against four B tiles.
     ///
     /// # Safety
-    /// [`available`] returned true; `a` holds `m` rows of `kp` words, `panels` whole panels of
-    /// `kp × NR` words; `c` has `m` rows (stride `ldc`) of `min(cols, panels · NR)` writable
-    /// floats.
+    /// [`available`] returned true; `a` holds `⌈m / 32⌉` blocks of 32 rows × `kp` words in
+    /// tile order (see [`a_row`]); `panels` whole panels of `kp × NR` words; `c` has `m` rows
+    /// (stride `ldc`) of `min(cols, panels · NR)` writable floats.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn rows(
         a: &[u32],
@@ -640,7 +668,9 @@ mod amx {
         ldc: usize,
         cols: usize,
     ) {
-        debug_assert!(kp.is_multiple_of(KP_ALIGN) && a.len() >= m * kp);
+        debug_assert!(
+            kp.is_multiple_of(KP_ALIGN) && a.len() >= m.div_ceil(AMX_BLOCK) * AMX_BLOCK * kp
+        );
         let n_panels = panels.len() / (kp * NR);
         let mut i = 0;
         while i < m {
@@ -650,16 +680,17 @@ mod amx {
             for j in 0..n_panels {
                 let panel = &panels[j * kp * NR..(j + 1) * kp * NR];
                 let (cj, cols) = (c.add(i * ldc + j * NR), NR.min(cols - j * NR));
+                let ai = &a[a_row(i, kp)..];
                 if mr == 2 * MR_AMX {
-                    pairs_of_tiles(&a[i * kp..], kp, panel, cj, ldc, cols);
+                    pairs_of_tiles(ai, kp, panel, cj, ldc, cols);
                 } else {
-                    group(&a[i * kp..], tile_rows, kp, panel, cj, ldc, cols);
+                    group(ai, tile_rows, kp, panel, cj, ldc, cols);
                     if mr > MR_AMX {
                         // 17–31 rows: the second group under its own configuration.
                         let rest = mr - MR_AMX;
                         configure(rest);
                         group(
-                            &a[(i + MR_AMX) * kp..],
+                            &a[a_row(i + MR_AMX, kp)..],
                             rest,
                             kp,
                             panel,
@@ -673,6 +704,15 @@ mod amx {
             }
             i += mr;
         }
+    }
+
+    /// Word offset of row `i` (of a 32-row block, or a multiple of 16) in the tile-ordered
+    /// activations: blocks of [`AMX_BLOCK`] rows, each `kp / 16` k steps of 32 rows × 16 words
+    /// (a k step's two A tiles are 2 KiB in a row, a block is one sequential stream). Against
+    /// row-major activations (a tile's rows `kp` words apart), in interleaved single-thread
+    /// runs: +3–20% (median) on all four block shapes.
+    fn a_row(i: usize, kp: usize) -> usize {
+        (i / AMX_BLOCK) * AMX_BLOCK * kp + (i % AMX_BLOCK) * 16
     }
 
     thread_local! {
@@ -699,6 +739,7 @@ mod amx {
 
     /// 32 rows × one panel, tiles configured for 16 rows: tmm0–3 the 2 × 2 output tiles of a
     /// 32-column half, tmm4/5 the A tiles of rows 0–15 / 16–31, tmm6/7 the B tiles.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn pairs_of_tiles(
         a: &[u32],
         kp: usize,
@@ -707,7 +748,7 @@ mod amx {
         ldc: usize,
         cols: usize,
     ) {
-        let (sa, sb) = (kp * 4, NR * 4);
+        let (sa, sb) = (16usize * 4, NR * 4);
         for h in 0..2 {
             if cols <= 32 * h {
                 break;
@@ -720,7 +761,7 @@ mod amx {
                 options(nostack, nomem)
             );
             for q0 in (0..kp).step_by(KP_ALIGN) {
-                let ap = a.as_ptr().add(q0);
+                let ap = a.as_ptr().add(q0 * AMX_BLOCK);
                 let bp = panel.as_ptr().add(q0 * NR + h * 32);
                 asm!(
                     "tileloadd tmm4, [{a0} + {sa}*1]",
@@ -732,7 +773,7 @@ mod amx {
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     a0 = in(reg) ap,
-                    a1 = in(reg) ap.add(MR_AMX * kp),
+                    a1 = in(reg) ap.add(MR_AMX * 16),
                     sa = in(reg) sa,
                     b0 = in(reg) bp,
                     b1 = in(reg) bp.add(16),
@@ -782,6 +823,7 @@ mod amx {
     struct Buf<const N: usize>([f32; N]);
 
     /// One group of `mr ≤ 16` rows against four B tiles, tiles configured for `mr` rows.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn group(
         a: &[u32],
         mr: usize,
@@ -798,9 +840,9 @@ mod amx {
             "tilezero tmm3",
             options(nostack, nomem)
         );
-        let (sa, sb) = (kp * 4, NR * 4);
+        let (sa, sb) = (16usize * 4, NR * 4);
         for q0 in (0..kp).step_by(KP_ALIGN) {
-            let ap = a.as_ptr().add(q0);
+            let ap = a.as_ptr().add(q0 * AMX_BLOCK);
             let bp = panel.as_ptr().add(q0 * NR);
             asm!(
                 "tileloadd tmm4, [{a} + {sa}*1]",

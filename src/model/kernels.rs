@@ -7,7 +7,8 @@
 //! - [`masked_softmax`]: `softmax(softcap(scores · scale) + mask)` in one pass over the scores
 //!   (candle does scale, mask add and softmax as three passes with libm `expf`), for when the
 //!   pattern is edited;
-//! - [`gated_act`]: `act(gate) · up` straight from the fused gate-up projection output.
+//! - [`gated_act`]: `act(gate) · up` straight from the fused gate-up projection output;
+//! - [`heads_first`]: q/k/v views of the QKV output to `[b, h, t, dh]`, rope applied on the way.
 //!
 //! They use a branch-free `exp` (Cephes polynomial, ≈1 ulp) written so that LLVM vectorises it;
 //! the loops are compiled twice, for AVX-512 and AVX2 + FMA, and picked at run time.
@@ -606,6 +607,116 @@ impl CustomOp3 for Attention<'_> {
     }
 }
 
+/// `[b, t, h, dh]` → `[b, h, t, dh]`, optionally with the rotary embedding.
+struct HeadsFirst;
+
+impl HeadsFirst {
+    /// `x` any strides with a unit last one; `rope` the cos/sin slices and whether they have a
+    /// batch axis.
+    fn run(
+        x: &CpuStorage,
+        l: &Layout,
+        rope: Option<(&[f32], &[f32], bool)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(v) = x else {
+            candle_core::bail!("heads-first: expected f32");
+        };
+        let (&[b, t, h, dh], &[s0, s1, s2, 1]) = (l.dims(), l.stride()) else {
+            candle_core::bail!("heads-first: expected [batch, pos, head, d_head], unit stride");
+        };
+        let half = dh / 2;
+        if let Some((cos, sin, batched)) = rope {
+            let want = if batched { b * t * half } else { t * half };
+            if dh % 2 != 0 || cos.len() != want || sin.len() != want {
+                candle_core::bail!("heads-first: rope tables do not fit [{b}, {t}, {h}, {dh}]");
+            }
+        }
+        let off = l.start_offset();
+        let len = b * h * t * dh;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut((t * dh).max(1))
+            .enumerate()
+            .for_each(|(bh, o)| {
+                let (bi, hi) = (bh / h, bh % h);
+                for (ti, o) in o.chunks_exact_mut(dh).enumerate() {
+                    let src = &v[off + bi * s0 + ti * s1 + hi * s2..][..dh];
+                    match rope {
+                        None => {
+                            for (o, &x) in o.iter_mut().zip(src) {
+                                o.write(x);
+                            }
+                        }
+                        Some((cos, sin, batched)) => {
+                            let row = if batched { bi * t + ti } else { ti } * half;
+                            let (cos, sin) = (&cos[row..row + half], &sin[row..row + half]);
+                            let (x1, x2) = src.split_at(half);
+                            let (o1, o2) = o.split_at_mut(half);
+                            // As candle_nn's `rope`, operation for operation.
+                            for i in 0..half {
+                                o1[i].write(x1[i] * cos[i] - x2[i] * sin[i]);
+                                o2[i].write(x1[i] * sin[i] + x2[i] * cos[i]);
+                            }
+                        }
+                    }
+                }
+            });
+        // SAFETY: the `b · h` tasks wrote all `t · dh` elements of their blocks.
+        unsafe { out.set_len(len) };
+        Ok((CpuStorage::F32(out), Shape::from((b, h, t, dh))))
+    }
+}
+
+impl CustomOp1 for HeadsFirst {
+    fn name(&self) -> &'static str {
+        "heads-first"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        HeadsFirst::run(s, l, None)
+    }
+}
+
+impl CustomOp3 for HeadsFirst {
+    fn name(&self) -> &'static str {
+        "heads-first-rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let cos = f32_slice(s2, l2, "rope cos")?;
+        let sin = f32_slice(s3, l3, "rope sin")?;
+        HeadsFirst::run(s1, l1, Some((cos, sin, l2.dims().len() == 3)))
+    }
+}
+
+/// Heads in front of the positions, in one parallel pass: `x` `[b, t, h, dh]` (f32; any
+/// strides with a unit last one, such as a per-head view into the fused QKV output) →
+/// `[b, h, t, dh]` contiguous, with the rotary embedding (the "rotate half" convention;
+/// cos/sin `[t, dh/2]` or `[b, t, dh/2]`) applied on the way when `rope` is given. Same
+/// operations as `transpose(1, 2).contiguous()` followed by `candle_nn::rotary_emb::rope`
+/// (see the tests), without the intermediate copy; candle's copy is single-threaded.
+pub fn heads_first(x: &Tensor, rope: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    let x = if x.stride().last() == Some(&1) {
+        x.clone()
+    } else {
+        x.contiguous()?
+    };
+    Ok(match rope {
+        None => x.apply_op1_no_bwd(&HeadsFirst)?,
+        Some((cos, sin)) => {
+            x.apply_op3_no_bwd(&cos.contiguous()?, &sin.contiguous()?, &HeadsFirst)?
+        }
+    })
+}
+
 /// Fused attention: `z = softmax(softcap(q·kᵀ · scale) + mask) · v` per head, 8 query rows at
 /// a time, skipping keys outside each block's unmasked range. `q` `[b, nh, t, dh]`, `k`/`v`
 /// `[b, nk, tk, dh]` (grouped-query heads share their kv head), mask `[b | 1, 1, t, tk]`
@@ -839,6 +950,47 @@ mod tests {
         let k = Tensor::zeros((1, 2, 4, 8), DType::F32, &dev)?;
         let mask = Tensor::zeros((1, 1, 4, 4), DType::F32, &dev)?;
         assert!(attention(&q, &k, &k, &mask, 1.0, None, false).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn heads_first_is_transpose_then_candle_rope() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, t, nh, nk, dh) = (3, 7, 4, 2, 10);
+        // A fused QKV output; q and k are per-head views into it.
+        let qkv = Tensor::randn(0f32, 1.0, (b, t, nh + 2 * nk, dh), &dev)?;
+        let views = [
+            qkv.narrow(2, 0, nh)?,
+            qkv.narrow(2, nh, nk)?,
+            qkv.narrow(2, nh + nk, nk)?,
+        ];
+        let shared = (
+            Tensor::randn(0f32, 1.0, (t, dh / 2), &dev)?,
+            Tensor::randn(0f32, 1.0, (t, dh / 2), &dev)?,
+        );
+        let batched = (
+            Tensor::randn(0f32, 1.0, (b, t, dh / 2), &dev)?,
+            Tensor::randn(0f32, 1.0, (b, t, dh / 2), &dev)?,
+        );
+        for x in &views {
+            let plain = x.transpose(1, 2)?.contiguous()?;
+            let same = |a: &Tensor, want: &Tensor| -> Result<()> {
+                assert_eq!(a.dims(), want.dims());
+                let (a, w): (Vec<f32>, Vec<f32>) =
+                    (a.flatten_all()?.to_vec1()?, want.flatten_all()?.to_vec1()?);
+                assert!(a.iter().zip(&w).all(|(a, w)| a.to_bits() == w.to_bits()));
+                Ok(())
+            };
+            same(&heads_first(x, None)?, &plain)?;
+            same(&heads_first(&x.contiguous()?, None)?, &plain)?;
+            for (cos, sin) in [&shared, &batched] {
+                let want = candle_nn::rotary_emb::rope(&plain, cos, sin)?;
+                same(&heads_first(x, Some((cos, sin)))?, &want)?;
+            }
+        }
+        // Tables of the wrong length are an error, not a panic.
+        let short = Tensor::zeros((t - 1, dh / 2), DType::F32, &dev)?;
+        assert!(heads_first(&views[0], Some((&short, &short))).is_err());
         Ok(())
     }
 }

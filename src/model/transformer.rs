@@ -603,10 +603,20 @@ impl Transformer {
         let q = hooks.apply(HookPoint::Q(l), q)?;
         let k = hooks.apply(HookPoint::K(l), k)?;
         let v = hooks.apply(HookPoint::V(l), v)?;
-        let q = q.transpose(1, 2)?.contiguous()?;
-        let k = k.transpose(1, 2)?.contiguous()?;
-        let mut q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let mut k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let (mut q, mut k) = if self.fused() {
+            // One parallel pass each: heads in front, rotated on the way.
+            (
+                kernels::heads_first(&q, Some((cos, sin)))?,
+                kernels::heads_first(&k, Some((cos, sin)))?,
+            )
+        } else {
+            let q = q.transpose(1, 2)?.contiguous()?;
+            let k = k.transpose(1, 2)?.contiguous()?;
+            (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            )
+        };
         if hooks.wants(HookPoint::RotQ(l)) {
             q = hooks
                 .apply(HookPoint::RotQ(l), q.transpose(1, 2)?)?
@@ -619,7 +629,11 @@ impl Transformer {
                 .transpose(1, 2)?
                 .contiguous()?;
         }
-        let v = v.transpose(1, 2)?.contiguous()?; // [b, nk, t, dh]
+        let v = if self.fused() {
+            kernels::heads_first(&v, None)?
+        } else {
+            v.transpose(1, 2)?.contiguous()?
+        }; // [b, nk, t, dh]
         let (k, v) = match kv_cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
