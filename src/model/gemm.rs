@@ -290,7 +290,7 @@ impl PackedLinear {
     fn matmul_slice(&self, x: &[f32], m: usize, kernel: Kernel) -> Vec<f32> {
         let (n, kp) = (self.n, self.kp);
         // The left operand as words, row-major `[m, kp]`: the f32 bits themselves, or bf16
-        // pairs of activations (for AMX in tile order, `ALayout::Tiled`).
+        // pairs of activations (for AMX in tile order: `amx::a_row`).
         let converted;
         let a: &[u32] = match self.format {
             // SAFETY: f32 and u32 have the same size and alignment; every bit pattern is valid.
@@ -739,7 +739,6 @@ mod amx {
 
     /// 32 rows × one panel, tiles configured for 16 rows: tmm0–3 the 2 × 2 output tiles of a
     /// 32-column half, tmm4/5 the A tiles of rows 0–15 / 16–31, tmm6/7 the B tiles.
-    #[allow(clippy::too_many_arguments)]
     unsafe fn pairs_of_tiles(
         a: &[u32],
         kp: usize,
@@ -823,7 +822,6 @@ mod amx {
     struct Buf<const N: usize>([f32; N]);
 
     /// One group of `mr ≤ 16` rows against four B tiles, tiles configured for `mr` rows.
-    #[allow(clippy::too_many_arguments)]
     unsafe fn group(
         a: &[u32],
         mr: usize,
