@@ -752,13 +752,7 @@ mod amx {
             if cols <= 32 * h {
                 break;
             }
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
+            zero_outputs();
             for q0 in (0..kp).step_by(KP_ALIGN) {
                 let ap = a.as_ptr().add(q0 * AMX_BLOCK);
                 let bp = panel.as_ptr().add(q0 * NR + h * 32);
@@ -782,39 +776,37 @@ mod amx {
             }
             let ch = c.add(h * 32);
             if cols >= 32 * (h + 1) {
-                asm!(
-                    "tilestored [{c0} + {sc}*1], tmm0",
-                    "tilestored [{c1} + {sc}*1], tmm1",
-                    "tilestored [{c2} + {sc}*1], tmm2",
-                    "tilestored [{c3} + {sc}*1], tmm3",
-                    c0 = in(reg) ch,
-                    c1 = in(reg) ch.add(16),
-                    c2 = in(reg) ch.add(MR_AMX * ldc),
-                    c3 = in(reg) ch.add(MR_AMX * ldc + 16),
-                    sc = in(reg) ldc * 4,
-                    options(nostack)
-                );
+                store_2x2(ch, ldc);
             } else {
                 // A last, partial panel: through a buffer, so nothing past `cols` is written.
                 let mut buf = Buf([0.0; 2 * MR_AMX * 32]);
                 let bp = buf.0.as_mut_ptr();
-                asm!(
-                    "tilestored [{c0} + {sc}*1], tmm0",
-                    "tilestored [{c1} + {sc}*1], tmm1",
-                    "tilestored [{c2} + {sc}*1], tmm2",
-                    "tilestored [{c3} + {sc}*1], tmm3",
-                    c0 = in(reg) bp,
-                    c1 = in(reg) bp.add(16),
-                    c2 = in(reg) bp.add(MR_AMX * 32),
-                    c3 = in(reg) bp.add(MR_AMX * 32 + 16),
-                    sc = in(reg) 32usize * 4,
-                    options(nostack)
-                );
+                store_2x2(bp, 32);
                 for r in 0..2 * MR_AMX {
                     std::ptr::copy_nonoverlapping(bp.add(r * 32), ch.add(r * ldc), cols - 32 * h);
                 }
             }
         }
+    }
+
+    /// Zero the four output tiles, tmm0–3.
+    unsafe fn zero_outputs() {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
+    }
+
+    /// Store the output tiles as 2 × 2: tmm0/1 rows 0–15, tmm2/3 rows 16–31, 32 columns at
+    /// `c`, row stride `ldc` floats.
+    unsafe fn store_2x2(c: *mut f32, ldc: usize) {
+        store_tiles(
+            [c, c.add(16), c.add(MR_AMX * ldc), c.add(MR_AMX * ldc + 16)],
+            ldc,
+        );
     }
 
     /// Output staging for a partial panel.
@@ -831,13 +823,7 @@ mod amx {
         ldc: usize,
         cols: usize,
     ) {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem)
-        );
+        zero_outputs();
         let (sa, sb) = (16usize * 4, NR * 4);
         for q0 in (0..kp).step_by(KP_ALIGN) {
             let ap = a.as_ptr().add(q0 * AMX_BLOCK);
@@ -877,15 +863,20 @@ mod amx {
 
     /// Store the four output tiles side by side: `NR` columns at `c`, row stride `ldc` floats.
     unsafe fn store(c: *mut f32, ldc: usize) {
+        store_tiles([c, c.add(16), c.add(32), c.add(48)], ldc);
+    }
+
+    /// Store tmm0–3 at `c[0..4]`, row stride `ldc` floats.
+    unsafe fn store_tiles(c: [*mut f32; 4], ldc: usize) {
         asm!(
             "tilestored [{c0} + {sc}*1], tmm0",
             "tilestored [{c1} + {sc}*1], tmm1",
             "tilestored [{c2} + {sc}*1], tmm2",
             "tilestored [{c3} + {sc}*1], tmm3",
-            c0 = in(reg) c,
-            c1 = in(reg) c.add(16),
-            c2 = in(reg) c.add(32),
-            c3 = in(reg) c.add(48),
+            c0 = in(reg) c[0],
+            c1 = in(reg) c[1],
+            c2 = in(reg) c[2],
+            c3 = in(reg) c[3],
             sc = in(reg) ldc * 4,
             options(nostack)
         );
