@@ -1,12 +1,72 @@
 //! Dataset readers: text corpora, prompt lists.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
+
+/// The folder of engram's built-in datasets, as the defaults name it.
+pub const DATA_DIR: &str = "notebooks-data";
+
+/// Where a data path is: as given when it exists; else a default `notebooks-data/...` path is
+/// looked up under `$ENGRAM_DATA` (a copy of that folder) and then in the source tree the binary
+/// was built from, so built-in data is found from any working directory. Other paths are
+/// returned unchanged (their error names them).
+pub fn locate(path: &Path) -> PathBuf {
+    if path.exists() || path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let Ok(rest) = path.strip_prefix(DATA_DIR) else {
+        return path.to_path_buf();
+    };
+    let mut candidates = vec![];
+    if let Some(d) = std::env::var_os("ENGRAM_DATA") {
+        candidates.push(PathBuf::from(d).join(rest));
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(path));
+    candidates
+        .into_iter()
+        .find(|c| c.exists())
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+/// An error unless `path` (after [`locate`]) is a file; `what` names the option.
+pub fn require_file(path: &Path, what: &str) -> Result<PathBuf> {
+    let p = locate(path);
+    if !p.is_file() {
+        crate::bail!(
+            "--{what} {}: no such file{}",
+            path.display(),
+            if path.starts_with(DATA_DIR) {
+                " (built-in data: run from the engram checkout or set ENGRAM_DATA to its notebooks-data folder)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(p)
+}
+
+/// As [`require_file`], for a directory.
+pub fn require_dir(path: &Path, what: &str) -> Result<PathBuf> {
+    let p = locate(path);
+    if !p.is_dir() {
+        crate::bail!(
+            "--{what} {}: not a directory{}",
+            path.display(),
+            if path.starts_with(DATA_DIR) {
+                " (built-in data: run from the engram checkout or set ENGRAM_DATA to its notebooks-data folder)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(p)
+}
 
 /// Read a corpus: `.jsonl` with a `text` field per line, or plain text with documents separated
 /// by blank lines.
 pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
+    let path = &locate(path);
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     if path.extension().is_some_and(|e| e == "jsonl") {
         text.lines()

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod export;
 pub mod gemm;
+mod generate;
 pub mod kernels;
 pub mod source;
 pub mod tokenizer;
@@ -22,9 +23,10 @@ use std::ops::Deref;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 pub use config::{Arch, ModelConfig};
+pub use generate::{Generated, Sampling};
 pub use source::{ResolvedSource, SourceKind};
 pub use tokenizer::Tokenizer;
 pub use transformer::{Batch, LogitsAt, RunOptions, Transformer};
@@ -55,6 +57,77 @@ impl Default for LoadOptions {
             tokenizer: None,
             bf16_matmul: false,
         }
+    }
+}
+
+/// Which model to load and how, as text (the CLI's model options and a suite's model keys).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSpec {
+    /// A `.gguf` file, a Hugging Face folder, a Hub repo id or an alias.
+    pub model: String,
+    /// Compute dtype: `f32`, `bf16` or `f16`.
+    pub dtype: String,
+    /// `cpu`, `cuda[:N]` or `metal`.
+    pub device: String,
+    /// Hub revision for repo ids.
+    pub revision: Option<String>,
+    /// A tokenizer.json to use instead of the model's own.
+    pub tokenizer: Option<PathBuf>,
+    /// Precision of the linear layers' products: `f32` or `bf16`.
+    pub matmul: String,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        ModelSpec {
+            model: source::DEFAULT_MODEL.to_string(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+            revision: None,
+            tokenizer: None,
+            matmul: "f32".into(),
+        }
+    }
+}
+
+impl ModelSpec {
+    /// The default options for `model`.
+    pub fn of(model: impl Into<String>) -> Self {
+        ModelSpec {
+            model: model.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The keys a suite step may set for the model rather than the probe.
+    pub const KEYS: [&'static str; 6] = [
+        "model",
+        "dtype",
+        "device",
+        "revision",
+        "tokenizer",
+        "matmul",
+    ];
+
+    /// The load options these settings ask for.
+    pub fn options(&self) -> Result<LoadOptions> {
+        let bf16_matmul = match self.matmul.as_str() {
+            "f32" => false,
+            "bf16" => true,
+            other => crate::bail!("unknown matmul precision `{other}` (f32, bf16)"),
+        };
+        Ok(LoadOptions {
+            dtype: parse_dtype(&self.dtype)?,
+            device: parse_device(&self.device)?,
+            revision: self.revision.clone(),
+            tokenizer: self.tokenizer.clone(),
+            bf16_matmul,
+        })
+    }
+
+    pub fn load(&self) -> Result<Model> {
+        Model::load(&self.model, &self.options()?)
     }
 }
 
@@ -217,53 +290,6 @@ impl Model {
         Ok((logits, hooks.cache))
     }
 
-    /// Greedy generation of up to `max_new` tokens per prompt (stops a row at EOS), with any
-    /// interventions in `hooks` applied at every step. Returns only the new tokens.
-    pub fn generate(
-        &self,
-        prompts: &[Vec<u32>],
-        max_new: usize,
-        hooks: &mut Hooks,
-    ) -> Result<Vec<Vec<u32>>> {
-        let eos: Vec<u32> = match &self.tokenizer {
-            Some(t) => t.eos_ids.clone(),
-            None => self.cfg().eos_token_ids.clone(),
-        };
-        let mut out: Vec<Vec<u32>> = vec![vec![]; prompts.len()];
-        if prompts.is_empty() || max_new == 0 {
-            return Ok(out);
-        }
-        let mut done = vec![false; prompts.len()];
-        let limit = self.cfg().max_position_embeddings;
-        let opts = RunOptions {
-            logits: LogitsAt::Last,
-            stop_at_layer: None,
-        };
-        let mut cache = transformer::KvCache::new();
-        let mut batch = Batch::new(prompts, self.pad_id())?;
-        for _ in 0..max_new {
-            if cache.len + batch.seq_len > limit {
-                break;
-            }
-            let logits = self
-                .transformer
-                .forward_cached(&batch, hooks, opts, &mut cache)?;
-            let next: Vec<u32> = logits.squeeze(1)?.argmax(D::Minus1)?.to_vec1()?;
-            for (i, &tok) in next.iter().enumerate() {
-                if !done[i] {
-                    out[i].push(tok);
-                    done[i] = eos.contains(&tok);
-                }
-            }
-            if done.iter().all(|&d| d) {
-                break;
-            }
-            let rows: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
-            batch = Batch::new(&rows, 0)?;
-        }
-        Ok(out)
-    }
-
     /// Greedy continuation of a text prompt, decoded.
     pub fn complete(&self, prompt: &str, max_new: usize) -> Result<String> {
         let ids = self.encode(prompt)?;
@@ -306,7 +332,7 @@ fn load_tokenizer(
             ));
         }
         let dir = t.parent().unwrap_or(std::path::Path::new("."));
-        return Tokenizer::from_hf_dir(dir).map(Some);
+        return Tokenizer::from_hf_files(t, dir).map(Some);
     }
     if let Some(content) = gguf {
         return Tokenizer::from_gguf(content).map(Some);

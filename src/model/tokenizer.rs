@@ -133,8 +133,13 @@ impl Tokenizer {
     /// `generation_config.json` and `config.json` (EOS ids) when present.
     pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        let tok_path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&tok_path)
+        Self::from_hf_files(&dir.join("tokenizer.json"), dir)
+    }
+
+    /// Load the tokenizer file `tok_path` (any name), reading the configs named in
+    /// [`Tokenizer::from_hf_dir`] from `dir`.
+    pub fn from_hf_files(tok_path: &Path, dir: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(tok_path)
             .ctx(|| format!("loading {}", tok_path.display()))?;
         let config = read_json_opt(&dir.join("tokenizer_config.json"))?;
         let gen_config = read_json_opt(&dir.join("generation_config.json"))?;

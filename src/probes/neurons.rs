@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::hooks::{Edit, HookPoint, Hooks, Intervention};
 use crate::model::transformer::KvCache;
 use crate::model::{Batch, LogitsAt, Model, RunOptions};
+use crate::probes::{Context, Probe, Report};
 use crate::progress::{Bar, Progress};
 use crate::{Error, Result};
 
@@ -41,17 +42,18 @@ pub struct NeuronsParams {
     /// A folder of LRE relation files (`*.json` with name, prompt_templates, samples).
     pub relations: PathBuf,
     /// Use only these relations (file stems, e.g. `company_hq`); empty = all.
+    #[serde(deserialize_with = "crate::probes::comma_list")]
     pub only: Vec<String>,
     /// Requested number of neurons per relation (the paper's 3000 for Llama-2-7B), capped by
-    /// `max_k_fraction` of all neurons.
+    /// `k_share` of all neurons.
     pub k: usize,
     /// k is at most this share of all neurons. Default: the paper's share, 3000 of Llama-2-7B's
     /// 835,584 gate+up+down units (0.359%), so a small model keeps as large a share as the paper.
-    pub max_k_fraction: f64,
+    pub k_share: f64,
     /// Evaluation facts per relation (at most half of the relation's subjects).
     pub eval_per_relation: usize,
-    /// Use at most this many subjects per relation (after the seeded shuffle).
-    pub max_prompts_per_relation: Option<usize>,
+    /// Use at most this many subjects per relation (after the seeded shuffle); 0 = all.
+    pub max_prompts: usize,
     /// Seed of the subject split, the negatives and the random control.
     pub seed: u64,
     /// Prompts per forward pass / generation batch.
@@ -63,10 +65,11 @@ pub struct NeuronsParams {
     /// A relation needs this many correct detection prompts ...
     pub min_correct: usize,
     /// ... and at least this evaluation accuracy; otherwise it is reported and skipped.
-    pub min_eval_accuracy: f64,
+    pub min_accuracy: f64,
     /// Multiples of k for the cumulative curve (1.0 is always included; values above 1 rank
     /// further down the AP list).
-    pub k_fractions: Vec<f64>,
+    #[serde(deserialize_with = "crate::probes::comma_list")]
+    pub k_multiples: Vec<f64>,
     /// Include the BOS token in a prompt's mean response (default: no — BOS carries the same
     /// large "attention sink" activations in every prompt, weighted by 1/length).
     pub include_bos: bool,
@@ -81,16 +84,16 @@ impl Default for NeuronsParams {
             relations: PathBuf::from("notebooks-data/lre/factual"),
             only: vec![],
             k: 3000,
-            max_k_fraction: 3000.0 / LLAMA2_7B_NEURONS as f64,
+            k_share: 3000.0 / LLAMA2_7B_NEURONS as f64,
             eval_per_relation: 50,
-            max_prompts_per_relation: Some(300),
+            max_prompts: 300,
             seed: 0,
             batch_size: 16,
             max_new_tokens: 8,
             neg_ratio: 4,
             min_correct: 5,
-            min_eval_accuracy: 0.1,
-            k_fractions: vec![0.25, 0.5, 1.0, 2.0, 4.0],
+            min_accuracy: 0.1,
+            k_multiples: vec![0.25, 0.5, 1.0, 2.0, 4.0],
             include_bos: false,
         }
     }
@@ -137,6 +140,7 @@ struct Sample {
 /// Read every `*.json` relation in `dir` (sorted by file name), keeping those in `only` when it
 /// is not empty. Samples with the same subject are merged into one fact with several objects.
 pub fn load_relations(dir: &Path, only: &[String]) -> Result<Vec<Relation>> {
+    let dir = &crate::data::locate(dir);
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -720,9 +724,9 @@ pub struct NeuronsReport {
     pub notes: Vec<String>,
 }
 
-/// The k rule: the requested k, at most `max_k_fraction` of all neurons, at least 1.
-pub fn effective_k(requested: usize, total: usize, max_k_fraction: f64) -> usize {
-    let cap = ((total as f64) * max_k_fraction).floor() as usize;
+/// The k rule: the requested k, at most `k_share` of all neurons, at least 1.
+pub fn effective_k(requested: usize, total: usize, k_share: f64) -> usize {
+    let cap = ((total as f64) * k_share).floor() as usize;
     requested.min(cap).min(total).max(1)
 }
 
@@ -751,8 +755,8 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
         let mut facts = r.facts.clone();
         let mut rng = StdRng::seed_from_u64(params.seed ^ stable_hash(&r.id));
         facts.shuffle(&mut rng);
-        if let Some(m) = params.max_prompts_per_relation {
-            facts.truncate(m);
+        if params.max_prompts > 0 {
+            facts.truncate(params.max_prompts);
         }
         n_subjects.push(facts.len());
         let n_eval = params.eval_per_relation.min(facts.len() / 2);
@@ -825,7 +829,7 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
     for (ri, r) in relations.iter().enumerate() {
         let status = if det_correct[ri].len() < params.min_correct {
             "too_few_correct_detection"
-        } else if acc_before[ri] < params.min_eval_accuracy || eval_sets[ri].is_empty() {
+        } else if acc_before[ri] < params.min_accuracy || eval_sets[ri].is_empty() {
             "low_eval_accuracy"
         } else {
             ok_rel.push(ri);
@@ -863,14 +867,14 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
     }
 
     let total = layout.total();
-    let k = effective_k(params.k, total, params.max_k_fraction);
+    let k = effective_k(params.k, total, params.k_share);
     let k_rule = format!(
         "k = min(requested {}, floor({:.5} × {total} neurons)) = {k} (default share 3000/{} = \
          the paper's k for Llama-2-7B's gate+up+down units, so small models keep the same share)",
-        params.k, params.max_k_fraction, LLAMA2_7B_NEURONS
+        params.k, params.k_share, LLAMA2_7B_NEURONS
     );
     let mut k_values: Vec<usize> = params
-        .k_fractions
+        .k_multiples
         .iter()
         .filter(|f| f.is_finite() && **f > 0.0)
         .map(|f| ((k as f64 * f).round() as usize).clamp(1, total))
@@ -1186,7 +1190,7 @@ impl NeuronsReport {
     }
 
     /// A one-paragraph summary for the manifest and the terminal.
-    pub fn summary(&self) -> serde_json::Value {
+    pub fn summary_json(&self) -> serde_json::Value {
         let ok = self.ok_relations();
         let mut diag = vec![];
         let mut off = vec![];
@@ -1548,183 +1552,94 @@ pub fn write_outputs(r: &NeuronsReport, dir: &Path) -> Result<Vec<String>> {
     Ok(files)
 }
 
-/// `engram neurons`: the command-line arguments.
-#[derive(clap::Args, Debug, Clone)]
-#[command(
-    long_about = "Relation-specific neurons (Liu et al., EMNLP 2025; METHODS.md §2).
+/// `engram neurons`.
+pub struct Neurons;
 
-For every LRE relation: prompts from the relation's first template, greedy answers checked \
-against the object (case-insensitive prefix), a detection set and a disjoint evaluation set of \
-subjects. Each gate_proj / up_proj / down_proj output unit of every layer is scored by the \
-average precision of its mean response separating the relation's correctly answered detection \
-prompts from 4x as many of other relations'; the top k are the relation's neurons. They are then \
-zeroed at every position and the accuracy drop is measured on every relation's evaluation set \
-(drop matrix, cumulative curve over k, random-neuron control, interference = negative drops).
+impl Probe for Neurons {
+    const NAME: &'static str = "neurons";
+    type Params = NeuronsParams;
+    type Report = NeuronsReport;
 
-Relations the model almost never answers correctly are reported (relations.parquet, manifest \
-notes) and skipped.
+    fn seed(p: &NeuronsParams) -> Option<u64> {
+        Some(p.seed)
+    }
 
-Outputs in --out: neurons.parquet, deactivation.parquet, overlap.parquet, relations.parquet, \
-prompts.parquet, neurons_per_layer / drop_heatmap / cumulative_k / overlap_heatmap (.png, .svg), \
-manifest.json."
-)]
-pub struct NeuronsArgs {
-    #[command(flatten)]
-    pub model: crate::cli::ModelArgs,
-    /// Folder of LRE relation files (*.json with name, prompt_templates, samples)
-    #[arg(long, default_value = "notebooks-data/lre/factual")]
-    pub relations: PathBuf,
-    /// Output directory
-    #[arg(long, short = 'o')]
-    pub out: PathBuf,
-    /// Only these relations (file stems, comma separated, e.g. company_hq,country_capital_city)
-    #[arg(long, value_delimiter = ',')]
-    pub only: Vec<String>,
-    /// Neurons per relation requested (the paper's 3000 for Llama-2-7B); capped by --k-share
-    #[arg(long, default_value_t = 3000)]
-    pub k: usize,
-    /// Cap k at this share of all gate+up+down units. Default 0.00359 = 3000 / 835,584 (the
-    /// paper's share of Llama-2-7B), e.g. k = 392 for SmolLM2-135M, 306 for Gemma-3-270M
-    #[arg(long)]
-    pub k_share: Option<f64>,
-    /// Multiples of k for the cumulative curve (own relation and random control), comma separated
-    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,1,2,4")]
-    pub k_multiples: Vec<f64>,
-    /// Evaluation facts per relation (at most half of the relation's subjects)
-    #[arg(long, default_value_t = 50)]
-    pub eval_per_relation: usize,
-    /// Subjects used per relation after the seeded shuffle (evaluation + detection); 0 = all
-    #[arg(long, default_value_t = 300)]
-    pub max_prompts: usize,
-    /// Skip a relation whose evaluation accuracy is below this
-    #[arg(long, default_value_t = 0.1)]
-    pub min_accuracy: f64,
-    /// Skip a relation with fewer correctly answered detection prompts than this
-    #[arg(long, default_value_t = 5)]
-    pub min_correct: usize,
-    /// Negatives per positive (from other relations' correct detection prompts)
-    #[arg(long, default_value_t = 4)]
-    pub neg_ratio: usize,
-    /// Prompts per forward pass / generation batch
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// Cap on generated tokens per prompt (each generates len(object) + 2 tokens, at most this)
-    #[arg(long, default_value_t = 8)]
-    pub max_new_tokens: usize,
-    /// Include the BOS token in the mean response
-    #[arg(long)]
-    pub include_bos: bool,
-    /// Seed of the subject split, the negatives and the random control
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-}
-
-impl NeuronsArgs {
-    pub fn params(&self) -> Result<NeuronsParams> {
-        let d = NeuronsParams::default();
-        let share = self.k_share.unwrap_or(d.max_k_fraction);
-        if !(share > 0.0 && share <= 1.0) {
-            crate::bail!("--k-share must be in (0, 1], got {share}");
+    fn check(p: &NeuronsParams) -> Result<()> {
+        if !(p.k_share > 0.0 && p.k_share <= 1.0) {
+            crate::bail!("--k-share must be in (0, 1], got {}", p.k_share);
         }
-        if self.k == 0 {
+        if p.k == 0 {
             crate::bail!("--k must be at least 1");
         }
-        if self.batch_size == 0 || self.max_new_tokens == 0 || self.neg_ratio == 0 {
+        if p.batch_size == 0 || p.max_new_tokens == 0 || p.neg_ratio == 0 {
             crate::bail!("--batch-size, --max-new-tokens and --neg-ratio must be at least 1");
         }
-        if let Some(f) = self
-            .k_multiples
-            .iter()
-            .find(|f| !(f.is_finite() && **f > 0.0))
-        {
+        if let Some(f) = p.k_multiples.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
             crate::bail!("--k-multiples must be positive numbers, got {f}");
         }
-        if !self.relations.is_dir() {
-            crate::bail!(
-                "--relations {}: not a directory (expected a folder of LRE relation .json files)",
-                self.relations.display()
-            );
+        crate::data::require_dir(&p.relations, "relations")?;
+        // Read the relations before the (slow) model load so bad data fails fast.
+        load_relations(&p.relations, &p.only)?;
+        Ok(())
+    }
+
+    fn run(cx: &mut Context<'_>, p: &NeuronsParams) -> Result<NeuronsReport> {
+        let model = cx.model()?;
+        let report = run(&model, p, cx.progress)?;
+        for (name, secs) in &report.timings {
+            cx.manifest.record_timing(&format!("probe.{name}"), *secs);
         }
-        Ok(NeuronsParams {
-            relations: self.relations.clone(),
-            only: self.only.clone(),
-            k: self.k,
-            max_k_fraction: share,
-            eval_per_relation: self.eval_per_relation,
-            max_prompts_per_relation: (self.max_prompts > 0).then_some(self.max_prompts),
-            seed: self.seed,
-            batch_size: self.batch_size,
-            max_new_tokens: self.max_new_tokens,
-            neg_ratio: self.neg_ratio,
-            min_correct: self.min_correct,
-            min_eval_accuracy: self.min_accuracy,
-            k_fractions: self.k_multiples.clone(),
-            include_bos: self.include_bos,
-        })
+        Ok(report)
     }
 }
 
-/// Run `engram neurons`: validate, load, probe, write tables, charts and the manifest.
-pub fn command(args: &NeuronsArgs, progress: &Progress) -> Result<()> {
-    let params = args.params()?;
-    // Read the relations before the (slow) model load so bad data fails fast.
-    load_relations(&params.relations, &params.only)?;
-    let mut manifest = crate::report::manifest::Manifest::from_params("neurons", &params)?
-        .with_seed(Some(params.seed));
-    let t0 = Instant::now();
-    let model = args.model.load()?;
-    manifest.record_timing("load", t0.elapsed().as_secs_f64());
-    manifest = manifest.with_model(crate::cli::model_record(&model)?);
-    let t0 = Instant::now();
-    let report = run(&model, &params, progress)?;
-    manifest.record_timing("probe", t0.elapsed().as_secs_f64());
-    for (name, secs) in &report.timings {
-        manifest.record_timing(&format!("probe.{name}"), *secs);
+impl Report for NeuronsReport {
+    fn write(&self, dir: &Path) -> Result<Vec<String>> {
+        write_outputs(self, dir)
     }
-    let t0 = Instant::now();
-    for f in write_outputs(&report, &args.out)? {
-        manifest.add_file(f);
-    }
-    manifest.record_timing("write", t0.elapsed().as_secs_f64());
-    for n in &report.notes {
-        manifest.note(n.clone());
-    }
-    manifest.note(format!("summary: {}", report.summary()));
-    manifest.write(&args.out)?;
 
-    println!("{}", report.k_rule);
-    for r in &report.relations {
-        println!(
-            "  {:<34} eval acc {:.2} ({}/{})  detection correct {:>4}/{:<4} {}",
-            r.relation,
-            r.eval_accuracy,
-            r.eval_correct,
-            r.n_eval,
-            r.detection_correct,
-            r.n_detection,
-            if r.status == "ok" { "" } else { &r.status }
-        );
+    fn notes(&self) -> Vec<String> {
+        let mut n = self.notes.clone();
+        n.push(format!("summary: {}", self.summary_json()));
+        n
     }
-    let s = report.summary();
-    println!(
-        "mean drop: own relation {:.3}, other relations {:.3}, random neurons {:.3}; \
-         negative off-diagonal drops {}/{}",
-        s["mean_drop_own"].as_f64().unwrap_or(f64::NAN),
-        s["mean_drop_other"].as_f64().unwrap_or(f64::NAN),
-        s["mean_drop_random"].as_f64().unwrap_or(f64::NAN),
-        s["negative_off_diagonal_drops"],
-        s["off_diagonal_pairs"]
-    );
-    if let Some(c) = s["cumulative"].as_array() {
-        for e in c {
-            println!(
-                "  k = {:>6}: mean own drop {:.3}, random {:.3}",
-                e["k"],
-                e["mean_drop_own"].as_f64().unwrap_or(f64::NAN),
-                e["mean_drop_random"].as_f64().unwrap_or(f64::NAN)
-            );
+
+    fn summary(&self) -> Vec<String> {
+        let mut out = vec![self.k_rule.clone()];
+        for r in &self.relations {
+            out.push(format!(
+                "  {:<34} eval acc {:.2} ({}/{})  detection correct {:>4}/{:<4} {}",
+                r.relation,
+                r.eval_accuracy,
+                r.eval_correct,
+                r.n_eval,
+                r.detection_correct,
+                r.n_detection,
+                if r.status == "ok" { "" } else { &r.status }
+            ));
         }
+        let s = self.summary_json();
+        let num =
+            |v: &serde_json::Value| v.as_f64().map_or("n/a".to_string(), |x| format!("{x:.3}"));
+        out.push(format!(
+            "mean drop: own relation {}, other relations {}, random neurons {}; \
+             negative off-diagonal drops {}/{}",
+            num(&s["mean_drop_own"]),
+            num(&s["mean_drop_other"]),
+            num(&s["mean_drop_random"]),
+            s["negative_off_diagonal_drops"],
+            s["off_diagonal_pairs"]
+        ));
+        if let Some(c) = s["cumulative"].as_array() {
+            for e in c {
+                out.push(format!(
+                    "  k = {:>6}: mean own drop {}, random {}",
+                    e["k"],
+                    num(&e["mean_drop_own"]),
+                    num(&e["mean_drop_random"])
+                ));
+            }
+        }
+        out
     }
-    println!("wrote {}", args.out.display());
-    Ok(())
 }

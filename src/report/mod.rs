@@ -96,12 +96,46 @@ where
                 path.display()
             )));
         }
+        readable_per_umask(&tmp)?;
         fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     });
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// The process's file-creation mask (Linux: read from `/proc/self/status`, race-free; elsewhere
+/// the common `022`).
+#[cfg(unix)]
+fn umask() -> u32 {
+    static MASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+            })
+            .unwrap_or(0o022)
+    })
+}
+
+/// Give a finished file the mode a plain `create` would (0666 minus the umask): some writers
+/// (temporary-file helpers, safetensors) create theirs owner-only, and a run's outputs must be
+/// readable by whoever the umask lets read them.
+fn readable_per_umask(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = 0o666 & !umask();
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -146,6 +180,28 @@ mod tests {
         assert!(write_atomic_with(&q, |_| Err(Error::msg("boom"))).is_err());
         assert!(!q.exists());
         assert_eq!(entries(dir.path()), vec!["out.bin".to_string()]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn outputs_are_readable_per_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let want = 0o666 & !umask();
+        let a = dir.path().join("a.txt");
+        write_atomic(&a, b"x").unwrap();
+        // A writer that creates its file owner-only, as safetensors' does.
+        let b = dir.path().join("b.bin");
+        write_atomic_path(&b, |tmp| {
+            fs::write(tmp, b"y").map_err(|e| Error::io(tmp, e))?;
+            fs::set_permissions(tmp, fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io(tmp, e))
+        })
+        .unwrap();
+        for p in [a, b] {
+            let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, want, "{}: mode {mode:o}", p.display());
+        }
     }
 
     #[test]

@@ -18,10 +18,10 @@
 //! - Entropy neurons: last-layer MLP neurons in the top quarter by ‖w_out‖, the ten with the
 //!   lowest variance over the vocabulary of cos(w_out, W_U columns) (final norm folded in).
 
-pub mod command;
 pub mod compare;
 pub mod output;
 pub mod parts;
+pub mod probe;
 pub mod toy;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +36,7 @@ use crate::{Error, Result};
 
 pub use compare::{compare, CompareReport};
 pub use parts::{EntropyResult, PatchingResult, RefusalResult, TruthResult};
+pub use probe::{Directions, DirectionsReport};
 
 /// Which parts run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +67,23 @@ pub const ALL_PARTS: [Part; 4] = [Part::Truth, Part::Refusal, Part::Patching, Pa
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DirectionsParams {
+    /// The parts that run (truth, refusal, patching, entropy).
+    #[serde(rename = "only", deserialize_with = "crate::probes::comma_list")]
     pub parts: Vec<Part>,
+    /// A second model of the same width to compare with (e.g. the post-trained version).
+    pub compare: Option<String>,
+    /// Train the toy base / post-trained pair, save it under OUT/toy/ and compare the two
+    /// (the model, `compare` and `data` are not used).
+    pub toy_pair: bool,
+    /// Training steps of the toy pair (base, then half as many of post-training).
+    pub toy_steps: usize,
+    /// Dataset folder (statements/*.csv, instructions/harmful.csv, instructions/harmless.csv).
+    pub data: PathBuf,
+    /// Main statement dataset (statements/NAME.csv).
+    pub truth_dataset: String,
+    /// Held-out statement datasets.
+    #[serde(deserialize_with = "crate::probes::comma_list")]
+    pub heldout: Vec<String>,
     pub seed: u64,
     /// Prompts per forward pass.
     pub batch_size: usize,
@@ -79,12 +96,15 @@ pub struct DirectionsParams {
     pub shots: usize,
     /// Statements intervened on (half true, half false).
     pub n_intervene: usize,
-    /// Layers [start, end) of the truth intervention; default the second quarter of the depth.
+    /// Layers [start, end) of the truth intervention (`START:END`); default the second quarter
+    /// of the depth.
+    #[serde(deserialize_with = "crate::probes::opt_pair")]
     pub band: Option<(usize, usize)>,
     /// Layer of the refusal direction (resid_pre of block l; l = L is the final residual);
     /// default: selected among `refusal_candidates` by ablation.
     pub refusal_layer: Option<usize>,
-    /// Relative depth range (of 0..=L) of the candidate refusal layers.
+    /// Relative depth range `A:B` (of 0..=L) of the candidate refusal layers.
+    #[serde(rename = "refusal_range", deserialize_with = "crate::probes::pair")]
     pub refusal_candidates: (f64, f64),
     /// Harmful and harmless training instructions (each, at most half of the training set) held
     /// back from the means to select the direction.
@@ -124,6 +144,12 @@ impl Default for DirectionsParams {
     fn default() -> Self {
         DirectionsParams {
             parts: ALL_PARTS.to_vec(),
+            compare: None,
+            toy_pair: false,
+            toy_steps: 400,
+            data: PathBuf::from("notebooks-data"),
+            truth_dataset: "cities".into(),
+            heldout: vec!["country_region".into(), "lre_facts".into()],
             seed: 0,
             batch_size: 16,
             n_train: 200,
@@ -161,6 +187,13 @@ impl DirectionsParams {
     pub fn validate(&self) -> Result<()> {
         if self.parts.is_empty() {
             crate::bail!("directions: no part selected");
+        }
+        let (a, b) = self.refusal_candidates;
+        if !(0.0..=1.0).contains(&a) || !(0.0..=1.0).contains(&b) || a > b {
+            crate::bail!("directions: refusal-range {a}:{b}: expected A:B with 0 ≤ A ≤ B ≤ 1");
+        }
+        if self.toy_pair && self.toy_steps < 2 {
+            crate::bail!("directions: toy-steps must be at least 2");
         }
         if self.batch_size == 0 {
             crate::bail!("directions: batch_size must be ≥ 1");
@@ -334,6 +367,7 @@ impl DirectionsData {
     /// Load `statements/{truth}.csv`, `statements/{heldout}.csv` and
     /// `instructions/harmful.csv`, `instructions/harmless.csv` from `dir` (notebooks-data).
     pub fn load(dir: &Path, truth: &str, heldout: &[String]) -> Result<DirectionsData> {
+        let dir = &crate::data::locate(dir);
         let st = |name: &str| -> PathBuf { dir.join("statements").join(format!("{name}.csv")) };
         let main = st(truth);
         let mut sources = vec![main.display().to_string()];

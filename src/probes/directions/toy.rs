@@ -185,6 +185,7 @@ pub fn params() -> DirectionsParams {
         refusal_candidates: (0.0, 1.0),
         refusal_select_n: 16,
         band: Some((0, 3)),
+        toy_pair: true,
         ..DirectionsParams::default()
     }
 }

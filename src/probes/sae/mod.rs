@@ -11,8 +11,8 @@
 //! saved SAE always maps raw activations to raw activations.
 
 pub mod atoms;
-pub mod command;
 pub mod eval;
+pub mod probe;
 pub mod store;
 pub mod train;
 
@@ -440,26 +440,24 @@ use crate::model::Model;
 use crate::progress::Progress;
 use crate::report::manifest::Manifest;
 
-/// `engram sae collect`: tokenize `corpus` and collect activations into `out` (resuming).
-pub fn cmd_collect(
+/// `engram sae collect`: tokenize `corpus` and collect activations into `out` (resuming),
+/// recording the run in `manifest` (written by the caller).
+pub fn collect_into(
     model: &Model,
     corpus: &Path,
     params: &store::CollectParams,
     out: &Path,
     progress: &Progress,
+    manifest: &mut Manifest,
 ) -> Result<store::ActivationStore> {
     let docs = crate::data::read_corpus(corpus)?;
     let mut params = params.clone();
     if params.corpus.is_empty() {
         params.corpus = corpus.display().to_string();
     }
-    let mut manifest = Manifest::from_params("sae collect", &params)?
-        .with_seed(Some(params.seed))
-        .with_model(crate::cli::model_record(model)?);
     let t0 = std::time::Instant::now();
     let s = store::collect(model, store::Docs::Text(&docs), &params, out, progress)?;
-    let secs = t0.elapsed().as_secs_f64();
-    manifest.record_timing("collect", secs);
+    manifest.record_timing("collect", t0.elapsed().as_secs_f64());
     manifest.add_file("store.json");
     manifest.note(format!(
         "{} activations of d = {} in {} shards; {} documents consumed",
@@ -468,20 +466,35 @@ pub fn cmd_collect(
         s.n_shards(),
         s.meta.next_doc
     ));
+    Ok(s)
+}
+
+/// [`collect_into`] with a manifest of its own in `out`.
+pub fn cmd_collect(
+    model: &Model,
+    corpus: &Path,
+    params: &store::CollectParams,
+    out: &Path,
+    progress: &Progress,
+) -> Result<store::ActivationStore> {
+    let mut manifest = Manifest::from_params("sae collect", params)?
+        .with_seed(Some(params.seed))
+        .with_model(crate::report::manifest::ModelRecord::of(model)?);
+    let s = collect_into(model, corpus, params, out, progress, &mut manifest)?;
     manifest.write(out)?;
     Ok(s)
 }
 
-/// `engram sae train`: train one SAE on a store; writes the SAE, `train_report.json`, a loss
-/// curve and a manifest into `out`.
-pub fn cmd_train(
+/// `engram sae train`: train one SAE on a store; writes the SAE, `train_report.json` and a loss
+/// curve into `out`, recording them in `manifest` (written by the caller).
+pub fn train_into(
     store_dir: &Path,
     params: &train::TrainParams,
     out: &Path,
     progress: &Progress,
+    manifest: &mut Manifest,
 ) -> Result<(Sae, train::TrainReport)> {
     let s = store::ActivationStore::open(store_dir)?;
-    let mut manifest = Manifest::from_params("sae train", params)?.with_seed(Some(params.seed));
     let (sae, rep) = train::train(&s, params, Some(out), &Device::Cpu, progress)?;
     manifest.record_timing("train", rep.seconds);
     for f in ["cfg.json", "sae_weights.safetensors", "train_report.json"] {
@@ -510,8 +523,20 @@ pub fn cmd_train(
         "{} steps of {} in {:.1}s ({:.2} steps/s), dead {}",
         rep.steps, rep.batch_size, rep.seconds, rep.steps_per_sec, rep.dead
     ));
-    manifest.write(out)?;
     Ok((sae, rep))
+}
+
+/// [`train_into`] with a manifest of its own in `out`.
+pub fn cmd_train(
+    store_dir: &Path,
+    params: &train::TrainParams,
+    out: &Path,
+    progress: &Progress,
+) -> Result<(Sae, train::TrainReport)> {
+    let mut manifest = Manifest::from_params("sae train", params)?.with_seed(Some(params.seed));
+    let r = train_into(store_dir, params, out, progress, &mut manifest)?;
+    manifest.write(out)?;
+    Ok(r)
 }
 
 /// Token documents for CE / KL: the corpus documents after those the store consumed (wrapping
@@ -527,14 +552,16 @@ pub fn held_out_docs(model: &Model, corpus: &Path, skip: usize, n: usize) -> Res
         .collect()
 }
 
-/// `engram sae eval`: metrics of the SAEs in `sae_dirs` on the store; CE / KL with a model.
-pub fn cmd_eval(
+/// `engram sae eval`: metrics of the SAEs in `sae_dirs` on the store; CE / KL with a model;
+/// tables and charts in `out`, recorded in `manifest` (written by the caller).
+pub fn eval_into(
     sae_dirs: &[PathBuf],
     store_dir: &Path,
     model: Option<(&Model, &Path)>,
     params: &eval::EvalParams,
     out: &Path,
     progress: &Progress,
+    manifest: &mut Manifest,
 ) -> Result<eval::EvalReport> {
     let s = store::ActivationStore::open(store_dir)?;
     let mut saes = vec![];
@@ -546,11 +573,10 @@ pub fn cmd_eval(
             .unwrap_or_else(|| sae.kind.name().to_string());
         saes.push((label, sae));
     }
-    let mut manifest = Manifest::from_params("sae eval", params)?;
     let t0 = std::time::Instant::now();
     let docs = match model {
         Some((m, corpus)) => {
-            manifest = manifest.with_model(crate::cli::model_record(m)?);
+            manifest.model = Some(crate::report::manifest::ModelRecord::of(m)?);
             Some(held_out_docs(m, corpus, s.meta.next_doc, params.ce_docs)?)
         }
         None => None,
@@ -579,8 +605,30 @@ pub fn cmd_eval(
     for n in &report.notes {
         manifest.note(n.clone());
     }
-    manifest.write(out)?;
     Ok(report)
+}
+
+/// [`eval_into`] with a manifest of its own in `out`.
+pub fn cmd_eval(
+    sae_dirs: &[PathBuf],
+    store_dir: &Path,
+    model: Option<(&Model, &Path)>,
+    params: &eval::EvalParams,
+    out: &Path,
+    progress: &Progress,
+) -> Result<eval::EvalReport> {
+    let mut manifest = Manifest::from_params("sae eval", params)?;
+    let r = eval_into(
+        sae_dirs,
+        store_dir,
+        model,
+        params,
+        out,
+        progress,
+        &mut manifest,
+    )?;
+    manifest.write(out)?;
+    Ok(r)
 }
 
 /// A one-line-per-dictionary summary of an evaluation.

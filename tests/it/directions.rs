@@ -2,7 +2,7 @@
 //! comparison's identities (a model against itself, against a perturbed copy), outputs, and the
 //! toy base / post-trained pair.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

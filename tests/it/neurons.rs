@@ -2,8 +2,7 @@
 //! sklearn, answer checking, top-k, deactivation mechanics, an end-to-end run on a tiny fixture
 //! model with relations written by the test, CLI errors, and a small real-model run.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -161,11 +160,11 @@ fn top_k_orders_by_score_then_index() {
 fn k_rule_and_layout() {
     // The paper's share: 3000 of Llama-2-7B's 835,584 units gives 3000 back.
     let d = NeuronsParams::default();
-    assert_eq!(effective_k(3000, 835_584, d.max_k_fraction), 3000);
+    assert_eq!(effective_k(3000, 835_584, d.k_share), 3000);
     // SmolLM2-135M: 30 × (2 × 1536 + 576) = 109,440 units → 392.
-    assert_eq!(effective_k(3000, 109_440, d.max_k_fraction), 392);
-    assert_eq!(effective_k(100, 109_440, d.max_k_fraction), 100);
-    assert_eq!(effective_k(3000, 10, d.max_k_fraction), 1);
+    assert_eq!(effective_k(3000, 109_440, d.k_share), 392);
+    assert_eq!(effective_k(100, 109_440, d.k_share), 100);
+    assert_eq!(effective_k(3000, 10, d.k_share), 1);
     let l = NeuronLayout {
         n_layers: 3,
         d_mlp: 8,
@@ -430,12 +429,12 @@ fn end_to_end_on_a_tiny_model() {
     let params = NeuronsParams {
         relations: rel_dir.clone(),
         k: 64,
-        max_k_fraction: 0.1,
+        k_share: 0.1,
         eval_per_relation: 8,
-        max_prompts_per_relation: None,
+        max_prompts: 0,
         batch_size: 5,
         min_correct: 3,
-        k_fractions: vec![0.5, 1.0, 4.0],
+        k_multiples: vec![0.5, 1.0, 4.0],
         ..Default::default()
     };
     let report = neurons::run(&model, &params, &Progress::quiet()).unwrap();
@@ -736,8 +735,8 @@ fn smollm2_relation_neurons() {
         ],
         k: 100,
         eval_per_relation: 12,
-        max_prompts_per_relation: Some(60),
-        k_fractions: vec![1.0],
+        max_prompts: 60,
+        k_multiples: vec![1.0],
         ..Default::default()
     };
     let t0 = std::time::Instant::now();

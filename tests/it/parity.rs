@@ -1,8 +1,7 @@
 //! Parity with Hugging Face transformers on tiny random models of every architecture
 //! (fixtures from scripts/reference/make_fixtures.py): f32 max abs error ≤ 1e-4.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use engram::hooks::{HookPoint, Hooks};
 

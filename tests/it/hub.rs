@@ -3,8 +3,7 @@
 //! `snapshots/{commit}/` symlinks to them. HF_HUB_CACHE / HF_HOME and HF_HUB_OFFLINE are honoured.
 //! (One test function: environment variables are process-wide.)
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use engram::hooks::Hooks;
 use engram::model::{Batch, LoadOptions, Model};

@@ -4,8 +4,7 @@
 //! exported Hugging Face folder, finds them there and not in an untrained copy. Clamping a
 //! layer-0 head to a perfect previous-token pattern makes them form much sooner.
 
-mod common;
-use common::max_abs_diff;
+use crate::common::max_abs_diff;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -15,6 +15,10 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+mod output;
+
+pub use output::{fitted_curve, summary_lines, write_outputs, Heads, HeadsOutput};
+
 use super::cmr::{CmrFit, CmrFitter, CrpTable};
 use crate::hooks::{HookPoint, Hooks, Intervention};
 use crate::model::{Batch, Model};
@@ -39,8 +43,11 @@ pub struct HeadsParams {
     pub chunk: usize,
     /// Use this CMR lag-CRP table (.npy, [20,21,11,17]) instead of the simulated, cached one.
     pub cmr_table: Option<PathBuf>,
-    /// Ablation experiment (needs a corpus).
-    pub ablate: Option<AblationParams>,
+    /// Run the ablation experiment (top CMR-like heads vs random heads on a corpus).
+    pub ablate: bool,
+    /// Settings of the ablation.
+    #[serde(flatten)]
+    pub ablation: AblationParams,
 }
 
 impl Default for HeadsParams {
@@ -51,7 +58,8 @@ impl Default for HeadsParams {
             seed: 0,
             chunk: 4,
             cmr_table: None,
-            ablate: None,
+            ablate: false,
+            ablation: AblationParams::default(),
         }
     }
 }
@@ -345,7 +353,7 @@ pub fn copying_scores(model: &Model) -> Result<Vec<Vec<f64>>> {
 /// The CMR table: the given .npy, else the machine's cached simulation (computed once).
 pub fn cmr_table(path: Option<&Path>) -> Result<CrpTable> {
     match path {
-        Some(p) => CrpTable::load_npy(p),
+        Some(p) => CrpTable::load_npy(crate::data::locate(p)),
         None => CrpTable::cached_or_simulate(None),
     }
 }
@@ -356,7 +364,7 @@ pub fn run(model: &Model, params: &HeadsParams, progress: &Progress) -> Result<H
 }
 
 /// As [`run`], with `interventions` applied in every forward pass over the repeated tokens (e.g.
-/// the toy model's clamped previous-token head, [`crate::toy::ToyModel::clamp_intervention`]).
+/// the toy model's clamped previous-token head).
 pub fn run_with(
     model: &Model,
     params: &HeadsParams,
@@ -418,15 +426,15 @@ pub fn run_with(
                 .map_or("engram's own simulation (cached)".into(), |p| p.display().to_string())
         ),
     ];
-    let ablation = match &params.ablate {
-        Some(ap) => {
-            notes.push(format!(
-                "ICL score = mean loss at positions {}±{} minus at {}±{}",
-                ap.late, ap.window, ap.early, ap.window
-            ));
-            Some(ablate(model, &heads, ap, params.seed, progress)?)
-        }
-        None => None,
+    let ablation = if params.ablate {
+        let ap = &params.ablation;
+        notes.push(format!(
+            "ICL score = mean loss at positions {}±{} minus at {}±{}",
+            ap.late, ap.window, ap.early, ap.window
+        ));
+        Some(ablate(model, &heads, ap, params.seed, progress)?)
+    } else {
+        None
     };
     Ok(HeadsReport {
         n_layers: cfg.n_layers,
@@ -593,287 +601,4 @@ pub fn cmr_shares(heads: &[HeadRow], n_layers: usize) -> (f64, f64, Vec<f64>) {
         })
         .collect();
     (like, strict, per_layer)
-}
-
-impl From<&HeadsReport> for serde_json::Value {
-    fn from(r: &HeadsReport) -> Self {
-        let (like, strict, per_layer) = cmr_shares(&r.heads, r.n_layers);
-        serde_json::json!({
-            "loss_first_copy": r.loss_first_copy,
-            "loss_second_copy": r.loss_second_copy,
-            "share_cmr_like": like,
-            "share_cmr_strict": strict,
-            "share_cmr_like_per_layer": per_layer,
-        })
-    }
-}
-
-/// Write `heads.parquet`, `lag_crp.parquet`, `tokens.parquet`, `ablation.parquet` (if run) and
-/// the charts into `dir`; returns the files written (relative names).
-pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> Result<Vec<String>> {
-    use crate::report::chart::{BarChart, Colormap, Heatmap, LineChart, Scatter, Series};
-    use crate::report::table::{write_parquet, Table};
-    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
-    let mut files = vec![];
-    let h = &r.heads;
-    let mut df = Table::new()
-        .col(
-            "layer",
-            h.iter().map(|x| x.layer as u32).collect::<Vec<_>>(),
-        )
-        .col("head", h.iter().map(|x| x.head as u32).collect::<Vec<_>>())
-        .col(
-            "induction_score",
-            h.iter().map(|x| x.induction_score).collect::<Vec<_>>(),
-        )
-        .col(
-            "prev_token_score",
-            h.iter().map(|x| x.prev_token_score).collect::<Vec<_>>(),
-        )
-        .col(
-            "duplicate_score",
-            h.iter().map(|x| x.duplicate_score).collect::<Vec<_>>(),
-        )
-        .col(
-            "copying_score",
-            h.iter().map(|x| x.copying_score).collect::<Vec<_>>(),
-        )
-        .col(
-            "cmr_distance",
-            h.iter().map(|x| x.fit.distance).collect::<Vec<_>>(),
-        )
-        .col(
-            "beta_enc",
-            h.iter().map(|x| x.fit.beta_enc).collect::<Vec<_>>(),
-        )
-        .col(
-            "beta_rec",
-            h.iter().map(|x| x.fit.beta_rec).collect::<Vec<_>>(),
-        )
-        .col(
-            "gamma_ft",
-            h.iter().map(|x| x.fit.gamma_ft).collect::<Vec<_>>(),
-        )
-        .col(
-            "inv_temp",
-            h.iter().map(|x| x.fit.inv_temp).collect::<Vec<_>>(),
-        )
-        .col(
-            "cmr_like",
-            h.iter().map(|x| x.fit.cmr_like).collect::<Vec<_>>(),
-        )
-        .col(
-            "cmr_strict",
-            h.iter().map(|x| x.fit.strict).collect::<Vec<_>>(),
-        )
-        .build()?;
-    write_parquet(&mut df, &dir.join("heads.parquet"))?;
-    files.push("heads.parquet".to_string());
-
-    let (mut ls, mut hs, mut lags, mut sc, mut pr) = (vec![], vec![], vec![], vec![], vec![]);
-    for x in h {
-        for (k, lag) in LAGS.enumerate() {
-            ls.push(x.layer as u32);
-            hs.push(x.head as u32);
-            lags.push(lag as i32);
-            sc.push(x.lag_scores[k]);
-            pr.push(x.lag_probs[k]);
-        }
-    }
-    let mut df = Table::new()
-        .col("layer", ls)
-        .col("head", hs)
-        .col("lag", lags)
-        .col("score", sc)
-        .col("prob", pr)
-        .build()?;
-    write_parquet(&mut df, &dir.join("lag_crp.parquet"))?;
-    files.push("lag_crp.parquet".to_string());
-
-    let (mut seq, mut pos, mut tok) = (vec![], vec![], vec![]);
-    for (i, row) in r.tokens.iter().enumerate() {
-        for (j, &t) in row.iter().enumerate() {
-            seq.push(i as u32);
-            pos.push(j as u32);
-            tok.push(t);
-        }
-    }
-    let mut df = Table::new()
-        .col("sequence", seq)
-        .col("position", pos)
-        .col("token", tok)
-        .build()?;
-    write_parquet(&mut df, &dir.join("tokens.parquet"))?;
-    files.push("tokens.parquet".to_string());
-
-    if let Some(a) = &r.ablation {
-        let (mut cond, mut doc, mut score, mut nheads) = (vec![], vec![], vec![], vec![]);
-        for c in &a.conditions {
-            for (d, s) in c.icl_scores.iter().enumerate() {
-                cond.push(c.condition.clone());
-                doc.push(d as u32);
-                score.push(*s);
-                nheads.push(c.heads.len() as u32);
-            }
-        }
-        let mut df = Table::new()
-            .col("condition", cond)
-            .col("document", doc)
-            .col("icl_score", score)
-            .col("n_ablated", nheads)
-            .build()?;
-        write_parquet(&mut df, &dir.join("ablation.parquet"))?;
-        files.push("ablation.parquet".to_string());
-        let cats: Vec<String> = a.conditions.iter().map(|c| c.condition.clone()).collect();
-        let means: Vec<f64> = a
-            .conditions
-            .iter()
-            .map(|c| c.icl_scores.iter().sum::<f64>() / c.icl_scores.len().max(1) as f64)
-            .collect();
-        files.extend(names(
-            BarChart {
-                title: format!(
-                    "ICL score under ablation (top − random = {:.3}, p = {:.3})",
-                    a.mean_diff, a.p_value
-                ),
-                x_label: "condition".into(),
-                y_label: "loss(late) − loss(early)".into(),
-                categories: cats,
-                groups: vec![("mean ICL score".into(), means)],
-            }
-            .save(dir, "ablation")?,
-        ));
-    }
-
-    // Charts.
-    let grid = |f: &dyn Fn(&HeadRow) -> f64| -> Vec<Vec<f64>> {
-        (0..r.n_layers)
-            .map(|l| (0..r.n_heads).map(|k| f(&h[l * r.n_heads + k])).collect())
-            .collect()
-    };
-    files.extend(names(
-        Heatmap {
-            title: "Induction (prefix-matching) score".into(),
-            x_label: "head".into(),
-            y_label: "layer".into(),
-            values: grid(&|x| x.induction_score),
-            x_labels: None,
-            y_labels: None,
-            range: Some((0.0, 1.0)),
-            colormap: Colormap::Viridis,
-        }
-        .save(dir, "induction_heatmap")?,
-    ));
-    files.extend(names(
-        Heatmap {
-            title: "CMR distance (lower = more CMR-like)".into(),
-            x_label: "head".into(),
-            y_label: "layer".into(),
-            values: grid(&|x| x.fit.distance.min(1.0)),
-            x_labels: None,
-            y_labels: None,
-            range: Some((0.0, 1.0)),
-            colormap: Colormap::Magma,
-        }
-        .save(dir, "cmr_distance_heatmap")?,
-    ));
-    let (like, strict, per_layer) = cmr_shares(h, r.n_layers);
-    files.extend(names(
-        BarChart {
-            title: format!(
-                "CMR-like heads per layer ({:.1}% < 0.5, {:.1}% < 0.1 overall)",
-                like * 100.0,
-                strict * 100.0
-            ),
-            x_label: "layer".into(),
-            y_label: "% heads with CMR distance < 0.5".into(),
-            categories: (0..r.n_layers).map(|l| l.to_string()).collect(),
-            groups: vec![(
-                "CMR-like".into(),
-                per_layer.iter().map(|x| x * 100.0).collect(),
-            )],
-        }
-        .save(dir, "cmr_share_per_layer")?,
-    ));
-    files.extend(names(
-        Scatter {
-            title: "Induction score vs CMR distance".into(),
-            x_label: "induction score".into(),
-            y_label: "CMR distance".into(),
-            series: vec![(
-                "heads".into(),
-                h.iter()
-                    .filter(|x| x.fit.distance.is_finite())
-                    .map(|x| (x.induction_score, x.fit.distance.min(2.0)))
-                    .collect(),
-            )],
-            annotate: vec![],
-        }
-        .save(dir, "induction_vs_cmr")?,
-    ));
-    // Lag-CRP of the top induction heads next to their fitted CMR curves.
-    let mut top: Vec<&HeadRow> = h.iter().filter(|x| x.fit.distance.is_finite()).collect();
-    top.sort_by(|a, b| b.induction_score.total_cmp(&a.induction_score));
-    let mut series = vec![];
-    for x in top.iter().take(4) {
-        let a: Vec<f64> = x.lag_scores[3..14].to_vec();
-        let amin = a.iter().cloned().fold(f64::INFINITY, f64::min);
-        series.push(Series::new(
-            format!("L{}H{}", x.layer, x.head),
-            (-5..=5)
-                .zip(a.iter())
-                .map(|(l, v)| (l as f64, v - amin))
-                .collect(),
-        ));
-        if let Some(t) = table {
-            if let Some(c) = fitted_curve(t, &x.fit) {
-                series.push(
-                    Series::new(
-                        format!("CMR fit L{}H{} (d={:.3})", x.layer, x.head, x.fit.distance),
-                        (-5..=5)
-                            .zip(c.iter())
-                            .map(|(l, v)| (l as f64, *v))
-                            .collect(),
-                    )
-                    .dashed(),
-                );
-            }
-        }
-    }
-    files.extend(names(
-        LineChart {
-            title: "Lag-CRP of attention scores (top induction heads) and CMR fits".into(),
-            x_label: "lag".into(),
-            y_label: "score − min".into(),
-            series,
-        }
-        .save(dir, "lag_crp_top_heads")?,
-    ));
-    Ok(files)
-}
-
-fn names(paths: Vec<PathBuf>) -> Vec<String> {
-    paths
-        .iter()
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect()
-}
-
-/// The fitted CMR curve s·c' over lags −5..+5 at a fit's grid point (paper grid).
-pub fn fitted_curve(table: &CrpTable, fit: &CmrFit) -> Option<Vec<f64>> {
-    if !fit.distance.is_finite() {
-        return None;
-    }
-    let i = (fit.beta_enc / 0.05).round() as i64 - 1;
-    let j = (fit.beta_rec / 0.05).round() as i64;
-    let k = (fit.gamma_ft / 0.1).round() as i64;
-    if !(0..20).contains(&i) || !(0..21).contains(&j) || !(0..11).contains(&k) {
-        return None;
-    }
-    let crp = table.crp([i as usize, j as usize, k as usize]);
-    let c: Vec<f64> = crp[3..14].to_vec();
-    let sum: f64 = c.iter().sum();
-    let c: Vec<f64> = c.iter().map(|v| v / sum).collect();
-    let min = c.iter().cloned().fold(f64::INFINITY, f64::min);
-    Some(c.iter().map(|v| (v - min) * fit.inv_temp).collect())
 }

@@ -1,8 +1,7 @@
 //! The head probe: CLI outputs on the paper's data (cmr-fit), induction heads in a real model,
 //! and the ablation path under grouped-query attention.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use engram::probes::heads::{self, AblationParams, HeadsParams};
 use engram::progress::Progress;
@@ -92,7 +91,8 @@ fn smollm2_has_induction_heads_outside_layer_0() {
         seq_len: 40,
         batch: 4,
         cmr_table: Some(paper_table()),
-        ablate: Some(AblationParams {
+        ablate: true,
+        ablation: AblationParams {
             corpus: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("notebooks-data/corpus/corpus.jsonl"),
             docs: 2,
@@ -101,7 +101,7 @@ fn smollm2_has_induction_heads_outside_layer_0() {
             window: 3,
             top_frac: 0.05,
             random_sets: 2,
-        }),
+        },
         ..Default::default()
     };
     let r = heads::run(&model, &params, &Progress::quiet()).unwrap();

@@ -1,7 +1,6 @@
 //! The binary: one-line errors with a non-zero exit for bad input, and the `cache` command.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn bad_input_gives_one_line_errors() {

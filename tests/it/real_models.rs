@@ -2,8 +2,7 @@
 //! transformers' own GGUF loader, greedy continuations, chat templates, HF export round trip.
 //! Skipped with a message when the models are not fetched, unless ENGRAM_REQUIRE_MODELS=1.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use candle_core::Device;
 use engram::hooks::Hooks;

@@ -180,29 +180,46 @@ fn suite_errors_are_one_line() {
     )
     .unwrap();
     assert!(batch::plan(&s, Path::new("r")).is_err());
-    // Argument mapping: `_` → `-`, booleans are flags, arrays repeat, substitutions.
+    // Parameters: `-` → `_`, model keys apart, substitutions; the equivalent command line.
     let s = batch::parse_suite(
-        "name = \"x\"\nmodels = [{ name = \"m\", model = \"dir/m1\" }]\n[[step]]\nprobe = \"sae run\"\nargs = { no_chat = true, skip = false, hook = [\"a\", \"b\"], tag = \"{model}-{model_spec}\" }\n",
+        "name = \"x\"\nmodels = [{ name = \"m\", model = \"dir/m1\" }]\nmodel_args = { dtype = \"bf16\" }\n[[step]]\nprobe = \"sae run\"\nargs = { no-chat = true, skip = false, kinds = [\"topk\", \"relu\"], tag = \"{model}-{model_spec}\" }\n",
     )
     .unwrap();
     let p = batch::plan(&s, Path::new("r")).unwrap();
     assert_eq!(p[0].id, "m/sae-run");
+    let spec = p[0].spec.as_ref().unwrap();
     assert_eq!(
-        p[0].args,
+        (spec.model.as_str(), spec.dtype.as_str()),
+        ("dir/m1", "bf16")
+    );
+    assert_eq!(p[0].params["no_chat"], true);
+    assert_eq!(p[0].params["tag"], "m-dir/m1");
+    assert!(!p[0].params.contains_key("dtype"));
+    assert_eq!(
+        p[0].command_line(Path::new("out")),
         [
             "sae",
             "run",
-            "--hook",
-            "a",
-            "--hook",
-            "b",
+            "--kinds",
+            "topk,relu",
             "--no-chat",
             "--tag",
             "m-dir/m1",
             "--model",
-            "dir/m1"
+            "dir/m1",
+            "--dtype",
+            "bf16",
+            "--out",
+            "out"
         ]
     );
+    // The probe's own check: `tag` and `no-chat` are not `sae run` parameters.
+    let e = engram::probes::step(&p[0].probe, &p[0].params)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("unknown parameter `no-chat`"), "{e}");
+    assert!(e.contains("known:") && e.contains("shard-size"), "{e}");
 
     // Through the CLI: a missing suite, an unknown probe and bad arguments fail the dry run.
     let tmp = tempfile::tempdir().unwrap();
@@ -221,7 +238,7 @@ fn suite_errors_are_one_line() {
         ("probe = \"frobnicate\"", "unknown probe `frobnicate`"),
         (
             "probe = \"heads\"\nargs = { no-such-flag = 1 }",
-            "--no-such-flag",
+            "unknown parameter `no-such-flag`",
         ),
     ] {
         let suite = tmp.path().join("s.toml");
@@ -375,6 +392,9 @@ fn killed_batch_resumes_skipping_finished_steps() {
     );
     assert_eq!(h.seed, Some(3));
     assert_eq!(h.params["seq_len"], 10);
+    // Each model loaded once: the second of its steps (none here) would note it; a step of a
+    // model records its load time.
+    assert!(h.timings.iter().any(|t| t.step == "load"));
     assert!(h.finished.is_some() && !h.timings.is_empty());
     assert!(h.notes.iter().any(|n| n.contains("batch: suite `tiny`")));
     assert!(h.files.iter().any(|f| f == "heads.parquet"));

@@ -1,8 +1,7 @@
 //! SAEs: recovery of a known sparse dictionary, SAELens round trip, metrics on hand cases,
 //! store resumption.
 
-mod common;
-use common::write_char_tokenizer;
+use crate::common::write_char_tokenizer;
 
 use candle_core::{Device, Tensor};
 use engram::probes::sae::store::{ActivationStore, StoreMeta};
@@ -492,8 +491,7 @@ fn train_and_eval_commands_write_tables_and_charts() {
 #[test]
 fn sae_subcommands_parse() {
     use clap::Parser;
-    use engram::cli::{Cli, Command};
-    use engram::probes::sae::command::SaeCommand;
+    use engram::cli::{Cli, Command, SaeCommand};
     for sub in ["collect", "train", "eval", "run"] {
         let e = Cli::try_parse_from(["engram", "sae", sub, "--help"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "sae {sub}");
@@ -542,7 +540,7 @@ fn sae_subcommands_parse() {
     assert_eq!(kinds, ["topk", "relu"]);
     assert_eq!(sweep, [1.0, 2.0]);
     assert_eq!(collect.tokens, 1000);
-    assert_eq!(train.threshold_lr_mult, Some(4.0));
+    assert_eq!(train.threshold_lr_mult, 4.0);
 }
 
 /// `engram sae run` end to end on the llama fixture with a text corpus: collect → train two

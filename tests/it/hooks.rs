@@ -1,8 +1,7 @@
 //! Hook invariants on the tiny fixtures: decompositions of the residual stream, per-head results,
 //! no-op patching, ablation effects, capture cost-free semantics.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use candle_core::{Tensor, D};
 use engram::hooks::{Edit, HookFilter, HookPoint, Hooks, Intervention, Positions};

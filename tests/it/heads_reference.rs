@@ -3,8 +3,7 @@
 //! captured inside its attention function, numpy for the statistics and the CMR fit), run on the
 //! same token rows. Fixtures: tests/fixtures/real/{smollm2,gemma3}_heads_reference.json.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use engram::probes::heads::{self, HeadsParams};
 use engram::progress::Progress;

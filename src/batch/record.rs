@@ -1,0 +1,101 @@
+//! `batch.json`: the status of every step of a run.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::BATCH_FILE;
+use crate::report::manifest::{Manifest, MANIFEST_FILE};
+use crate::report::write_atomic;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    /// Ran and completed in this invocation.
+    Ok,
+    /// Already complete on disk; not rerun.
+    Skipped,
+    /// Ran and failed; `error` says why.
+    Failed,
+    /// Not run in this invocation (`--dry-run`, or an interrupted run) and not complete on disk.
+    Pending,
+    /// Not run: `--only-model` chose other models.
+    Deselected,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Ok => "ok",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Failed => "failed",
+            StepStatus::Pending => "pending",
+            StepStatus::Deselected => "deselected",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub id: String,
+    pub model: Option<String>,
+    pub model_spec: Option<String>,
+    pub probe: String,
+    /// Directory relative to the run root.
+    pub dir: String,
+    /// The equivalent command line (after `engram`), `--out` pointing at the final directory.
+    pub command: Vec<String>,
+    /// The probe's parameters as given in the suite (defaults are in the step's manifest).
+    #[serde(default)]
+    pub params: serde_json::Value,
+    pub status: StepStatus,
+    /// Wall-clock seconds of this invocation's run of the step (none when not run).
+    pub seconds: Option<f64>,
+    /// The one-line error of a failed step.
+    pub error: Option<String>,
+}
+
+/// `batch.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    pub suite: String,
+    pub suite_file: String,
+    pub engram_version: String,
+    pub git_commit: String,
+    pub only_model: Option<String>,
+    pub started: String,
+    pub finished: Option<String>,
+    pub seconds: f64,
+    pub steps: Vec<StepRecord>,
+}
+
+impl BatchRecord {
+    pub fn count(&self, s: StepStatus) -> usize {
+        self.steps.iter().filter(|x| x.status == s).count()
+    }
+
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::msg(format!("{}: {e}", path.display())))
+    }
+
+    pub fn write(&self, root: &Path) -> Result<()> {
+        let mut json = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::msg(format!("serializing {BATCH_FILE}: {e}")))?;
+        json.push('\n');
+        write_atomic(&root.join(BATCH_FILE), json.as_bytes())
+    }
+}
+
+/// The step's manifest if the directory is complete: a parsable manifest with `finished` set and
+/// every listed file present.
+pub fn complete_manifest(dir: &Path) -> Option<Manifest> {
+    let m = Manifest::read(&dir.join(MANIFEST_FILE)).ok()?;
+    m.finished.as_ref()?;
+    if m.files.iter().all(|f| dir.join(f).exists()) {
+        Some(m)
+    } else {
+        None
+    }
+}

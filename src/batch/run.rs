@@ -1,0 +1,389 @@
+//! Running a suite: plan, skip complete steps, run the rest model by model in this process,
+//! record `batch.json`, the run's manifest and `index.html`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::plan::{plan, PlannedStep};
+use super::record::{complete_manifest, BatchRecord, StepRecord, StepStatus};
+use super::suite::{load_suite, Suite};
+use super::{one_line, safe_name, write_index, BATCH_FILE, INDEX_FILE, SUITE_COPY};
+use crate::probes::{self, ModelUse, Session};
+use crate::report::manifest::{Manifest, MANIFEST_FILE};
+use crate::report::{now_rfc3339, write_atomic};
+use crate::{Error, Result};
+
+/// What a batch run was asked to do.
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    pub suite: PathBuf,
+    /// Run root; default `runs/<suite name>`.
+    pub out: Option<PathBuf>,
+    pub only_model: Option<String>,
+}
+
+impl BatchOptions {
+    /// The run root for `suite`.
+    pub fn root(&self, suite: &Suite) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| Path::new("runs").join(safe_name(&suite.name)))
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+/// Check a planned step: the probe exists, its parameters parse and its inputs exist.
+fn check_step(step: &PlannedStep) -> Result<Box<dyn probes::Step>> {
+    let s = probes::step(&step.probe, &step.params)?;
+    if s.model_use() == ModelUse::Required && step.spec.is_none() {
+        crate::bail!(
+            "probe `{}` needs a model: make the step per-model or give it `model`",
+            step.probe
+        );
+    }
+    Ok(s)
+}
+
+/// Run one planned step into its partial directory and rename it into place.
+fn run_step(step: &PlannedStep, root: &Path, suite: &str, session: &mut Session) -> Result<()> {
+    let dir = step.dir(root);
+    let partial = step.partial_dir(root);
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    }
+    let probe = check_step(step)?;
+    std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        probe.run(session, step.spec.as_ref(), &partial)
+    }));
+    let result = match result {
+        Ok(r) => r.map(|_| ()),
+        Err(p) => {
+            // A panic may leave the held model mid-use: drop it.
+            session.release();
+            Err(Error::msg(format!("panicked: {}", panic_message(&*p))))
+        }
+    };
+    let finish = result.and_then(|()| {
+        // Provenance: the batch's step in the step's manifest.
+        let mut m = Manifest::read(&partial.join(MANIFEST_FILE))?;
+        m.note(format!(
+            "batch: suite `{suite}`, step `{}`: engram {}",
+            step.id,
+            step.command_line(&dir).join(" ")
+        ));
+        m.write(&partial)?;
+        if dir.exists() {
+            // An incomplete directory (complete ones are skipped before we get here).
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        std::fs::rename(&partial, &dir).map_err(|e| Error::io(&dir, e))
+    });
+    if finish.is_err() && partial.exists() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    finish
+}
+
+/// The record of a plan before anything runs: complete steps are `Skipped`.
+fn initial_record(
+    suite: &Suite,
+    opts: &BatchOptions,
+    steps: &[PlannedStep],
+    root: &Path,
+) -> BatchRecord {
+    BatchRecord {
+        suite: suite.name.clone(),
+        suite_file: opts.suite.display().to_string(),
+        engram_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_commit: env!("ENGRAM_GIT_COMMIT").to_string(),
+        only_model: opts.only_model.clone(),
+        started: now_rfc3339(),
+        finished: None,
+        seconds: 0.0,
+        steps: steps
+            .iter()
+            .map(|s| StepRecord {
+                id: s.id.clone(),
+                model: s.model.as_ref().map(|m| m.name.clone()),
+                model_spec: s.model.as_ref().map(|m| m.spec.clone()),
+                probe: s.probe.clone(),
+                dir: s.id.clone(),
+                command: s.command_line(&s.dir(root)),
+                params: serde_json::Value::Object(s.params.clone()),
+                status: if complete_manifest(&s.dir(root)).is_some() {
+                    StepStatus::Skipped
+                } else {
+                    StepStatus::Pending
+                },
+                seconds: None,
+                error: None,
+            })
+            .collect(),
+    }
+}
+
+/// The suite, its root and its plan; an error for an unknown `--only-model`.
+fn prepare(opts: &BatchOptions) -> Result<(Suite, PathBuf, Vec<PlannedStep>)> {
+    let suite = load_suite(&opts.suite)?;
+    let root = opts.root(&suite);
+    if let Some(m) = &opts.only_model {
+        if !suite.models.iter().any(|x| &x.name == m || &x.spec == m) {
+            crate::bail!(
+                "--only-model {m}: suite `{}` has models {}",
+                suite.name,
+                suite
+                    .models
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let steps = plan(&suite, &root)?;
+    Ok((suite, root, steps))
+}
+
+fn selected(opts: &BatchOptions, s: &PlannedStep) -> bool {
+    match (&opts.only_model, &s.model) {
+        (Some(only), Some(m)) => &m.name == only || &m.spec == only,
+        _ => true,
+    }
+}
+
+/// One line of a dry run: what would happen to a step, its id and its command line.
+pub struct PlanLine {
+    pub action: &'static str,
+    pub id: String,
+    pub command: Vec<String>,
+}
+
+/// Check every step (probe, parameters, inputs) without running anything; an error lists the
+/// invalid steps.
+pub fn check_suite(opts: &BatchOptions) -> Result<Vec<PlanLine>> {
+    let (suite, root, steps) = prepare(opts)?;
+    let record = initial_record(&suite, opts, &steps, &root);
+    let mut invalid = vec![];
+    let mut lines = vec![];
+    for (s, r) in steps.iter().zip(&record.steps) {
+        let action = if let Err(e) = check_step(s) {
+            invalid.push(format!("{}: {}", s.id, one_line(&e.to_string())));
+            "INVALID"
+        } else if r.status == StepStatus::Skipped {
+            "skip (complete)"
+        } else if !selected(opts, s) {
+            "not selected"
+        } else {
+            "run"
+        };
+        lines.push(PlanLine {
+            action,
+            id: s.id.clone(),
+            command: r.command.clone(),
+        });
+    }
+    if !invalid.is_empty() {
+        crate::bail!(
+            "suite `{}`: {} invalid step(s): {}",
+            suite.name,
+            invalid.len(),
+            invalid.join("; ")
+        );
+    }
+    Ok(lines)
+}
+
+/// The order steps run in: each model's steps (models in suite order), then the model-free
+/// steps, so a model is loaded once.
+fn run_order(suite: &Suite, steps: &[PlannedStep]) -> Vec<usize> {
+    let mut order = vec![];
+    for m in &suite.models {
+        order.extend(
+            (0..steps.len()).filter(|&i| steps[i].model.as_ref().is_some_and(|x| x.name == m.name)),
+        );
+    }
+    order.extend((0..steps.len()).filter(|&i| steps[i].model.is_none()));
+    order
+}
+
+/// Run a suite: every selected step that is not complete on disk, then `batch.json`, the run's
+/// manifest and `index.html`. `on_step(done, total, record)` is called as each selected step
+/// ends or is skipped. Returns the record; the caller turns failed steps into an error.
+pub fn run_suite(
+    opts: &BatchOptions,
+    session: &mut Session,
+    on_step: &mut dyn FnMut(usize, usize, &StepRecord),
+) -> Result<BatchRecord> {
+    let (suite, root, steps) = prepare(opts)?;
+    // Every step is checked before the first runs: a typo fails the suite at once.
+    for s in &steps {
+        check_step(s).map_err(|e| {
+            Error::msg(format!(
+                "suite `{}`: step `{}`: {}",
+                suite.name,
+                s.id,
+                one_line(&e.to_string())
+            ))
+        })?;
+    }
+    let t0 = Instant::now();
+    let mut record = initial_record(&suite, opts, &steps, &root);
+    for (s, r) in steps.iter().zip(record.steps.iter_mut()) {
+        if r.status == StepStatus::Pending && !selected(opts, s) {
+            r.status = StepStatus::Deselected;
+        }
+    }
+    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    let suite_text = std::fs::read(&opts.suite).map_err(|e| Error::io(&opts.suite, e))?;
+    write_atomic(&root.join(SUITE_COPY), &suite_text)?;
+    record.write(&root)?;
+    let order: Vec<usize> = run_order(&suite, &steps)
+        .into_iter()
+        .filter(|&i| record.steps[i].status != StepStatus::Deselected)
+        .collect();
+    let n = order.len();
+    let mut last_model = None;
+    for (done, &i) in order.iter().enumerate() {
+        let step = &steps[i];
+        if record.steps[i].status == StepStatus::Skipped {
+            on_step(done + 1, n, &record.steps[i]);
+            continue;
+        }
+        if step.model.is_none() && last_model.is_some() {
+            // Model-free steps run without a model held.
+            session.release();
+            last_model = None;
+        }
+        if step.model.is_some() {
+            last_model = step.model.clone();
+        }
+        let t = Instant::now();
+        let r = run_step(step, &root, &suite.name, session);
+        let rec = &mut record.steps[i];
+        rec.seconds = Some(t.elapsed().as_secs_f64());
+        match r {
+            Ok(()) => rec.status = StepStatus::Ok,
+            Err(e) => {
+                rec.status = StepStatus::Failed;
+                rec.error = Some(one_line(&e.to_string()));
+            }
+        }
+        on_step(done + 1, n, rec);
+        record.seconds = t0.elapsed().as_secs_f64();
+        record.write(&root)?;
+        // The page shows the run so far (rewritten after every step).
+        write_index(&root, &suite, &record)?;
+    }
+    session.release();
+    record.finished = Some(now_rfc3339());
+    record.seconds = t0.elapsed().as_secs_f64();
+    record.write(&root)?;
+    write_root_manifest(&root, &suite, &record, opts)?;
+    write_index(&root, &suite, &record)?;
+    Ok(record)
+}
+
+/// The one-line error of a finished run with failed steps, naming them.
+pub fn failure(record: &BatchRecord, root: &Path) -> Option<String> {
+    let failed: Vec<&str> = record
+        .steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Failed)
+        .map(|s| s.id.as_str())
+        .collect();
+    (!failed.is_empty()).then(|| {
+        format!(
+            "batch `{}`: {} of {} steps failed ({}); see {}",
+            record.suite,
+            failed.len(),
+            record.steps.len(),
+            failed.join(", "),
+            root.join(BATCH_FILE).display()
+        )
+    })
+}
+
+/// The closing line of a run.
+pub fn summary_line(record: &BatchRecord, root: &Path) -> String {
+    format!(
+        "batch `{}`: {} ok, {} skipped, {} failed, {} pending{} in {:.1}s → {}",
+        record.suite,
+        record.count(StepStatus::Ok),
+        record.count(StepStatus::Skipped),
+        record.count(StepStatus::Failed),
+        record.count(StepStatus::Pending),
+        match record.count(StepStatus::Deselected) {
+            0 => String::new(),
+            d => format!(", {d} not selected"),
+        },
+        record.seconds,
+        root.join(INDEX_FILE).display()
+    )
+}
+
+/// `RUN/manifest.json`: the batch itself (suite, build, per-step timings of this invocation,
+/// the files at the root and every complete step's manifest).
+fn write_root_manifest(
+    root: &Path,
+    suite: &Suite,
+    record: &BatchRecord,
+    opts: &BatchOptions,
+) -> Result<()> {
+    let mut m = Manifest::new(
+        "batch",
+        serde_json::json!({
+            "suite": suite.name,
+            "suite_file": opts.suite.display().to_string(),
+            "models": suite.models.iter().map(|m| serde_json::json!({"name": m.name, "model": m.spec})).collect::<Vec<_>>(),
+            "only_model": opts.only_model,
+            "steps": record.steps.iter().map(|s| serde_json::json!({"id": s.id, "command": s.command})).collect::<Vec<_>>(),
+        }),
+    );
+    m.started = record.started.clone();
+    m.record_timing("batch", record.seconds);
+    m.finished = record.finished.clone();
+    for s in &record.steps {
+        if let Some(sec) = s.seconds {
+            m.record_timing(&s.id, sec);
+        }
+    }
+    m.add_file(SUITE_COPY);
+    m.add_file(BATCH_FILE);
+    m.add_file(INDEX_FILE);
+    for s in &record.steps {
+        if complete_manifest(&root.join(&s.dir)).is_some() {
+            m.add_file(format!("{}/{MANIFEST_FILE}", s.dir));
+        }
+    }
+    m.note(format!(
+        "{} ok, {} skipped (complete from an earlier run), {} failed, {} pending, {} not selected",
+        record.count(StepStatus::Ok),
+        record.count(StepStatus::Skipped),
+        record.count(StepStatus::Failed),
+        record.count(StepStatus::Pending),
+        record.count(StepStatus::Deselected)
+    ));
+    for s in record
+        .steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Failed)
+    {
+        m.note(format!(
+            "failed: {}: {}",
+            s.id,
+            s.error.as_deref().unwrap_or("")
+        ));
+    }
+    m.write(root)?;
+    Ok(())
+}

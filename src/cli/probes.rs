@@ -1,0 +1,751 @@
+//! The probes' flags: one clap struct per probe, turned into the probe's `Params` (the flags'
+//! names are the parameters' keys, see `tests/it/cli.rs`), run through the one runner.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::ModelArgs;
+use crate::model::ModelSpec;
+use crate::probes::cmr_fit::{CmrFit, CmrFitParams};
+use crate::probes::directions::{Directions, DirectionsParams};
+use crate::probes::heads::{AblationParams, Heads, HeadsParams};
+use crate::probes::neurons::{Neurons, NeuronsParams};
+use crate::probes::sae::probe::{self as sae, CollectOpts, EvalOpts, TrainOpts};
+use crate::probes::toy::{Toy, ToyParams};
+use crate::probes::{self, ParamMap, Probe, Session};
+use crate::Result;
+
+/// Run probe `P` into `out` and print its summary.
+pub fn run<P: Probe>(
+    session: &mut Session,
+    spec: Option<ModelSpec>,
+    params: &P::Params,
+    out: &std::path::Path,
+) -> Result<()> {
+    let outcome = probes::run::<P>(session, spec.as_ref(), params, out)?;
+    for line in &outcome.summary {
+        println!("{line}");
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// The output directory every probe takes.
+#[derive(Args, Debug, Clone)]
+pub struct OutArg {
+    /// Output directory (created; files are written atomically, manifest.json last)
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+fn heads_defaults() -> HeadsParams {
+    HeadsParams::default()
+}
+
+/// `engram heads`.
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Outputs in --out: heads.parquet (one row per head: scores and CMR fit), \
+lag_crp.parquet (lag-CRP per head and lag), tokens.parquet (the random sequences), ablation.parquet \
+(with --ablate), charts (induction_heatmap, cmr_distance_heatmap, cmr_share_per_layer, \
+induction_vs_cmr, lag_crp_top_heads, ablation; .png + .svg), manifest.json. Columns: docs/outputs.md.
+
+The first run without --cmr-table simulates CMR's lag-CRP table once (a few minutes) and caches it."
+)]
+pub struct HeadsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub out: OutArg,
+    /// Length n of the random sequence R (rows are [bos] + R + R)
+    #[arg(long, default_value_t = heads_defaults().seq_len)]
+    pub seq_len: usize,
+    /// Number of sequences
+    #[arg(long, default_value_t = heads_defaults().batch)]
+    pub batch: usize,
+    /// Sequences per forward pass (memory bound)
+    #[arg(long, default_value_t = heads_defaults().chunk)]
+    pub chunk: usize,
+    /// Seed of the random tokens and of the random-head control
+    #[arg(long, default_value_t = heads_defaults().seed)]
+    pub seed: u64,
+    /// CMR lag-CRP table (.npy [20,21,11,17]); default: engram's own simulation, cached
+    #[arg(long, value_name = "FILE")]
+    pub cmr_table: Option<PathBuf>,
+    /// Ablate the top 10% CMR-like heads vs random heads and report ICL scores
+    #[arg(long)]
+    pub ablate: bool,
+    /// Corpus for --ablate (.jsonl with "text", or .txt with blank-line separated documents)
+    #[arg(long, value_name = "FILE", default_value_os_t = heads_defaults().ablation.corpus)]
+    pub corpus: PathBuf,
+    /// Documents used by --ablate
+    #[arg(long, default_value_t = heads_defaults().ablation.docs)]
+    pub docs: usize,
+    /// Random head sets in the --ablate control
+    #[arg(long, default_value_t = heads_defaults().ablation.random_sets)]
+    pub random_sets: usize,
+}
+
+impl HeadsArgs {
+    pub fn params(&self) -> HeadsParams {
+        HeadsParams {
+            seq_len: self.seq_len,
+            batch: self.batch,
+            seed: self.seed,
+            chunk: self.chunk,
+            cmr_table: self.cmr_table.clone(),
+            ablate: self.ablate,
+            ablation: AblationParams {
+                corpus: self.corpus.clone(),
+                docs: self.docs,
+                random_sets: self.random_sets,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// `engram cmr-fit`.
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Outputs in --out: heads.parquet, lag_crp.parquet and the CMR charts, as \
+`heads` writes them (the scores a model would give are NaN), manifest.json."
+)]
+pub struct CmrFitArgs {
+    /// The head lag-CRP array (.npy [layers, heads, 16] over lags -8..+7)
+    #[arg(long, value_name = "FILE")]
+    pub crp: PathBuf,
+    /// CMR lag-CRP table (.npy [20,21,11,17]); default: engram's own simulation, cached
+    #[arg(long, value_name = "FILE")]
+    pub table: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutArg,
+}
+
+impl CmrFitArgs {
+    pub fn params(&self) -> CmrFitParams {
+        CmrFitParams {
+            crp: self.crp.clone(),
+            table: self.table.clone(),
+        }
+    }
+}
+
+fn toy_defaults() -> ToyParams {
+    ToyParams::default()
+}
+
+/// `engram toy`.
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Outputs in --out: model/ (Hugging Face folder), untrained/ (the same \
+initialisation, untrained), training.parquet, training_loss.png/.svg, heads/ (the head probe on the \
+trained model, clamp applied), manifest.json."
+)]
+pub struct ToyArgs {
+    #[command(flatten)]
+    pub out: OutArg,
+    /// Training steps
+    #[arg(long, default_value_t = toy_defaults().steps)]
+    pub steps: usize,
+    /// Seed of the weights (and seed + 1 of the training data)
+    #[arg(long, default_value_t = toy_defaults().seed)]
+    pub seed: u64,
+    /// Clamp this head to a perfect previous-token pattern during training and probing, as
+    /// LAYER:HEAD (e.g. 0:0): the "optogenetic" knob of Singh et al. 2024
+    #[arg(long, value_name = "LAYER:HEAD")]
+    pub clamp: Option<String>,
+    /// Learning rate (AdamW)
+    #[arg(long, default_value_t = toy_defaults().lr)]
+    pub lr: f64,
+    /// Sequences per step
+    #[arg(long, default_value_t = toy_defaults().batch)]
+    pub batch: usize,
+    /// Longest repeated sequence R of the training rows (rows are 2·seq_len + 1 tokens); also the
+    /// probe's sequence length
+    #[arg(long, default_value_t = toy_defaults().seq_len)]
+    pub seq_len: usize,
+    /// Shortest R of the training rows
+    #[arg(long, default_value_t = toy_defaults().min_seq_len)]
+    pub min_seq_len: usize,
+    /// Attention heads per layer
+    #[arg(long, default_value_t = toy_defaults().heads)]
+    pub heads: usize,
+    /// Layers
+    #[arg(long, default_value_t = toy_defaults().layers)]
+    pub layers: usize,
+    /// Vocabulary size (token 0 is BOS)
+    #[arg(long, default_value_t = toy_defaults().vocab)]
+    pub vocab: usize,
+    /// CMR lag-CRP table for the head probe (.npy [20,21,11,17]); default: engram's own
+    /// simulation, cached
+    #[arg(long, value_name = "FILE")]
+    pub cmr_table: Option<PathBuf>,
+}
+
+impl ToyArgs {
+    pub fn params(&self) -> ToyParams {
+        ToyParams {
+            steps: self.steps,
+            seed: self.seed,
+            clamp: self.clamp.clone(),
+            lr: self.lr,
+            batch: self.batch,
+            seq_len: self.seq_len,
+            min_seq_len: self.min_seq_len,
+            heads: self.heads,
+            layers: self.layers,
+            vocab: self.vocab,
+            cmr_table: self.cmr_table.clone(),
+        }
+    }
+}
+
+fn neurons_defaults() -> NeuronsParams {
+    NeuronsParams::default()
+}
+
+/// `engram neurons`.
+#[derive(Args, Debug, Clone)]
+#[command(
+    long_about = "Relation-specific neurons (Liu et al., EMNLP 2025; docs/methods.md, relation neurons).
+
+For every LRE relation: prompts from the relation's first template, greedy answers checked \
+against the object (case-insensitive prefix), a detection set and a disjoint evaluation set of \
+subjects. Each gate_proj / up_proj / down_proj output unit of every layer is scored by the \
+average precision of its mean response separating the relation's correctly answered detection \
+prompts from 4x as many of other relations'; the top k are the relation's neurons. They are then \
+zeroed at every position and the accuracy drop is measured on every relation's evaluation set \
+(drop matrix, cumulative curve over k, random-neuron control, interference = negative drops).
+
+Relations the model almost never answers correctly are reported (relations.parquet, manifest \
+notes) and skipped.",
+    after_help = "Outputs in --out: neurons.parquet, deactivation.parquet, overlap.parquet, \
+relations.parquet, prompts.parquet, neurons_per_layer / drop_heatmap / cumulative_k / overlap_heatmap \
+(.png, .svg), manifest.json. Columns: docs/outputs.md."
+)]
+pub struct NeuronsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub out: OutArg,
+    /// Folder of LRE relation files (*.json with name, prompt_templates, samples)
+    #[arg(long, value_name = "DIR", default_value_os_t = neurons_defaults().relations)]
+    pub relations: PathBuf,
+    /// Only these relations (file stems, comma separated, e.g. company_hq,country_capital_city)
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub only: Vec<String>,
+    /// Neurons per relation requested (the paper's 3000 for Llama-2-7B); capped by --k-share
+    #[arg(long, default_value_t = neurons_defaults().k)]
+    pub k: usize,
+    /// Cap k at this share of all gate+up+down units (default: the paper's share of Llama-2-7B,
+    /// 3000 / 835,584; e.g. k = 392 for SmolLM2-135M, 306 for Gemma-3-270M)
+    #[arg(long, default_value_t = neurons_defaults().k_share)]
+    pub k_share: f64,
+    /// Multiples of k for the cumulative curve (own relation and random control), comma separated
+    #[arg(long, value_delimiter = ',', default_values_t = neurons_defaults().k_multiples)]
+    pub k_multiples: Vec<f64>,
+    /// Evaluation facts per relation (at most half of the relation's subjects)
+    #[arg(long, default_value_t = neurons_defaults().eval_per_relation)]
+    pub eval_per_relation: usize,
+    /// Subjects used per relation after the seeded shuffle (evaluation + detection); 0 = all
+    #[arg(long, default_value_t = neurons_defaults().max_prompts)]
+    pub max_prompts: usize,
+    /// Skip a relation whose evaluation accuracy is below this
+    #[arg(long, default_value_t = neurons_defaults().min_accuracy)]
+    pub min_accuracy: f64,
+    /// Skip a relation with fewer correctly answered detection prompts than this
+    #[arg(long, default_value_t = neurons_defaults().min_correct)]
+    pub min_correct: usize,
+    /// Negatives per positive (from other relations' correct detection prompts)
+    #[arg(long, default_value_t = neurons_defaults().neg_ratio)]
+    pub neg_ratio: usize,
+    /// Prompts per forward pass / generation batch
+    #[arg(long, default_value_t = neurons_defaults().batch_size)]
+    pub batch_size: usize,
+    /// Cap on generated tokens per prompt (each generates len(object) + 2 tokens, at most this)
+    #[arg(long, default_value_t = neurons_defaults().max_new_tokens)]
+    pub max_new_tokens: usize,
+    /// Include the BOS token in the mean response
+    #[arg(long)]
+    pub include_bos: bool,
+    /// Seed of the subject split, the negatives and the random control
+    #[arg(long, default_value_t = neurons_defaults().seed)]
+    pub seed: u64,
+}
+
+impl NeuronsArgs {
+    pub fn params(&self) -> NeuronsParams {
+        NeuronsParams {
+            relations: self.relations.clone(),
+            only: self.only.clone(),
+            k: self.k,
+            k_share: self.k_share,
+            eval_per_relation: self.eval_per_relation,
+            max_prompts: self.max_prompts,
+            seed: self.seed,
+            batch_size: self.batch_size,
+            max_new_tokens: self.max_new_tokens,
+            neg_ratio: self.neg_ratio,
+            min_correct: self.min_correct,
+            min_accuracy: self.min_accuracy,
+            k_multiples: self.k_multiples.clone(),
+            include_bos: self.include_bos,
+        }
+    }
+}
+
+fn directions_defaults() -> DirectionsParams {
+    DirectionsParams::default()
+}
+
+/// `engram directions`. The sizes are optional: unset ones take the probe's defaults, which
+/// are smaller for `--toy-pair`.
+#[derive(Args, Debug, Clone, serde::Serialize)]
+#[command(
+    after_help = "Outputs in --out: truth.parquet, refusal.parquet, refusal_candidates.parquet, \
+completions.parquet, patching.parquet, entropy.parquet, comparison.parquet (with --compare or \
+--toy-pair), their charts (.png, .svg), manifest.json; toy/ with --toy-pair. Columns: \
+docs/outputs.md. Unset sizes take the defaults shown in docs/directions.md (smaller ones with \
+--toy-pair)."
+)]
+pub struct DirectionsArgs {
+    #[command(flatten)]
+    #[serde(skip)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub out: OutArg,
+    /// A second model of the same width to compare with (e.g. the post-trained version of --model)
+    #[arg(long, value_name = "MODEL")]
+    pub compare: Option<String>,
+    /// Run only these parts (comma separated): truth, refusal, patching, entropy [default: all]
+    #[arg(long, value_delimiter = ',', value_name = "PARTS")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<String>,
+    /// Train the toy base / post-trained pair, save it under OUT/toy/ and compare the two
+    /// (ignores --model, --compare and --data)
+    #[arg(long)]
+    pub toy_pair: bool,
+    /// Training steps of the toy pair (base, then half as many of post-training)
+    #[arg(long, default_value_t = directions_defaults().toy_steps)]
+    pub toy_steps: usize,
+    /// Dataset folder (statements/*.csv, instructions/harmful.csv, instructions/harmless.csv)
+    #[arg(long, value_name = "DIR", default_value_os_t = directions_defaults().data)]
+    pub data: PathBuf,
+    /// Main statement dataset (statements/NAME.csv)
+    #[arg(long, default_value_t = directions_defaults().truth_dataset)]
+    pub truth_dataset: String,
+    /// Held-out statement datasets (comma separated)
+    #[arg(long, value_delimiter = ',', default_values_t = directions_defaults().heldout)]
+    pub heldout: Vec<String>,
+    /// Seed of the statement and instruction samples
+    #[arg(long, default_value_t = directions_defaults().seed)]
+    pub seed: u64,
+    /// Prompts per forward pass
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Training statements (balanced true / false)
+    #[arg(long)]
+    pub n_train: Option<usize>,
+    /// Test statements (balanced true / false)
+    #[arg(long)]
+    pub n_test: Option<usize>,
+    /// Statements per held-out dataset
+    #[arg(long)]
+    pub n_heldout: Option<usize>,
+    /// Few-shot examples before "This statement is:"
+    #[arg(long)]
+    pub shots: Option<usize>,
+    /// Statements intervened on
+    #[arg(long)]
+    pub n_intervene: Option<usize>,
+    /// Layers of the truth intervention, START:END (end exclusive) [default: the second quarter]
+    #[arg(long, value_name = "START:END")]
+    pub band: Option<String>,
+    /// Layer of the refusal direction (resid_pre of block L; L = layers is the final residual);
+    /// default: chosen by ablation among --refusal-range of the depth (with the position)
+    #[arg(long)]
+    pub refusal_layer: Option<usize>,
+    /// Position of the refusal direction from the end (0 = last token); default: chosen among
+    /// the post-instruction positions (the chat template's end-of-turn / assistant-start tokens)
+    #[arg(long)]
+    pub refusal_position: Option<usize>,
+    /// Candidate refusal directions (lowest bypass score) also tested for addition and KL
+    #[arg(long)]
+    pub refusal_top_k: Option<usize>,
+    /// Candidate refusal layers as a relative depth range A:B of 0..=layers [default: 0.2:0.8]
+    #[arg(long, value_name = "A:B")]
+    pub refusal_range: Option<String>,
+    /// Harmful / harmless training instructions (each) held back to select the refusal direction
+    #[arg(long)]
+    pub refusal_select_n: Option<usize>,
+    /// Harmful / harmless instructions (each) for the refusal direction
+    #[arg(long)]
+    pub n_refusal_train: Option<usize>,
+    /// Held-out harmful / harmless instructions (each) for the refusal rates
+    #[arg(long)]
+    pub n_refusal_test: Option<usize>,
+    /// Tokens generated per instruction
+    #[arg(long)]
+    pub max_new: Option<usize>,
+    /// Coefficient of the activation addition [default: ‖mean harmful − mean harmless‖]
+    #[arg(long)]
+    pub addition_coef: Option<f64>,
+    /// Do not wrap instructions in the chat template
+    #[arg(long)]
+    #[serde(skip)]
+    pub no_chat: bool,
+    /// True/false pairs in the patching map
+    #[arg(long)]
+    pub patch_pairs: Option<usize>,
+    /// Positions from the end in the patching map
+    #[arg(long)]
+    pub patch_positions: Option<usize>,
+}
+
+impl DirectionsArgs {
+    /// The given options over the probe's defaults (the toy pair's with `--toy-pair`).
+    pub fn params(&self) -> Result<DirectionsParams> {
+        let v = serde_json::to_value(self)
+            .map_err(|e| crate::Error::msg(format!("directions: {e}")))?;
+        let mut given: ParamMap = v
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if self.no_chat {
+            given.insert("chat".into(), false.into());
+        }
+        probes::parse::<Directions>(&given)
+    }
+}
+
+/// `engram sae ...`.
+#[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+pub enum SaeCommand {
+    /// Stream activations of one hook point over a corpus into a sharded, shuffled store (resumes)
+    #[command(after_help = "Outputs in --out: store.json, shard_*.safetensors, manifest.json.")]
+    Collect {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Hook point, e.g. blocks.15.hook_resid_post
+        #[arg(long)]
+        hook: String,
+        #[command(flatten)]
+        collect: CollectFlags,
+        #[command(flatten)]
+        out: OutArg,
+    },
+    /// Train one SAE on a store (SAELens layout: cfg.json + sae_weights.safetensors)
+    #[command(after_help = "Outputs in --out: cfg.json, sae_weights.safetensors, \
+train_report.json, training.png/.svg, manifest.json.")]
+    Train {
+        /// The activation store (a `sae collect` output)
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        /// SAE architecture: threshold (JumpReLU), topk or relu
+        #[arg(long, default_value = "threshold", value_parser = ["threshold", "topk", "relu"])]
+        kind: String,
+        #[command(flatten)]
+        train: TrainFlags,
+        #[command(flatten)]
+        out: OutArg,
+    },
+    /// R², MSE, L0, dead latents, atoms (AIP coherence, q*), and CE recovered / KL with --model
+    #[command(
+        after_help = "Outputs in --out (default <first SAE>/eval): metrics.parquet, \
+latents.parquet, atoms.parquet, charts, manifest.json. Columns: docs/outputs.md."
+    )]
+    Eval {
+        /// SAE directories (engram or SAELens layout), repeatable
+        #[arg(long, required = true, value_name = "DIR")]
+        sae: Vec<PathBuf>,
+        /// The activation store the SAEs were trained on
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        /// Model for CE-loss recovered and KL (and token strings)
+        #[arg(long, short = 'm')]
+        model: Option<String>,
+        /// Corpus for CE / KL (documents after those the store consumed)
+        #[arg(long, value_name = "FILE", default_value_os_t = sae::EvalArgs::default().corpus)]
+        corpus: PathBuf,
+        #[command(flatten)]
+        eval: EvalFlags,
+        /// Output directory (default: <first SAE>/eval)
+        #[arg(long, short = 'o', value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// collect → train each kind (threshold, topk, relu; same data and budget) → eval
+    #[command(
+        after_help = "Outputs in --out: store/, one folder per trained SAE (threshold/, \
+topk/, relu/, or <kind>_x<m>/ with --sweep), eval/, each with its manifest; manifest.json."
+    )]
+    Run {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Layer of blocks.L.hook_resid_post [default: the middle layer]
+        #[arg(long)]
+        layer: Option<usize>,
+        /// Hook point (overrides --layer)
+        #[arg(long)]
+        hook: Option<String>,
+        #[command(flatten)]
+        collect: CollectFlags,
+        #[command(flatten)]
+        train: TrainFlags,
+        #[command(flatten)]
+        eval: EvalFlags,
+        /// Kinds to train, comma-separated
+        #[arg(long, value_delimiter = ',', default_value = "threshold,topk,relu")]
+        kinds: Vec<String>,
+        /// Sparsity multipliers: each kind is trained once per value (λ₀ and λ₁ times it, k
+        /// divided by it), for R² vs L0 curves
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        sweep: Vec<f64>,
+        #[command(flatten)]
+        out: OutArg,
+    },
+}
+
+fn collect_defaults() -> CollectOpts {
+    CollectOpts::default()
+}
+
+/// Collection flags shared by `collect` and `run`.
+#[derive(Args, Debug, Clone)]
+pub struct CollectFlags {
+    /// Corpus (.jsonl with "text", or .txt with blank-line separated documents)
+    #[arg(long, value_name = "FILE", default_value_os_t = collect_defaults().corpus)]
+    pub corpus: PathBuf,
+    /// Number of activations (BOS and pad positions excluded)
+    #[arg(long, default_value_t = collect_defaults().tokens)]
+    pub tokens: usize,
+    /// Activations per shard
+    #[arg(long, default_value_t = collect_defaults().shard_size)]
+    pub shard_size: usize,
+    /// Shards per shuffled round (the in-memory buffer is shard_size × this)
+    #[arg(long, default_value_t = collect_defaults().shards_per_round)]
+    pub shards_per_round: usize,
+    /// Tokens per forward window (BOS included)
+    #[arg(long, default_value_t = collect_defaults().context)]
+    pub context: usize,
+    /// Windows per forward pass
+    #[arg(long, default_value_t = collect_defaults().forward_batch)]
+    pub forward_batch: usize,
+    /// Seed of the shuffle
+    #[arg(long, default_value_t = collect_defaults().seed)]
+    pub seed: u64,
+}
+
+impl CollectFlags {
+    pub fn opts(&self) -> CollectOpts {
+        CollectOpts {
+            corpus: self.corpus.clone(),
+            tokens: self.tokens,
+            shard_size: self.shard_size,
+            shards_per_round: self.shards_per_round,
+            context: self.context,
+            forward_batch: self.forward_batch,
+            seed: self.seed,
+        }
+    }
+}
+
+fn train_defaults() -> TrainOpts {
+    TrainOpts::default()
+}
+
+/// Trainer flags shared by `train` and `run`.
+#[derive(Args, Debug, Clone)]
+pub struct TrainFlags {
+    /// Training steps
+    #[arg(long, default_value_t = train_defaults().steps)]
+    pub steps: usize,
+    /// Activations per step
+    #[arg(long, default_value_t = train_defaults().batch_size)]
+    pub batch_size: usize,
+    /// Adam learning rate
+    #[arg(long, default_value_t = train_defaults().lr)]
+    pub lr: f64,
+    /// Dictionary size [default: --expansion × d]
+    #[arg(long)]
+    pub dict_size: Option<usize>,
+    /// Dictionary size as a multiple of d
+    #[arg(long, default_value_t = train_defaults().expansion)]
+    pub expansion: usize,
+    /// λ of the L0 penalty (threshold), in units of E‖x‖² = d
+    #[arg(long, default_value_t = train_defaults().l0_coeff)]
+    pub l0_coeff: f64,
+    /// Bandwidth ε of the threshold's straight-through estimator
+    #[arg(long, default_value_t = train_defaults().bandwidth)]
+    pub bandwidth: f64,
+    /// Initial threshold τ (normalised units)
+    #[arg(long, default_value_t = train_defaults().init_threshold)]
+    pub init_threshold: f64,
+    /// Learning rate of log τ as a multiple of --lr (threshold)
+    #[arg(long, default_value_t = train_defaults().threshold_lr_mult)]
+    pub threshold_lr_mult: f64,
+    /// Active latents per sample (topk)
+    #[arg(long, default_value_t = train_defaults().k)]
+    pub k: usize,
+    /// λ₁ of the L1 penalty (relu)
+    #[arg(long, default_value_t = train_defaults().l1_coeff)]
+    pub l1_coeff: f64,
+    /// Save a checkpoint every N steps (0 = never)
+    #[arg(long, default_value_t = train_defaults().checkpoint_every)]
+    pub checkpoint_every: usize,
+    /// Seed of the initialisation and the batch order (`--seed` is the collection's)
+    #[arg(long, default_value_t = train_defaults().train_seed)]
+    pub train_seed: u64,
+}
+
+impl TrainFlags {
+    pub fn opts(&self) -> TrainOpts {
+        TrainOpts {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            dict_size: self.dict_size,
+            expansion: self.expansion,
+            l0_coeff: self.l0_coeff,
+            bandwidth: self.bandwidth,
+            init_threshold: self.init_threshold,
+            threshold_lr_mult: self.threshold_lr_mult,
+            k: self.k,
+            l1_coeff: self.l1_coeff,
+            checkpoint_every: self.checkpoint_every,
+            train_seed: self.train_seed,
+        }
+    }
+}
+
+fn eval_defaults() -> EvalOpts {
+    EvalOpts::default()
+}
+
+/// Evaluation flags shared by `eval` and `run`.
+#[derive(Args, Debug, Clone)]
+pub struct EvalFlags {
+    /// Windows scored for CE / KL (×2)
+    #[arg(long, default_value_t = eval_defaults().ce_docs)]
+    pub ce_docs: usize,
+    /// Tokens per CE / KL window
+    #[arg(long, default_value_t = eval_defaults().ce_context)]
+    pub ce_context: usize,
+    /// Activations for S̃ = (E[m mᵀ] + εI)⁻¹
+    #[arg(long, default_value_t = eval_defaults().atom_samples)]
+    pub atom_samples: usize,
+    /// Held-out activations for R², MSE, L0
+    #[arg(long, default_value_t = eval_defaults().eval_samples)]
+    pub eval_samples: usize,
+}
+
+impl EvalFlags {
+    pub fn opts(&self) -> EvalOpts {
+        EvalOpts {
+            ce_docs: self.ce_docs,
+            ce_context: self.ce_context,
+            atom_samples: self.atom_samples,
+            eval_samples: self.eval_samples,
+        }
+    }
+}
+
+/// Run one `engram sae ...` command.
+pub fn sae(cmd: SaeCommand, session: &mut Session) -> Result<()> {
+    match cmd {
+        SaeCommand::Collect {
+            model,
+            hook,
+            collect,
+            out,
+        } => {
+            let p = sae::CollectArgs {
+                hook,
+                collect: collect.opts(),
+            };
+            run::<sae::Collect>(session, Some(model.spec()), &p, &out.out)
+        }
+        SaeCommand::Train {
+            store,
+            kind,
+            train,
+            out,
+        } => {
+            let p = sae::TrainArgs {
+                store,
+                kind,
+                train: train.opts(),
+            };
+            run::<sae::Train>(session, None, &p, &out.out)
+        }
+        SaeCommand::Eval {
+            sae: dirs,
+            store,
+            model,
+            corpus,
+            eval,
+            out,
+        } => {
+            let out = out.unwrap_or_else(|| dirs[0].join("eval"));
+            let p = sae::EvalArgs {
+                sae: dirs,
+                store,
+                corpus,
+                eval: eval.opts(),
+            };
+            run::<sae::Eval>(session, model.map(ModelSpec::of), &p, &out)
+        }
+        SaeCommand::Run {
+            model,
+            layer,
+            hook,
+            collect,
+            train,
+            eval,
+            kinds,
+            sweep,
+            out,
+        } => {
+            let p = sae::RunArgs {
+                layer,
+                hook,
+                collect: collect.opts(),
+                train: train.opts(),
+                eval: eval.opts(),
+                kinds,
+                sweep,
+            };
+            run::<sae::Run>(session, Some(model.spec()), &p, &out.out)
+        }
+    }
+}
+
+/// Run `engram heads | cmr-fit | toy | neurons | directions`.
+pub fn heads(a: &HeadsArgs, session: &mut Session) -> Result<()> {
+    run::<Heads>(session, Some(a.model.spec()), &a.params(), &a.out.out)
+}
+
+pub fn cmr_fit(a: &CmrFitArgs, session: &mut Session) -> Result<()> {
+    run::<CmrFit>(session, None, &a.params(), &a.out.out)
+}
+
+pub fn toy(a: &ToyArgs, session: &mut Session) -> Result<()> {
+    run::<Toy>(session, None, &a.params(), &a.out.out)
+}
+
+pub fn neurons(a: &NeuronsArgs, session: &mut Session) -> Result<()> {
+    run::<Neurons>(session, Some(a.model.spec()), &a.params(), &a.out.out)
+}
+
+pub fn directions(a: &DirectionsArgs, session: &mut Session) -> Result<()> {
+    let p = a.params()?;
+    run::<Directions>(session, Some(a.model.spec()), &p, &a.out.out)
+}

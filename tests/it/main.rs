@@ -1,0 +1,19 @@
+//! engram's integration tests: one binary, a module per topic (shared helpers in `common`).
+//! Model tests need `scripts/fetch-models.sh`; without the models they are skipped with a
+//! message, unless ENGRAM_REQUIRE_MODELS=1.
+
+mod batch;
+mod cli;
+mod cmr;
+mod common;
+mod directions;
+mod heads;
+mod heads_reference;
+mod hooks;
+mod hub;
+mod neurons;
+mod parity;
+mod real_models;
+mod sae;
+mod tokenizer;
+mod toy_induction;
