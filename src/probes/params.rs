@@ -6,7 +6,7 @@
 use std::fmt::Display;
 use std::str::FromStr;
 
-use serde::de::Deserializer;
+use serde::de::{DeserializeOwned, Deserializer};
 use serde::Deserialize;
 
 use super::Probe;
@@ -18,9 +18,9 @@ pub type ParamMap = serde_json::Map<String, serde_json::Value>;
 /// `P`'s parameters: its defaults (see [`Probe::defaults`]) with `given` laid over them. A key
 /// the defaults do not have is an error naming the known keys.
 pub fn parse<P: Probe>(given: &ParamMap) -> Result<P::Params> {
-    let base = P::defaults(given);
-    let mut v = serde_json::to_value(&base)
+    let base = serde_json::to_value(P::defaults(given))
         .map_err(|e| crate::Error::msg(format!("{}: parameters: {e}", P::NAME)))?;
+    let mut v = base.clone();
     let obj = v
         .as_object_mut()
         .ok_or_else(|| crate::Error::msg(format!("{}: parameters are not a table", P::NAME)))?;
@@ -38,68 +38,87 @@ pub fn parse<P: Probe>(given: &ParamMap) -> Result<P::Params> {
         }
         obj.insert(key, val.clone());
     }
-    serde_json::from_value(v).map_err(|e| crate::Error::msg(format!("{}: {e}", P::NAME)))
+    serde_json::from_value(v).map_err(|e| {
+        // Name the parameter: the first given key that fails on its own.
+        let culprit = given.iter().find(|(k, val)| {
+            let mut one = base.clone();
+            if let Some(o) = one.as_object_mut() {
+                o.insert(k.replace('-', "_"), (*val).clone());
+            }
+            serde_json::from_value::<P::Params>(one).is_err()
+        });
+        match culprit {
+            Some((k, val)) => crate::Error::msg(format!(
+                "{}: --{} {}: {e}",
+                P::NAME,
+                k.replace('_', "-"),
+                match val {
+                    serde_json::Value::String(s) => s.clone(),
+                    x => x.to_string(),
+                }
+            )),
+            None => crate::Error::msg(format!("{}: {e}", P::NAME)),
+        }
+    })
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ListOrText<T> {
-    List(Vec<T>),
-    Text(String),
-}
-
-fn parse_item<T: FromStr, E: serde::de::Error>(s: &str) -> std::result::Result<T, E>
+/// One item: a string is parsed with `FromStr`, anything else deserialized as `T`.
+fn item<T, E>(v: serde_json::Value) -> std::result::Result<T, E>
 where
+    T: FromStr + DeserializeOwned,
     T::Err: Display,
+    E: serde::de::Error,
 {
-    s.trim()
-        .parse()
-        .map_err(|e| E::custom(format!("`{}`: {e}", s.trim())))
+    match v {
+        serde_json::Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|e| E::custom(format!("`{}`: {e}", s.trim()))),
+        x => serde_json::from_value(x).map_err(E::custom),
+    }
+}
+
+/// Items of a list given as an array or as a string split at `sep`.
+fn items<T, E>(v: serde_json::Value, sep: char) -> std::result::Result<Vec<T>, E>
+where
+    T: FromStr + DeserializeOwned,
+    T::Err: Display,
+    E: serde::de::Error,
+{
+    match v {
+        serde_json::Value::Array(a) => a.into_iter().map(item::<T, E>).collect(),
+        serde_json::Value::String(s) => s
+            .split(sep)
+            .filter(|x| !x.trim().is_empty())
+            .map(|x| item::<T, E>(serde_json::Value::String(x.to_string())))
+            .collect(),
+        x => Err(E::custom(format!(
+            "expected a list or a `{sep}`-separated string, got {x}"
+        ))),
+    }
 }
 
 /// A list given as an array or as a comma-separated string.
 pub fn comma_list<'de, D, T>(d: D) -> std::result::Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
-    T: FromStr + Deserialize<'de>,
+    T: FromStr + DeserializeOwned,
     T::Err: Display,
 {
-    match ListOrText::<T>::deserialize(d)? {
-        ListOrText::List(v) => Ok(v),
-        ListOrText::Text(s) => s
-            .split(',')
-            .filter(|x| !x.trim().is_empty())
-            .map(parse_item::<T, D::Error>)
-            .collect(),
-    }
+    items(serde_json::Value::deserialize(d)?, ',')
 }
 
-fn split_pair<T, E>(items: Vec<T>, text: &str) -> std::result::Result<(T, T), E>
+fn pair_of<T, E>(v: serde_json::Value) -> std::result::Result<(T, T), E>
 where
+    T: FromStr + DeserializeOwned,
+    T::Err: Display,
     E: serde::de::Error,
 {
-    let mut it = items.into_iter();
+    let text = v.to_string();
+    let mut it = items::<T, E>(v, ':')?.into_iter();
     match (it.next(), it.next(), it.next()) {
         (Some(a), Some(b), None) => Ok((a, b)),
-        _ => Err(E::custom(format!("`{text}`: expected A:B"))),
-    }
-}
-
-fn pair_of<'de, D, T>(v: ListOrText<T>) -> std::result::Result<(T, T), D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr,
-    T::Err: Display,
-{
-    match v {
-        ListOrText::List(items) => split_pair::<T, D::Error>(items, "[..]"),
-        ListOrText::Text(s) => {
-            let items = s
-                .split(':')
-                .map(parse_item::<T, D::Error>)
-                .collect::<std::result::Result<Vec<T>, _>>()?;
-            split_pair::<T, D::Error>(items, &s)
-        }
+        _ => Err(E::custom(format!("{text}: expected A:B"))),
     }
 }
 
@@ -107,22 +126,22 @@ where
 pub fn pair<'de, D, T>(d: D) -> std::result::Result<(T, T), D::Error>
 where
     D: Deserializer<'de>,
-    T: FromStr + Deserialize<'de>,
+    T: FromStr + DeserializeOwned,
     T::Err: Display,
 {
-    pair_of::<D, T>(ListOrText::deserialize(d)?)
+    pair_of(serde_json::Value::deserialize(d)?)
 }
 
 /// An optional range given as `"A:B"`, `[A, B]` or null.
 pub fn opt_pair<'de, D, T>(d: D) -> std::result::Result<Option<(T, T)>, D::Error>
 where
     D: Deserializer<'de>,
-    T: FromStr + Deserialize<'de>,
+    T: FromStr + DeserializeOwned,
     T::Err: Display,
 {
-    match Option::<ListOrText<T>>::deserialize(d)? {
-        None => Ok(None),
-        Some(v) => pair_of::<D, T>(v).map(Some),
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(None),
+        v => pair_of(v).map(Some),
     }
 }
 

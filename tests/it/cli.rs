@@ -1,4 +1,5 @@
-//! The binary: one-line errors with a non-zero exit for bad input, and the `cache` command.
+//! The binary: one-line errors with a non-zero exit for bad input; `cache`, `info`, `tokenize`
+//! and `generate` on a real model; help on every option; built-in data from any directory.
 
 use crate::common::*;
 
@@ -180,7 +181,183 @@ fn hook_errors_and_cache_output_on_a_real_model() {
     assert_eq!(t["blocks.3.attn.hook_pattern"].dims()[..3], [2, 9, 2]);
     assert_eq!(t.len(), 30 + 1 + 2);
     assert!(out.join("manifest.json").is_file());
-    let (code, stdout, _) = engram(&["info", "--model", "smollm2"]);
+    // tokens.parquet: one row per real token, with the token strings.
+    let df = engram::report::table::read_parquet(&out.join("tokens.parquet")).unwrap();
+    let strs: Vec<String> = df
+        .column("token_str")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|x| x.unwrap_or_default().to_string())
+        .collect();
+    assert!(strs.concat().starts_with("The Eiffel Tower"), "{strs:?}");
+    let (code, stdout, _) = engram(&["info", "--model", "smollm2", "--hooks"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("layers       30"));
+    for debug in ["Some(", "None", "F32", "Llama3 {"] {
+        assert!(
+            !stdout.contains(debug),
+            "info prints a debug form {debug}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("blocks.0.hook_resid_post") && stdout.contains("[B, T, 576]"));
+    assert!(stdout.contains("blocks.3.attn.hook_pattern") && stdout.contains("[B, 9, T, S]"));
+    // tokenize: ids and token strings.
+    let (code, stdout, err) = engram(&["tokenize", "--model", "smollm2", "-p", "Hello world"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("\"Hello\"") && stdout.contains("\" world\""),
+        "{stdout}"
+    );
+    // generate: seeded sampling repeats, greedy is the default, --logprobs prints the top tokens.
+    let gen = |extra: &[&str]| {
+        let mut a = vec![
+            "generate",
+            "--model",
+            "smollm2",
+            "-p",
+            "Once upon a time",
+            "-n",
+            "6",
+        ];
+        a.extend_from_slice(extra);
+        let (code, stdout, err) = engram(&a);
+        assert_eq!(code, 0, "{err}");
+        stdout
+    };
+    let hot = ["--temperature", "1.5", "--seed", "3"];
+    assert_eq!(gen(&hot), gen(&hot));
+    assert_eq!(gen(&[]), gen(&["--temperature", "0"]));
+    let lp = gen(&["--logprobs", "3"]);
+    assert_eq!(lp.lines().count(), 1 + 6, "{lp}");
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            "smollm2",
+            "-p",
+            "x",
+            "--temperature",
+            "-1",
+        ],
+        "--temperature",
+    );
+}
+
+/// Every option of every subcommand explains itself, and a probe's flags are its parameters'
+/// keys (so a suite's `args` and the command line use the same names).
+#[test]
+fn every_option_has_help_and_probe_flags_are_parameters() {
+    use clap::CommandFactory;
+    fn walk(c: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
+        for sub in c.get_subcommands() {
+            let p = format!("{path} {}", sub.get_name()).trim().to_string();
+            out.push((p.clone(), sub.clone()));
+            walk(sub, &p, out);
+        }
+    }
+    let root = engram::cli::Cli::command();
+    let mut cmds = vec![];
+    walk(&root, "", &mut cmds);
+    let mut missing = vec![];
+    for (name, c) in &cmds {
+        if c.get_about().is_none() && c.get_name() != "help" {
+            missing.push(format!("{name}: no about"));
+        }
+        for a in c.get_arguments() {
+            let id = a.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                missing.push(format!("{name} --{id}"));
+            }
+        }
+        // A probe: every flag but the model's, --out and the global ones is a parameter key.
+        let Some(keys) = engram::probes::param_keys(name) else {
+            continue;
+        };
+        for a in c.get_arguments() {
+            let id = a.get_id().as_str();
+            let skip = ["help", "version", "quiet", "json_progress", "out", "model"];
+            if skip.contains(&id) || engram::model::ModelSpec::KEYS.contains(&id) {
+                continue;
+            }
+            // `--no-chat` sets `chat = false`.
+            let key = if id == "no_chat" { "chat" } else { id };
+            assert!(
+                keys.iter().any(|k| k == key),
+                "{name} --{id}: not a parameter (keys: {keys:?})"
+            );
+        }
+    }
+    assert!(missing.is_empty(), "options without help: {missing:?}");
+    // Every probe has a subcommand.
+    for p in engram::probes::NAMES {
+        assert!(cmds.iter().any(|(n, _)| n == p), "probe {p} has no command");
+    }
+}
+
+/// Built-in data (relations, statements, corpus, CMR tables) is found from any working
+/// directory: a dry run from a temporary directory checks every default input.
+#[test]
+fn builtin_data_is_found_from_any_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = tmp.path().join("s.toml");
+    std::fs::write(
+        &suite,
+        format!(
+            r#"name = "defaults"
+models = [{{ name = "tiny", model = '{}' }}]
+[[step]]
+probe = "heads"
+args = {{ ablate = true, cmr-table = "notebooks-data/icl-cmr/cmr_crp_avg_20_11.npy" }}
+[[step]]
+probe = "neurons"
+[[step]]
+probe = "directions"
+[[step]]
+probe = "sae run"
+[[step]]
+probe = "cmr-fit"
+per_model = false
+args = {{ crp = "notebooks-data/icl-cmr/gpt2-small.CRP_scores.npy" }}
+"#,
+            fixture_dir("llama").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+        .current_dir(tmp.path())
+        .args(["--quiet", "batch", "s.toml", "--dry-run"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("run ")).count(),
+        5,
+        "{stdout}"
+    );
+    // A missing non-default input still names itself.
+    std::fs::write(
+        &suite,
+        "name = \"x\"\nmodels = [\"smollm2\"]\n[[step]]\nprobe = \"neurons\"\nargs = { relations = \"no/such/dir\" }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+        .current_dir(tmp.path())
+        .args(["--quiet", "batch", "s.toml", "--dry-run"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--relations no/such/dir: not a directory"),
+        "{stderr}"
+    );
 }

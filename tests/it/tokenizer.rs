@@ -482,3 +482,23 @@ fn qwen2_gguf_matches_transformers() {
     assert!(special.contains(&151643) && special.contains(&151644) && special.contains(&151645));
     assert!(!special.contains(&tok.encode("hello", false).unwrap()[0]));
 }
+
+/// `--tokenizer FILE` loads that file, whatever its name (its folder's configs still apply).
+#[test]
+fn explicit_tokenizer_file_of_any_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let written = crate::common::write_char_tokenizer(tmp.path());
+    let custom = tmp.path().join("custom.json");
+    std::fs::rename(&written, &custom).unwrap();
+    let opts = engram::model::LoadOptions {
+        tokenizer: Some(custom.clone()),
+        ..Default::default()
+    };
+    let m =
+        engram::model::Model::load(crate::common::fixture_dir("llama").to_str().unwrap(), &opts)
+            .unwrap();
+    let t = m.tokenizer().unwrap();
+    assert_eq!(t.vocab_size(), 128);
+    // tokenizer_config.json beside it: BOS is added.
+    assert_eq!(t.encode("ab", true).unwrap().len(), 3);
+}

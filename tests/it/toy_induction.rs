@@ -258,7 +258,11 @@ fn toy_command_writes_model_tables_charts_and_probe() {
     assert!((prev.get(1).unwrap() - 1.0).abs() < 1e-5);
     let m = engram::report::manifest::Manifest::read(&out.join("manifest.json")).unwrap();
     assert_eq!(m.command, "toy");
-    assert_eq!(m.params["clamp_prev_token"], serde_json::json!([0, 1]));
+    assert_eq!(m.params["clamp"], "0:1");
+    assert_eq!(
+        m.params["config"]["clamp_prev_token"],
+        serde_json::json!([0, 1])
+    );
     for f in &m.files {
         assert!(out.join(f).is_file(), "manifest lists missing {f}");
     }

@@ -190,13 +190,13 @@ impl DirectionsParams {
         }
         let (a, b) = self.refusal_candidates;
         if !(0.0..=1.0).contains(&a) || !(0.0..=1.0).contains(&b) || a > b {
-            crate::bail!("directions: refusal-range {a}:{b}: expected A:B with 0 ≤ A ≤ B ≤ 1");
+            crate::bail!("directions: --refusal-range {a}:{b}: expected A:B with 0 ≤ A ≤ B ≤ 1");
         }
         if self.toy_pair && self.toy_steps < 2 {
-            crate::bail!("directions: toy-steps must be at least 2");
+            crate::bail!("directions: --toy-steps must be at least 2");
         }
         if self.batch_size == 0 {
-            crate::bail!("directions: batch_size must be ≥ 1");
+            crate::bail!("directions: --batch-size must be ≥ 1");
         }
         if self.n_train < 2 || self.n_test < 2 {
             crate::bail!("directions: need at least 2 training and 2 test statements");
@@ -205,14 +205,16 @@ impl DirectionsParams {
             crate::bail!("directions: need at least 1 refusal training and test instruction");
         }
         if self.patch_positions == 0 || self.patch_pairs == 0 {
-            crate::bail!("directions: patch_positions and patch_pairs must be ≥ 1");
+            crate::bail!("directions: --patch-positions and --patch-pairs must be ≥ 1");
         }
         if !(self.entropy_top_frac > 0.0 && self.entropy_top_frac <= 1.0) {
-            crate::bail!("directions: entropy_top_frac must be in (0, 1]");
+            crate::bail!("directions: entropy-top-frac must be in (0, 1]");
         }
         if let Some((a, b)) = self.band {
             if a >= b {
-                crate::bail!("directions: band {a}..{b} is empty");
+                crate::bail!(
+                    "directions: --band {a}:{b} is empty (expected START:END with START < END)"
+                );
             }
         }
         Ok(())
