@@ -1,5 +1,5 @@
 //! Relation-specific neurons (Liu et al., "On Relation-Specific Neurons in Large Language
-//! Models", EMNLP 2025; METHODS.md §2).
+//! Models", EMNLP 2025; docs/methods.md §2).
 //!
 //! 1. Prompts: one per (subject, relation) from the relation's first template, object omitted.
 //!    Subjects are split (seeded) into an evaluation set (`eval_per_relation`, at most half the
@@ -1551,7 +1551,7 @@ pub fn write_outputs(r: &NeuronsReport, dir: &Path) -> Result<Vec<String>> {
 /// `engram neurons`: the command-line arguments.
 #[derive(clap::Args, Debug, Clone)]
 #[command(
-    long_about = "Relation-specific neurons (Liu et al., EMNLP 2025; METHODS.md §2).
+    long_about = "Relation-specific neurons (Liu et al., EMNLP 2025; docs/methods.md §2).
 
 For every LRE relation: prompts from the relation's first template, greedy answers checked \
 against the object (case-insensitive prefix), a detection set and a disjoint evaluation set of \
