@@ -1,6 +1,6 @@
 //! A small Llama-shaped transformer trained here with candle: the test subject of the
 //! training-dynamics check of Singh et al. 2024 ("What needs to go right for an induction head?",
-//! METHODS.md §1) and of the probes.
+//! docs/methods.md §1) and of the probes.
 //!
 //! The model is pre-RMSNorm, rotary, causal softmax attention, optionally a SiLU-gated MLP
 //! (`d_mlp = 0`: attention-only), untied embeddings. Its differentiable forward uses only candle

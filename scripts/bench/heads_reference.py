@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Python reference for the heads probe (METHODS.md §1), the way a notebook does it: transformers
+"""Python reference for the heads probe (docs/methods.md §1), the way a notebook does it: transformers
 with eager attention (pre-softmax scores captured by wrapping `eager_attention_forward`), numpy for
 the scores, lag-CRPs, OV eigenvalues and the CMR grid fit. Used two ways:
 

@@ -801,11 +801,11 @@ Packages read (archive sha256 recorded so the inputs can be checked):
 A plain copy of the LRE dataset (Hernandez et al., "Linearity of Relation Decoding in
 Transformer Language Models", ICLR 2024) from `shared/data/lre`: {st['lre']['files']} relation
 files ({', '.join(f"{k} {v}" for k, v in sorted(st['lre']['by_category'].items()))}). Licence:
-MIT, `lre/LICENSE`. Used by the relation-specific-neurons probe (METHODS.md §2). Note: a few
+MIT, `lre/LICENSE`. Used by the relation-specific-neurons probe (docs/methods.md §2). Note: a few
 strings are double-escaped in the original JSON (`"Bras\\\\u00edlia"`); the copy keeps them
 as they are, `statements/lre_facts.csv` decodes them.
 
-## statements/ — true/false statements (truthfulness probes, METHODS.md §4)
+## statements/ — true/false statements (truthfulness probes, docs/methods.md §4)
 
 Columns `statement,label,dataset,split`: label 1 = true, 0 = false; split `train`/`test`
 (~70/30, fixed seed, assigned per subject so a subject's true and false statements share a
@@ -827,7 +827,7 @@ split). Every file is balanced: each subject gives one true and one false statem
   Rule: {prov['country_region']['rule']}. A third, differently phrased set for held-out-dataset
   probe accuracy. Licence: MIT (`statements/LICENSE-countryinfo`).
 
-## instructions/ — harmful vs harmless instructions (refusal direction, METHODS.md §4)
+## instructions/ — harmful vs harmless instructions (refusal direction, docs/methods.md §4)
 
 Columns `instruction,split`; split `train`/`test` ~80/20 by fixed seed.
 

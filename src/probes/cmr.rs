@@ -2,7 +2,7 @@
 //!
 //! Li, Zhou, Benna, Mattar, "Linking In-context Learning in Transformers to Human Episodic
 //! Memory", NeurIPS 2024; reference code github.com/corxyz/icl-cmr (`src/est_cmr_crp.py` for the
-//! simulation, `src/fit_attn_score.py` for the fit). METHODS.md section 1 is the spec; where it
+//! simulation, `src/fit_attn_score.py` for the fit). docs/methods.md section 1 is the spec; where it
 //! is silent this module follows the reference code, and every such choice is written down
 //! next to the code that makes it:
 //!
@@ -28,7 +28,7 @@
 //!   the exact expectation of the simulated estimator (they ignore the first recall's lag from
 //!   `s0` and the per-trial normalisation), so the table is discontinuous there by design.
 //! * **Table entry** = mean over `s0 = 0..19` of the per-start normalised CRPs.
-//! * **Number of recalls per trial.** METHODS.md and `est_cmr_crp.py` say at most 100 recalls,
+//! * **Number of recalls per trial.** docs/methods.md and `est_cmr_crp.py` say at most 100 recalls,
 //!   but the paper's saved table (`cmr_crp_avg_20_11.npy`) was evidently produced with at most
 //!   **50**: at deterministic grid points such as `(β_enc, β_rec, γ_FT) = (1, 0, 0.5)` (the
 //!   recall is `s0+1` forever) the saved lag-0/lag+1 entries are exactly 0.98/0.02 = 49/50, 1/50,
@@ -184,7 +184,7 @@ impl SimConfig {
         }
     }
 
-    /// As [`SimConfig::paper`] but with the 100 recalls written in METHODS.md and in
+    /// As [`SimConfig::paper`] but with the 100 recalls written in docs/methods.md and in
     /// `est_cmr_crp.py`.
     pub fn methods_text() -> Self {
         Self {

@@ -186,7 +186,7 @@ fn cmr_simulation_matches_saved_table_at_sample_points() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// METHODS.md's "≤ 100 recalls" does not reproduce the saved table: at (1.0, 0.0, 0.5) the
+/// docs/methods.md's "≤ 100 recalls" does not reproduce the saved table: at (1.0, 0.0, 0.5) the
 /// recall is s0+1 forever, so lag +1 gets exactly 1/max_recalls. The saved table holds 0.02.
 #[test]
 fn cmr_saved_table_used_50_recalls() {

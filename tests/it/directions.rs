@@ -1,4 +1,4 @@
-//! The directions probe (METHODS.md §4): data readers, the four parts on a tiny fixture, the
+//! The directions probe (docs/methods.md §4): data readers, the four parts on a tiny fixture, the
 //! comparison's identities (a model against itself, against a perturbed copy), outputs, and the
 //! toy base / post-trained pair.
 

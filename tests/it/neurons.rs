@@ -1,4 +1,4 @@
-//! Relation-specific neurons (`engram neurons`, METHODS.md §2): average precision against
+//! Relation-specific neurons (`engram neurons`, docs/methods.md §2): average precision against
 //! sklearn, answer checking, top-k, deactivation mechanics, an end-to-end run on a tiny fixture
 //! model with relations written by the test, CLI errors, and a small real-model run.
 

@@ -1,4 +1,4 @@
-//! Training-dynamics check (Singh et al. 2024, METHODS.md §1): a 2-layer attention-only toy
+//! Training-dynamics check (Singh et al. 2024, docs/methods.md §1): a 2-layer attention-only toy
 //! model trained here with candle on repeated random sequences forms induction heads in its
 //! second layer; the head probe, run through engram's real loader and forward pass on the
 //! exported Hugging Face folder, finds them there and not in an untrained copy. Clamping a

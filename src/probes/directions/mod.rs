@@ -1,4 +1,4 @@
-//! How post-training reshapes a model (Du et al., COLM 2025; METHODS.md §4): truthfulness and
+//! How post-training reshapes a model (Du et al., COLM 2025; docs/methods.md §4): truthfulness and
 //! refusal directions, knowledge-storage patching maps and entropy neurons of one model, and the
 //! comparison of two models (base vs post-trained) of the same width.
 //!

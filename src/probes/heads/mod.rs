@@ -1,4 +1,4 @@
-//! Induction heads and CMR-like heads (Li, Zhou, Benna, Mattar, NeurIPS 2024; METHODS.md §1).
+//! Induction heads and CMR-like heads (Li, Zhou, Benna, Mattar, NeurIPS 2024; docs/methods.md §1).
 //!
 //! Input: `batch` sequences of `[bos] + R + R`, R = `seq_len` uniform random non-special tokens.
 //! Per head: induction (prefix-matching), previous-token and duplicate-token scores from the

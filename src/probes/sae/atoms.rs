@@ -1,4 +1,4 @@
-//! The atoms analysis (Hu et al. 2025, METHODS.md §3): the atomic inner product, coherence and
+//! The atoms analysis (Hu et al. 2025, docs/methods.md §3): the atomic inner product, coherence and
 //! the uniqueness quantile q*.
 //!
 //! - S̃ = (E[m mᵀ] + εI)⁻¹ from up to `max_samples` activations (uncentred second moment;

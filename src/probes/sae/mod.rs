@@ -1,4 +1,4 @@
-//! Sparse autoencoders and the "atoms" analysis (Hu et al. 2025; METHODS.md §3).
+//! Sparse autoencoders and the "atoms" analysis (Hu et al. 2025; docs/methods.md §3).
 //!
 //! - [`store`]: an on-disk, sharded, shuffled, resumable activation store.
 //! - [`train`]: threshold (JumpReLU), TopK and ReLU-L1 SAEs with a hand-written backward pass.
