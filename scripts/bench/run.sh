@@ -69,12 +69,19 @@ print(f"{'load s':<24}{med(x['load_s'] for x in e):8.2f} vs {med(y['load_s'] for
 print(f"{'peak RSS MB (f32)':<24}{med(x['peak_rss_mb'] for x in e):8.0f} vs {med(y['peak_rss_mb'] for y in p):8.0f}"
       f"   (engram RSS right after load {med(x['rss_now_after_load_mb'] for x in e):.0f} MB)")
 print(f"{'peak RSS MB (bf16)':<24}{med(x['peak_rss_mb'] for x in e16):8.0f} vs {med(y['peak_rss_mb'] for y in p16):8.0f}")
-fp, bp = med(x["fma_peak_gflop_s"] for x in e), med(x["bf16_peak_gflop_s"] for x in e16)
-mm, mb = med(x["matmul_gflop_s"] for x in e), med(x["matmul_bf16_gflop_s"] for x in e16)
+# A CPU without AVX512-BF16 has no bf16 dot peak (null): medians over the values present only.
+def med_of(xs):
+    xs = [x for x in xs if x is not None]
+    return med(xs) if xs else None
+fp, bp = med_of(x["fma_peak_gflop_s"] for x in e), med_of(x["bf16_peak_gflop_s"] for x in e16)
+mm, mb = med_of(x["matmul_gflop_s"] for x in e), med_of(x["matmul_bf16_gflop_s"] for x in e16)
 print(f"{'f32 FMA peak GFLOP/s':<24}{fp:8.1f}   matmul {mm:.1f} ({100*mm/fp:.0f}%), "
       f"forward {med(x['forward_gflop_s'] for x in e):.1f} ({100*med(x['forward_gflop_s'] for x in e)/fp:.0f}%)")
 fb = med(x['forward_gflop_s'] for x in e16)
-if e16[0].get("amx"):
+if bp is None or mb is None:
+    print(f"{'bf16 dot peak GFLOP/s':<24}    none   (no AVX512-BF16 / AMX: --matmul bf16 runs the portable kernel"
+          + (f", matmul {mb:.1f} GFLOP/s" if mb is not None else "") + ")")
+elif e16[0].get("amx"):
     print(f"{'bf16 on AMX tiles':<24}matmul {mb:.1f} GFLOP/s ({mb/fp:.2f}x the f32 FMA peak), forward {fb:.1f}; "
           f"the vdpbf16ps peak ({bp:.1f}) is not its ceiling")
 else:

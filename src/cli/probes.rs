@@ -209,7 +209,7 @@ fn neurons_defaults() -> NeuronsParams {
 /// `engram neurons`.
 #[derive(Args, Debug, Clone)]
 #[command(
-    long_about = "Relation-specific neurons (Liu et al., EMNLP 2025; docs/methods.md, relation neurons).
+    long_about = "Relation-specific neurons (Liu et al., EMNLP 2025; docs/methods.md §2).
 
 For every LRE relation: prompts from the relation's first template, greedy answers checked \
 against the object (case-insensitive prefix), a detection set and a disjoint evaluation set of \

@@ -1,5 +1,5 @@
 //! Relation-specific neurons (Liu et al., "On Relation-Specific Neurons in Large Language
-//! Models", EMNLP 2025; METHODS.md §2).
+//! Models", EMNLP 2025; docs/methods.md §2).
 //!
 //! 1. Prompts: one per (subject, relation) from the relation's first template, object omitted.
 //!    Subjects are split (seeded) into an evaluation set (`eval_per_relation`, at most half the
