@@ -13,7 +13,9 @@ use engram::hooks::{Edit, HookFilter, HookPoint, Hooks, Intervention, Positions}
 use engram::model::{to_vec_f32, LoadOptions, Model};
 
 fn main() -> engram::Result<()> {
-    let spec = std::env::args().nth(1).unwrap_or_else(|| "smollm2".to_string());
+    let spec = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "smollm2".to_string());
     let model = Model::load(&spec, &LoadOptions::default()).map_err(|e| {
         engram::Error::msg(format!(
             "cannot load model `{spec}`: {e} (scripts/fetch-models.sh fetches the default one)"
@@ -46,12 +48,10 @@ fn main() -> engram::Result<()> {
     // direction here is just the captured last-position residual, for illustration.
     let t = resid.dim(1)?;
     let direction = resid.i((0, t - 1))?; // [d_model]
-    let mut hooks = Hooks::none()
-        .with(Intervention::zero_head(layer, 0))
-        .with(
-            Intervention::new(HookPoint::ResidPost(layer), Edit::ProjectOut { direction })
-                .at(Positions::Last(1)),
-        );
+    let mut hooks = Hooks::none().with(Intervention::zero_head(layer, 0)).with(
+        Intervention::new(HookPoint::ResidPost(layer), Edit::ProjectOut { direction })
+            .at(Positions::Last(1)),
+    );
     let edited = model.forward(&batch, &mut hooks)?;
 
     // Compare the next-token prediction with and without the interventions.
@@ -60,7 +60,10 @@ fn main() -> engram::Result<()> {
         let last = l.i((0, t - 1))?; // [vocab]
         let id = last.argmax(D::Minus1)?.to_scalar::<u32>()?;
         let top = to_vec_f32(&last)?[id as usize];
-        println!("{name:>6}: next token {:?} (logit {top:.3})", tok.decode(&[id], false)?);
+        println!(
+            "{name:>6}: next token {:?} (logit {top:.3})",
+            tok.decode(&[id], false)?
+        );
     }
     Ok(())
 }

@@ -127,6 +127,17 @@ pub fn hook_shape(p: HookPoint, c: &model::ModelConfig) -> String {
     }
 }
 
+/// The ids of `prompt`, rendered as a user message through the chat template with `chat`
+/// (which then carries its own BOS), else with the model's BOS when `bos`.
+fn prompt_ids(tok: &model::Tokenizer, prompt: &str, chat: bool, bos: bool) -> Result<Vec<u32>> {
+    if chat {
+        let text = tok.apply_chat_template(&[model::tokenizer::ChatMessage::user(prompt)], true)?;
+        tok.encode(&text, false)
+    } else {
+        tok.encode(prompt, bos)
+    }
+}
+
 /// `engram generate`.
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -161,13 +172,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
     }
     let m = a.model.load()?;
     let tok = m.tokenizer()?;
-    let text = if a.chat {
-        tok.apply_chat_template(&[model::tokenizer::ChatMessage::user(&a.prompt)], true)?
-    } else {
-        a.prompt.clone()
-    };
-    // A rendered chat template already carries its BOS.
-    let ids = tok.encode(&text, !a.chat)?;
+    let ids = prompt_ids(tok, &a.prompt, a.chat, true)?;
     let sampling = model::Sampling {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -213,12 +218,7 @@ pub struct TokenizeArgs {
 pub fn tokenize(a: &TokenizeArgs) -> Result<()> {
     let m = a.model.load()?;
     let tok = m.tokenizer()?;
-    let text = if a.chat {
-        tok.apply_chat_template(&[model::tokenizer::ChatMessage::user(&a.prompt)], true)?
-    } else {
-        a.prompt.clone()
-    };
-    let ids = tok.encode(&text, !a.chat && !a.no_bos)?;
+    let ids = prompt_ids(tok, &a.prompt, a.chat, !a.no_bos)?;
     println!("{} tokens", ids.len());
     for (i, id) in ids.iter().enumerate() {
         println!("{i:>5} {id:>8}  {:?}", tok.decode(&[*id], false)?);
