@@ -79,11 +79,24 @@ impl Probe for CmrFit {
                 });
             }
         }
+        // The study's files are named MODEL.CRP_scores.npy.
+        let name = crp
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let model = name
+            .split(".CRP_scores")
+            .next()
+            .unwrap_or(&name)
+            .trim_end_matches(".npy")
+            .to_string();
         let report = HeadsReport {
+            model,
             n_layers: nl,
             n_heads: nh,
             heads: rows,
             tokens: vec![],
+            token_strs: vec![],
             loss_first_copy: f64::NAN,
             loss_second_copy: f64::NAN,
             ablation: None,

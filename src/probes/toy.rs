@@ -199,7 +199,8 @@ impl Probe for Toy {
             .clamp_intervention(2 * cfg.seq_len + 1)?
             .into_iter()
             .collect();
-        let r = heads::run_with(&loaded, &params, &clamp, cx.progress)?;
+        let mut r = heads::run_with(&loaded, &params, &clamp, cx.progress)?;
+        r.model = "toy".into();
         let table = heads::cmr_table(params.cmr_table.as_deref())?;
         for f in heads::write_outputs(&r, Some(&table), &out.join("heads"))? {
             manifest.add_file(format!("heads/{f}"));

@@ -44,6 +44,24 @@ fn cmr_fit_command_writes_tables_and_reproduces_gpt2_share() {
     ] {
         assert!(dir.path().join(f).is_file(), "{f} missing");
     }
+    // Only what cmr-fit computes: no token table, no scores, no score charts.
+    for f in [
+        "tokens.parquet",
+        "induction_heatmap.png",
+        "induction_vs_cmr.png",
+    ] {
+        assert!(!dir.path().join(f).exists(), "{f} written without data");
+    }
+    assert!(df.column("induction_score").is_err());
+    let model = df
+        .column("model")
+        .unwrap()
+        .str()
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_string();
+    assert_eq!(model, "gpt2-small");
     // Malformed input is a one-line error, not a panic.
     let bad = dir.path().join("bad.npy");
     std::fs::write(&bad, b"not an npy file").unwrap();
@@ -147,4 +165,12 @@ fn smollm2_has_induction_heads_outside_layer_0() {
     }
     let df = read_parquet(&dir.path().join("lag_crp.parquet")).unwrap();
     assert_eq!(df.height(), r.heads.len() * 16);
+    // Cross-run analysis: every row names its model; tokens come with their strings.
+    let df = read_parquet(&dir.path().join("heads.parquet")).unwrap();
+    let m = df.column("model").unwrap().str().unwrap();
+    assert!(m.iter().all(|x| x == Some("smollm2")));
+    let t = read_parquet(&dir.path().join("tokens.parquet")).unwrap();
+    let strs = t.column("token_str").unwrap().str().unwrap();
+    assert_eq!(strs.len(), 4 * 81);
+    assert!(strs.iter().all(|s| s.is_some()));
 }

@@ -475,6 +475,15 @@ fn train_and_eval_commands_write_tables_and_charts() {
     }
     let atoms = engram::report::table::read_parquet(&eval.join("atoms.parquet")).unwrap();
     assert_eq!(atoms.height(), 3 * 64);
+    // Top tokens as list columns (tokens and their activations), not packed strings.
+    for c in ["top_tokens", "top_activations"] {
+        let col = atoms.column(c).unwrap();
+        assert!(
+            matches!(col.dtype(), polars::prelude::DataType::List(_)),
+            "{c}: {:?}",
+            col.dtype()
+        );
+    }
     for f in [
         "r2_vs_l0.png",
         "q_star.png",

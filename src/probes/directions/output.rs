@@ -76,7 +76,7 @@ pub fn write_outputs(
             let Some(t) = &m.truth else { continue };
             for x in &t.layers {
                 let mut push = |split: String, a: f64| {
-                    mo.push(m.name.clone());
+                    mo.push(m.spec.clone());
                     la.push(x.layer as u32);
                     sp.push(split);
                     acc.push(a);
@@ -90,7 +90,7 @@ pub fn write_outputs(
             }
             let iv = &t.intervention;
             for i in 0..iv.labels.len() {
-                imo.push(m.name.clone());
+                imo.push(m.spec.clone());
                 ilab.push(iv.labels[i]);
                 ib.push(iv.p_diff_before[i]);
                 ia.push(iv.p_diff_after[i]);
@@ -176,14 +176,14 @@ pub fn write_outputs(
                 all.push((m.name.clone(), c));
             }
             for (l, d) in r.diffs.iter().enumerate() {
-                lm.push(m.name.clone());
+                lm.push(m.spec.clone());
                 ll.push(l as u32);
                 ln.push(super::parts::norm(d));
                 ls.push(r.separation[l]);
                 lc.push(l == r.layer);
             }
             for c in &r.candidates {
-                cand.0.push(m.name.clone());
+                cand.0.push(m.spec.clone());
                 cand.1.push(c.layer as u32);
                 cand.2.push(c.position as u32);
                 cand.3.push(
@@ -290,7 +290,7 @@ pub fn write_outputs(
             let Some(p) = &m.patching else { continue };
             for (l, row) in p.effect.iter().enumerate() {
                 for (k, e) in row.iter().enumerate() {
-                    mo.push(m.name.clone());
+                    mo.push(m.spec.clone());
                     la.push(l as u32);
                     po.push(k as u32);
                     tk.push(p.labels[k].clone());
@@ -370,7 +370,7 @@ pub fn write_outputs(
         for m in models {
             let Some(e) = &m.entropy else { continue };
             for c in &e.candidates {
-                mo.push(m.name.clone());
+                mo.push(m.spec.clone());
                 la.push(e.layer as u32);
                 ne.push(c.neuron as u32);
                 wn.push(c.w_out_norm);

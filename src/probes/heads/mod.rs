@@ -135,10 +135,14 @@ pub struct AblationResult {
 
 #[derive(Clone, Debug)]
 pub struct HeadsReport {
+    /// The model, as named when it was loaded (the `model` column of the tables).
+    pub model: String,
     pub n_layers: usize,
     pub n_heads: usize,
     pub heads: Vec<HeadRow>,
     pub tokens: Vec<Vec<u32>>,
+    /// The tokens' strings (empty without a tokenizer).
+    pub token_strs: Vec<Vec<String>>,
     /// Mean next-token loss on the first and second copy of R.
     pub loss_first_copy: f64,
     pub loss_second_copy: f64,
@@ -436,11 +440,24 @@ pub fn run_with(
     } else {
         None
     };
+    let token_strs = match &model.tokenizer {
+        Some(t) => tokens
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|&id| t.decode(&[id], false))
+                    .collect::<Result<Vec<String>>>()
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => vec![],
+    };
     Ok(HeadsReport {
+        model: model.source.spec.clone(),
         n_layers: cfg.n_layers,
         n_heads: cfg.n_heads,
         heads,
         tokens,
+        token_strs,
         loss_first_copy: loss1,
         loss_second_copy: loss2,
         ablation,

@@ -135,48 +135,29 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     let mut files = vec![];
     let h = &r.heads;
-    let mut df = Table::new()
+    // cmr-fit has fits of lag-CRPs computed elsewhere, no scores of its own.
+    let has_scores = h.iter().any(|x| x.induction_score.is_finite());
+    let f = |g: fn(&HeadRow) -> f64| h.iter().map(g).collect::<Vec<f64>>();
+    let mut t = Table::new()
+        .col("model", vec![r.model.as_str(); h.len()])
         .col(
             "layer",
             h.iter().map(|x| x.layer as u32).collect::<Vec<_>>(),
         )
-        .col("head", h.iter().map(|x| x.head as u32).collect::<Vec<_>>())
-        .col(
-            "induction_score",
-            h.iter().map(|x| x.induction_score).collect::<Vec<_>>(),
-        )
-        .col(
-            "prev_token_score",
-            h.iter().map(|x| x.prev_token_score).collect::<Vec<_>>(),
-        )
-        .col(
-            "duplicate_score",
-            h.iter().map(|x| x.duplicate_score).collect::<Vec<_>>(),
-        )
-        .col(
-            "copying_score",
-            h.iter().map(|x| x.copying_score).collect::<Vec<_>>(),
-        )
-        .col(
-            "cmr_distance",
-            h.iter().map(|x| x.fit.distance).collect::<Vec<_>>(),
-        )
-        .col(
-            "beta_enc",
-            h.iter().map(|x| x.fit.beta_enc).collect::<Vec<_>>(),
-        )
-        .col(
-            "beta_rec",
-            h.iter().map(|x| x.fit.beta_rec).collect::<Vec<_>>(),
-        )
-        .col(
-            "gamma_ft",
-            h.iter().map(|x| x.fit.gamma_ft).collect::<Vec<_>>(),
-        )
-        .col(
-            "inv_temp",
-            h.iter().map(|x| x.fit.inv_temp).collect::<Vec<_>>(),
-        )
+        .col("head", h.iter().map(|x| x.head as u32).collect::<Vec<_>>());
+    if has_scores {
+        t = t
+            .col("induction_score", f(|x| x.induction_score))
+            .col("prev_token_score", f(|x| x.prev_token_score))
+            .col("duplicate_score", f(|x| x.duplicate_score))
+            .col("copying_score", f(|x| x.copying_score));
+    }
+    let mut df = t
+        .col("cmr_distance", f(|x| x.fit.distance))
+        .col("beta_enc", f(|x| x.fit.beta_enc))
+        .col("beta_rec", f(|x| x.fit.beta_rec))
+        .col("gamma_ft", f(|x| x.fit.gamma_ft))
+        .col("inv_temp", f(|x| x.fit.inv_temp))
         .col(
             "cmr_like",
             h.iter().map(|x| x.fit.cmr_like).collect::<Vec<_>>(),
@@ -199,31 +180,41 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
             pr.push(x.lag_probs[k]);
         }
     }
-    let mut df = Table::new()
+    let mut t = Table::new()
+        .col("model", vec![r.model.as_str(); ls.len()])
         .col("layer", ls)
         .col("head", hs)
         .col("lag", lags)
-        .col("score", sc)
-        .col("prob", pr)
-        .build()?;
+        .col("score", sc);
+    if has_scores {
+        t = t.col("prob", pr);
+    }
+    let mut df = t.build()?;
     write_parquet(&mut df, &dir.join("lag_crp.parquet"))?;
     files.push("lag_crp.parquet".to_string());
 
-    let (mut seq, mut pos, mut tok) = (vec![], vec![], vec![]);
-    for (i, row) in r.tokens.iter().enumerate() {
-        for (j, &t) in row.iter().enumerate() {
-            seq.push(i as u32);
-            pos.push(j as u32);
-            tok.push(t);
+    if !r.tokens.is_empty() {
+        let (mut seq, mut pos, mut tok, mut strs) = (vec![], vec![], vec![], vec![]);
+        for (i, row) in r.tokens.iter().enumerate() {
+            for (j, &t) in row.iter().enumerate() {
+                seq.push(i as u32);
+                pos.push(j as u32);
+                tok.push(t);
+                if let Some(s) = r.token_strs.get(i).and_then(|s| s.get(j)) {
+                    strs.push(s.clone());
+                }
+            }
         }
+        let mut t = Table::new()
+            .col("sequence", seq)
+            .col("position", pos)
+            .col("token", tok);
+        if !r.token_strs.is_empty() {
+            t = t.col("token_str", strs);
+        }
+        write_parquet(&mut t.build()?, &dir.join("tokens.parquet"))?;
+        files.push("tokens.parquet".to_string());
     }
-    let mut df = Table::new()
-        .col("sequence", seq)
-        .col("position", pos)
-        .col("token", tok)
-        .build()?;
-    write_parquet(&mut df, &dir.join("tokens.parquet"))?;
-    files.push("tokens.parquet".to_string());
 
     if let Some(a) = &r.ablation {
         let (mut cond, mut doc, mut score, mut nheads) = (vec![], vec![], vec![], vec![]);
@@ -270,19 +261,21 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
             .map(|l| (0..r.n_heads).map(|k| f(&h[l * r.n_heads + k])).collect())
             .collect()
     };
-    files.extend(names(
-        Heatmap {
-            title: "Induction (prefix-matching) score".into(),
-            x_label: "head".into(),
-            y_label: "layer".into(),
-            values: grid(&|x| x.induction_score),
-            x_labels: None,
-            y_labels: None,
-            range: Some((0.0, 1.0)),
-            colormap: Colormap::Viridis,
-        }
-        .save(dir, "induction_heatmap")?,
-    ));
+    if has_scores {
+        files.extend(names(
+            Heatmap {
+                title: "Induction (prefix-matching) score".into(),
+                x_label: "head".into(),
+                y_label: "layer".into(),
+                values: grid(&|x| x.induction_score),
+                x_labels: None,
+                y_labels: None,
+                range: Some((0.0, 1.0)),
+                colormap: Colormap::Viridis,
+            }
+            .save(dir, "induction_heatmap")?,
+        ));
+    }
     files.extend(names(
         Heatmap {
             title: "CMR distance (lower = more CMR-like)".into(),
@@ -314,25 +307,32 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
         }
         .save(dir, "cmr_share_per_layer")?,
     ));
-    files.extend(names(
-        Scatter {
-            title: "Induction score vs CMR distance".into(),
-            x_label: "induction score".into(),
-            y_label: "CMR distance".into(),
-            series: vec![(
-                "heads".into(),
-                h.iter()
-                    .filter(|x| x.fit.distance.is_finite())
-                    .map(|x| (x.induction_score, x.fit.distance.min(2.0)))
-                    .collect(),
-            )],
-            annotate: vec![],
-        }
-        .save(dir, "induction_vs_cmr")?,
-    ));
+    if has_scores {
+        files.extend(names(
+            Scatter {
+                title: "Induction score vs CMR distance".into(),
+                x_label: "induction score".into(),
+                y_label: "CMR distance".into(),
+                series: vec![(
+                    "heads".into(),
+                    h.iter()
+                        .filter(|x| x.fit.distance.is_finite())
+                        .map(|x| (x.induction_score, x.fit.distance.min(2.0)))
+                        .collect(),
+                )],
+                annotate: vec![],
+            }
+            .save(dir, "induction_vs_cmr")?,
+        ));
+    }
     // Lag-CRP of the top induction heads next to their fitted CMR curves.
+    // (Without scores: the most CMR-like heads.)
     let mut top: Vec<&HeadRow> = h.iter().filter(|x| x.fit.distance.is_finite()).collect();
-    top.sort_by(|a, b| b.induction_score.total_cmp(&a.induction_score));
+    if has_scores {
+        top.sort_by(|a, b| b.induction_score.total_cmp(&a.induction_score));
+    } else {
+        top.sort_by(|a, b| a.fit.distance.total_cmp(&b.fit.distance));
+    }
     let mut series = vec![];
     for x in top.iter().take(4) {
         let a: Vec<f64> = x.lag_scores[3..14].to_vec();
@@ -361,7 +361,11 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
     }
     files.extend(names(
         LineChart {
-            title: "Lag-CRP of attention scores (top induction heads) and CMR fits".into(),
+            title: if has_scores {
+                "Lag-CRP of attention scores (top induction heads) and CMR fits".into()
+            } else {
+                "Lag-CRP of the most CMR-like heads and their CMR fits".into()
+            },
             x_label: "lag".into(),
             y_label: "score − min".into(),
             series,

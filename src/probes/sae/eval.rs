@@ -13,6 +13,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
+use polars::prelude::{NamedFrom, Series};
 use serde::{Deserialize, Serialize};
 
 use super::atoms::{self, AtomStats};
@@ -522,6 +523,7 @@ pub fn write_outputs(
         vec![],
         vec![],
     );
+    let mut tv = vec![];
     for e in &r.saes {
         for i in 0..e.dict_size {
             k.push(e.kind.name().to_string());
@@ -530,13 +532,11 @@ pub fn write_outputs(
             fr.push(e.frequency[i]);
             ma.push(e.mean_activation[i]);
             th.push(e.threshold.as_ref().map(|t| t[i]));
-            tt.push(
-                e.top_tokens[i]
-                    .iter()
-                    .map(|(t, v)| format!("{}:{v:.2}", token_text(*t)))
-                    .collect::<Vec<_>>()
-                    .join(" | "),
-            );
+            let top = &e.top_tokens[i];
+            let strs: Vec<String> = top.iter().map(|(t, _)| token_text(*t)).collect();
+            let vals: Vec<f32> = top.iter().map(|(_, v)| *v).collect();
+            tt.push(Series::new("".into(), strs));
+            tv.push(Series::new("".into(), vals));
             ca.push(e.atoms.as_ref().map(|a| a.per_atom_aip[i]));
             cu.push(e.atoms.as_ref().map(|a| a.per_atom_euclid[i]));
         }
@@ -549,6 +549,7 @@ pub fn write_outputs(
         .col("mean_activation", ma)
         .col("threshold", th)
         .col("top_tokens", tt)
+        .col("top_activations", tv)
         .col("coherence_aip", ca)
         .col("coherence_euclid", cu)
         .build()?;
