@@ -109,8 +109,9 @@ impl HeadsArgs {
 /// `engram cmr-fit`.
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Outputs in --out: heads.parquet, lag_crp.parquet and the CMR charts, as \
-`heads` writes them (the scores a model would give are NaN), manifest.json."
+    after_help = "Outputs in --out: heads.parquet (one row per head: its CMR fit), lag_crp.parquet \
+(the given lag-CRPs), cmr_distance_heatmap, cmr_share_per_layer and lag_crp_top_heads \
+(.png + .svg), manifest.json. Columns: docs/outputs.md."
 )]
 pub struct CmrFitArgs {
     /// The head lag-CRP array (.npy [layers, heads, 16] over lags -8..+7)
@@ -304,11 +305,12 @@ fn directions_defaults() -> DirectionsParams {
 /// are smaller for `--toy-pair`.
 #[derive(Args, Debug, Clone, serde::Serialize)]
 #[command(
-    after_help = "Outputs in --out: truth.parquet, refusal.parquet, refusal_candidates.parquet, \
-completions.parquet, patching.parquet, entropy.parquet, comparison.parquet (with --compare or \
---toy-pair), their charts (.png, .svg), manifest.json; toy/ with --toy-pair. Columns: \
-docs/outputs.md. Unset sizes take the defaults shown in docs/directions.md (smaller ones with \
---toy-pair)."
+    after_help = "Outputs in --out (per part run): truth.parquet, truth_intervention.parquet, \
+refusal.parquet, refusal_candidates.parquet, refusal_layers.parquet, patching.parquet, \
+entropy_neurons.parquet, compare.parquet (with --compare or --toy-pair); charts truth_accuracy, \
+refusal_rates, patching_<model>, patching_diff, entropy_neurons, cosine_by_layer (.png + .svg); \
+manifest.json; toy/ with --toy-pair. Columns: docs/outputs.md. Unset sizes take the defaults in \
+docs/directions.md (smaller ones with --toy-pair)."
 )]
 pub struct DirectionsArgs {
     #[command(flatten)]
@@ -461,7 +463,8 @@ train_report.json, training.png/.svg, manifest.json.")]
     /// R², MSE, L0, dead latents, atoms (AIP coherence, q*), and CE recovered / KL with --model
     #[command(
         after_help = "Outputs in --out (default <first SAE>/eval): metrics.parquet, \
-latents.parquet, atoms.parquet, charts, manifest.json. Columns: docs/outputs.md."
+atoms.parquet, summary.json, r2_vs_l0, q_star, coherence_hist, frequency_hist (.png + .svg), \
+manifest.json. Columns: docs/outputs.md."
     )]
     Eval {
         /// SAE directories (engram or SAELens layout), repeatable

@@ -238,8 +238,7 @@ fn hook_errors_and_cache_output_on_a_real_model() {
             "smollm2",
             "-p",
             "x",
-            "--temperature",
-            "-1",
+            "--temperature=-1",
         ],
         "--temperature",
     );

@@ -98,13 +98,21 @@ impl Probe for Directions {
         } else {
             p.compare.clone()
         };
-        let a = super::run(ma, "a", &samples, p, cx.progress)?;
+        let mut a = super::run(ma, "a", &samples, p, cx.progress)?;
+        if p.toy_pair {
+            // Name the toy models by their folders relative to the output (not by a path that
+            // is temporary inside a batch step).
+            a.spec = "toy/base".into();
+        }
         let mut reports = vec![a];
         let mut cmp = None;
         if let Some(sb) = &spec_b {
             let mb = cx.load_other(sb, "b")?;
             let rec = crate::report::manifest::ModelRecord::of(&mb)?;
-            let b = super::run(&mb, "b", &samples, p, cx.progress)?;
+            let mut b = super::run(&mb, "b", &samples, p, cx.progress)?;
+            if p.toy_pair {
+                b.spec = "toy/tuned".into();
+            }
             let t0 = Instant::now();
             cmp = Some(super::compare(
                 ma,
