@@ -71,6 +71,26 @@ impl Table {
         self
     }
 
+    /// Build from rows: each [`Rows::col`] maps a row to one cell of the column.
+    ///
+    /// ```
+    /// # use engram::report::table::Table;
+    /// struct Head { layer: usize, score: f64 }
+    /// let rows = [Head { layer: 0, score: 0.5 }, Head { layer: 1, score: 0.9 }];
+    /// let df = Table::from_rows(&rows)
+    ///     .col("layer", |h| h.layer as u32)
+    ///     .col("score", |h| h.score)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(df.shape(), (2, 2));
+    /// ```
+    pub fn from_rows<R>(rows: &[R]) -> Rows<'_, R> {
+        Rows {
+            rows,
+            table: Table::new(),
+        }
+    }
+
     pub fn build(self) -> Result<DataFrame> {
         if let Some(first) = self.cols.first() {
             let n = first.len();
@@ -86,6 +106,28 @@ impl Table {
             }
         }
         Ok(DataFrame::new_infer_height(self.cols)?)
+    }
+}
+
+/// A table built row by row (see [`Table::from_rows`]).
+pub struct Rows<'a, R> {
+    rows: &'a [R],
+    table: Table,
+}
+
+impl<R> Rows<'_, R> {
+    /// A column whose cell for each row is `f(row)`.
+    pub fn col<T>(mut self, name: &str, f: impl Fn(&R) -> T) -> Self
+    where
+        Series: NamedFrom<Vec<T>, [T]>,
+    {
+        let v: Vec<T> = self.rows.iter().map(f).collect();
+        self.table = self.table.col(name, v);
+        self
+    }
+
+    pub fn build(self) -> Result<DataFrame> {
+        self.table.build()
     }
 }
 

@@ -154,26 +154,15 @@ pub fn write_outputs(
     }
     // refusal.parquet + refusal_layers.parquet + rates chart
     if models.iter().any(|m| m.refusal.is_some()) {
-        let (mut mo, mut set, mut iv, mut pr, mut co, mut re) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
         let (mut lm, mut ll, mut ln, mut ls, mut lc) = (vec![], vec![], vec![], vec![], vec![]);
-        let mut cand = (
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-        );
+        // Candidate refusal directions: (model, its refusal result, the candidate).
+        let mut cand = vec![];
         let mut conds: Vec<(String, String, f64)> = vec![];
         let mut all: Vec<(String, &super::parts::RefusalCondition)> = vec![];
         for m in models {
             let Some(r) = &m.refusal else { continue };
             for c in &r.conditions {
-                all.push((m.name.clone(), c));
+                all.push((m.spec.clone(), c));
             }
             for (l, d) in r.diffs.iter().enumerate() {
                 lm.push(m.spec.clone());
@@ -183,20 +172,7 @@ pub fn write_outputs(
                 lc.push(l == r.layer);
             }
             for c in &r.candidates {
-                cand.0.push(m.spec.clone());
-                cand.1.push(c.layer as u32);
-                cand.2.push(c.position as u32);
-                cand.3.push(
-                    r.position_tokens
-                        .get(c.position)
-                        .cloned()
-                        .unwrap_or_default(),
-                );
-                cand.4.push(c.diff_norm);
-                cand.5.push(c.bypass);
-                cand.6.push(c.induce);
-                cand.7.push(c.kl);
-                cand.8.push(c.chosen);
+                cand.push((m, r, c));
             }
         }
         if let Some(c) = cmp {
@@ -204,24 +180,19 @@ pub fn write_outputs(
                 all.push((n.clone(), cond));
             }
         }
+        // One row per (model, condition, prompt).
+        let mut rows = vec![];
         for (n, c) in &all {
-            for i in 0..c.prompts.len() {
-                mo.push(n.clone());
-                set.push(c.set.clone());
-                iv.push(c.intervention.clone());
-                pr.push(c.prompts[i].clone());
-                co.push(c.completions[i].clone());
-                re.push(c.refused[i]);
-            }
+            rows.extend((0..c.prompts.len()).map(|i| (n, *c, i)));
             conds.push((n.clone(), format!("{} {}", c.set, c.intervention), c.rate()));
         }
-        let mut df = Table::new()
-            .col("model", mo)
-            .col("set", set)
-            .col("intervention", iv)
-            .col("prompt", pr)
-            .col("completion", co)
-            .col("refused", re)
+        let mut df = Table::from_rows(&rows)
+            .col("model", |(n, _, _)| (*n).clone())
+            .col("set", |(_, c, _)| c.set.clone())
+            .col("intervention", |(_, c, _)| c.intervention.clone())
+            .col("prompt", |(_, c, i)| c.prompts[*i].clone())
+            .col("completion", |(_, c, i)| c.completions[*i].clone())
+            .col("refused", |(_, c, i)| c.refused[*i])
             .build()?;
         write_parquet(&mut df, &dir.join("refusal.parquet"))?;
         files.push("refusal.parquet".into());
@@ -234,17 +205,22 @@ pub fn write_outputs(
             .build()?;
         write_parquet(&mut df, &dir.join("refusal_layers.parquet"))?;
         files.push("refusal_layers.parquet".into());
-        if !cand.0.is_empty() {
-            let mut df = Table::new()
-                .col("model", cand.0)
-                .col("layer", cand.1)
-                .col("position_from_end", cand.2)
-                .col("token", cand.3)
-                .col("diff_norm", cand.4)
-                .col("bypass_score", cand.5)
-                .col("induce_score", cand.6)
-                .col("kl", cand.7)
-                .col("chosen", cand.8)
+        if !cand.is_empty() {
+            let mut df = Table::from_rows(&cand)
+                .col("model", |(m, _, _)| m.spec.clone())
+                .col("layer", |(_, _, c)| c.layer as u32)
+                .col("position_from_end", |(_, _, c)| c.position as u32)
+                .col("token", |(_, r, c)| {
+                    r.position_tokens
+                        .get(c.position)
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .col("diff_norm", |(_, _, c)| c.diff_norm)
+                .col("bypass_score", |(_, _, c)| c.bypass)
+                .col("induce_score", |(_, _, c)| c.induce)
+                .col("kl", |(_, _, c)| c.kl)
+                .col("chosen", |(_, _, c)| c.chosen)
                 .build()?;
             write_parquet(&mut df, &dir.join("refusal_candidates.parquet"))?;
             files.push("refusal_candidates.parquet".into());
