@@ -8,7 +8,7 @@
 //! alias: `smollm2`, `gemma3`, `qwen2`); the default is `smollm2`. When the model is absent the
 //! example returns the loader's error instead of panicking.
 
-use candle_core::{IndexOp, D};
+use engram::candle_core::{IndexOp, D};
 use engram::hooks::{Edit, HookFilter, HookPoint, Hooks, Intervention, Positions};
 use engram::model::{to_vec_f32, LoadOptions, Model};
 

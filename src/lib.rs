@@ -15,4 +15,6 @@ pub mod progress;
 pub mod report;
 pub mod toy;
 
+/// candle, re-exported: tensors, devices and dtypes without a dependency of your own.
+pub use candle_core;
 pub use error::{Context, Error, Result};
