@@ -21,8 +21,8 @@
 //!
 //! Layout: this module holds what the chart kinds share (size, fonts, the PNG + SVG save path,
 //! palette, number formatting and ticks, label layout, legend placement, [`Colormap`]); each
-//! kind lives in its own file (`heatmap.rs`, `line.rs`, `bar.rs`, `scatter.rs`, `histogram.rs`) and
-//! is re-exported here, so `chart::Heatmap` etc. are the public paths.
+//! kind lives in its own file (`heatmap.rs`, `line.rs`, `bar.rs`, `scatter.rs`,
+//! `histogram.rs`) and is re-exported here, so `chart::Heatmap` etc. are the public paths.
 
 use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
