@@ -273,14 +273,9 @@ pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig> {
     };
     let window = md_u64(ct, &a("attention.sliding_window")).map(|v| v as usize);
     let mut ropes = vec![Rope { theta, scaling }];
+    // llama.cpp hard-codes Gemma 3's pattern: every 6th layer is global.
     let sliding: Vec<bool> = (0..n_layers)
-        .map(|i| match arch {
-            Arch::Gemma2 => i % 2 == 0,
-            // llama.cpp hard-codes Gemma 3's pattern: every 6th layer is global.
-            Arch::Gemma3 => (i + 1) % 6 != 0,
-            Arch::Mistral => window.is_some(),
-            _ => false,
-        })
+        .map(|i| arch.default_sliding(i, 6, window.is_some()))
         .collect();
     if arch == Arch::Gemma3 {
         // llama.cpp hard-codes the local rope base of Gemma 3.
@@ -289,14 +284,8 @@ pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig> {
             scaling: RopeScaling::None,
         });
     }
-    let layers = sliding
-        .iter()
-        .map(|&s| LayerAttention {
-            sliding_window: if s { window } else { None },
-            rope: if s && ropes.len() > 1 { 1 } else { 0 },
-        })
-        .collect();
-    let is_g23 = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
+    let layers = LayerAttention::per_layer(&sliding, window, ropes.len());
+    let is_g23 = arch.is_gemma2_or_3();
     let softcap = |k: &str| md_f64(ct, &a(k)).filter(|x| *x > 0.0);
     let tokens_u32 = |k: &str| md_u64(ct, k).map(|v| v as u32);
     let cfg = ModelConfig {
@@ -317,8 +306,8 @@ pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig> {
         },
         tie_word_embeddings: !ct.tensor_infos.contains_key("output.weight"),
         qkv_bias: ct.tensor_infos.contains_key("blk.0.attn_q.bias"),
-        norm_offset: if arch.is_gemma() { 1.0 } else { 0.0 },
-        embed_scale: arch.is_gemma().then(|| (d_model as f64).sqrt()),
+        norm_offset: arch.norm_offset(),
+        embed_scale: arch.embed_scale(d_model),
         attn_scale: match arch {
             Arch::Gemma2 | Arch::Gemma3 => {
                 // llama.cpp: query_pre_attn_scalar = head_dim, except Gemma 2/3 27B (d/heads).
