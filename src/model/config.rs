@@ -55,6 +55,19 @@ impl Arch {
         matches!(self, Arch::Gemma2 | Arch::Gemma3)
     }
 
+    /// The attention and final logit softcaps, Gemma 2/3 only: `get` reads the key
+    /// (`attn_logit_softcapping`, `final_logit_softcapping`); a value ≤ 0 means none.
+    pub(crate) fn softcaps(self, get: impl Fn(&str) -> Option<f64>) -> (Option<f64>, Option<f64>) {
+        if !self.is_gemma2_or_3() {
+            return (None, None);
+        }
+        let cap = |k: &str| get(k).filter(|x| *x > 0.0);
+        (
+            cap("attn_logit_softcapping"),
+            cap("final_logit_softcapping"),
+        )
+    }
+
     /// RMSNorm weight offset: weights are stored as (1 + w) for the Gemma family.
     pub fn norm_offset(self) -> f64 {
         if self.is_gemma() {
@@ -409,8 +422,7 @@ impl ModelConfig {
             (Arch::Gemma2 | Arch::Gemma3, Some(q)) => q.powf(-0.5),
             _ => (d_head as f64).powf(-0.5),
         };
-        let softcap = |k: &str| get_f64(v, k).filter(|x| *x > 0.0);
-        let is_g23 = arch.is_gemma2_or_3();
+        let (attn_softcap, final_softcap) = arch.softcaps(|k| get_f64(v, k));
         let cfg = ModelConfig {
             arch,
             vocab_size: need_usize(v, "vocab_size")?,
@@ -438,17 +450,9 @@ impl ModelConfig {
             norm_offset: arch.norm_offset(),
             embed_scale: arch.embed_scale(d_model),
             attn_scale,
-            attn_softcap: if is_g23 {
-                softcap("attn_logit_softcapping")
-            } else {
-                None
-            },
-            final_softcap: if is_g23 {
-                softcap("final_logit_softcapping")
-            } else {
-                None
-            },
-            sandwich_norms: is_g23,
+            attn_softcap,
+            final_softcap,
+            sandwich_norms: arch.is_gemma2_or_3(),
             qk_norm: arch == Arch::Gemma3,
             ropes,
             layers,

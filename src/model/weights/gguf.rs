@@ -285,8 +285,7 @@ pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig> {
         });
     }
     let layers = LayerAttention::per_layer(&sliding, window, ropes.len());
-    let is_g23 = arch.is_gemma2_or_3();
-    let softcap = |k: &str| md_f64(ct, &a(k)).filter(|x| *x > 0.0);
+    let (attn_softcap, final_softcap) = arch.softcaps(|k| md_f64(ct, &a(k)));
     let tokens_u32 = |k: &str| md_u64(ct, k).map(|v| v as u32);
     let cfg = ModelConfig {
         arch,
@@ -322,17 +321,9 @@ pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig> {
             }
             _ => (d_head as f64).powf(-0.5),
         },
-        attn_softcap: if is_g23 {
-            softcap("attn_logit_softcapping")
-        } else {
-            None
-        },
-        final_softcap: if is_g23 {
-            softcap("final_logit_softcapping")
-        } else {
-            None
-        },
-        sandwich_norms: is_g23,
+        attn_softcap,
+        final_softcap,
+        sandwich_norms: arch.is_gemma2_or_3(),
         qk_norm: arch == Arch::Gemma3,
         ropes,
         layers,
