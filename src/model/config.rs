@@ -49,6 +49,50 @@ impl Arch {
     pub fn is_gemma(self) -> bool {
         matches!(self, Arch::Gemma | Arch::Gemma2 | Arch::Gemma3)
     }
+
+    /// Gemma 2 and 3: sandwich norms, attention and final logit softcaps.
+    pub fn is_gemma2_or_3(self) -> bool {
+        matches!(self, Arch::Gemma2 | Arch::Gemma3)
+    }
+
+    /// The attention and final logit softcaps, Gemma 2/3 only: `get` reads the key
+    /// (`attn_logit_softcapping`, `final_logit_softcapping`); a value ≤ 0 means none.
+    pub(crate) fn softcaps(self, get: impl Fn(&str) -> Option<f64>) -> (Option<f64>, Option<f64>) {
+        if !self.is_gemma2_or_3() {
+            return (None, None);
+        }
+        let cap = |k: &str| get(k).filter(|x| *x > 0.0);
+        (
+            cap("attn_logit_softcapping"),
+            cap("final_logit_softcapping"),
+        )
+    }
+
+    /// RMSNorm weight offset: weights are stored as (1 + w) for the Gemma family.
+    pub fn norm_offset(self) -> f64 {
+        if self.is_gemma() {
+            1.0
+        } else {
+            0.0
+        }
+    }
+
+    /// Embedding scale: √d_model for the Gemma family.
+    pub fn embed_scale(self, d_model: usize) -> Option<f64> {
+        self.is_gemma().then(|| (d_model as f64).sqrt())
+    }
+
+    /// Whether layer `i` uses the sliding window when the config does not list layer types:
+    /// Gemma 2's even layers, every layer of Gemma 3 but each `gemma3_pattern`-th, every layer of
+    /// a Mistral with a window. (Qwen2's rule reads its own config keys; the caller applies it.)
+    pub(crate) fn default_sliding(self, i: usize, gemma3_pattern: usize, has_window: bool) -> bool {
+        match self {
+            Arch::Gemma2 => i.is_multiple_of(2),
+            Arch::Gemma3 => !(i + 1).is_multiple_of(gemma3_pattern),
+            Arch::Mistral => has_window,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -149,6 +193,20 @@ pub struct LayerAttention {
     pub sliding_window: Option<usize>,
     /// Index into [`ModelConfig::ropes`].
     pub rope: usize,
+}
+
+impl LayerAttention {
+    /// One entry per layer: sliding layers get `window` and, when there are two ropes, the
+    /// local one (index 1); the others attend globally with rope 0.
+    pub(crate) fn per_layer(sliding: &[bool], window: Option<usize>, n_ropes: usize) -> Vec<Self> {
+        sliding
+            .iter()
+            .map(|&s| LayerAttention {
+                sliding_window: if s { window } else { None },
+                rope: if s && n_ropes > 1 { 1 } else { 0 },
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -340,41 +398,31 @@ impl ModelConfig {
                     lt.len()
                 )))
             }
-            None => (0..n_layers)
-                .map(|i| match arch {
-                    Arch::Gemma2 => i % 2 == 0,
-                    Arch::Gemma3 => {
-                        let pattern = get_usize(v, "sliding_window_pattern").unwrap_or(6);
-                        (i + 1) % pattern != 0
-                    }
-                    Arch::Mistral => window.is_some(),
-                    Arch::Qwen2 => {
-                        v.get("use_sliding_window").and_then(|x| x.as_bool()) == Some(true)
-                            && i >= get_usize(v, "max_window_layers").unwrap_or(n_layers)
-                    }
-                    _ => false,
-                })
-                .collect(),
+            None => {
+                let pattern = get_usize(v, "sliding_window_pattern").unwrap_or(6);
+                (0..n_layers)
+                    .map(|i| match arch {
+                        Arch::Qwen2 => {
+                            v.get("use_sliding_window").and_then(|x| x.as_bool()) == Some(true)
+                                && i >= get_usize(v, "max_window_layers").unwrap_or(n_layers)
+                        }
+                        _ => arch.default_sliding(i, pattern, window.is_some()),
+                    })
+                    .collect()
+            }
         };
         let mut ropes = vec![global];
         if let Some(l) = local {
             ropes.push(l);
         }
-        let layers = sliding
-            .iter()
-            .map(|&s| LayerAttention {
-                sliding_window: if s { window } else { None },
-                rope: if s && ropes.len() > 1 { 1 } else { 0 },
-            })
-            .collect();
+        let layers = LayerAttention::per_layer(&sliding, window, ropes.len());
 
         let qpas = get_f64(v, "query_pre_attn_scalar");
         let attn_scale = match (arch, qpas) {
             (Arch::Gemma2 | Arch::Gemma3, Some(q)) => q.powf(-0.5),
             _ => (d_head as f64).powf(-0.5),
         };
-        let softcap = |k: &str| get_f64(v, k).filter(|x| *x > 0.0);
-        let is_g23 = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
+        let (attn_softcap, final_softcap) = arch.softcaps(|k| get_f64(v, k));
         let cfg = ModelConfig {
             arch,
             vocab_size: need_usize(v, "vocab_size")?,
@@ -399,20 +447,12 @@ impl ModelConfig {
                     .and_then(|x| x.as_bool())
                     .unwrap_or(false),
             },
-            norm_offset: if arch.is_gemma() { 1.0 } else { 0.0 },
-            embed_scale: arch.is_gemma().then(|| (d_model as f64).sqrt()),
+            norm_offset: arch.norm_offset(),
+            embed_scale: arch.embed_scale(d_model),
             attn_scale,
-            attn_softcap: if is_g23 {
-                softcap("attn_logit_softcapping")
-            } else {
-                None
-            },
-            final_softcap: if is_g23 {
-                softcap("final_logit_softcapping")
-            } else {
-                None
-            },
-            sandwich_norms: is_g23,
+            attn_softcap,
+            final_softcap,
+            sandwich_norms: arch.is_gemma2_or_3(),
             qk_norm: arch == Arch::Gemma3,
             ropes,
             layers,

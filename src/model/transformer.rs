@@ -12,15 +12,22 @@
 //! resid_post = resid_mid + mlp_out
 //! ```
 //! then the final norm, the unembedding and [final softcap: Gemma 2].
+//!
+//! `Transformer::block` runs the residual hooks; the attention (ln1 … attn_out) is in
+//! `transformer/attention.rs` and the MLP (ln2 … mlp_out) in `transformer/mlp.rs`, each with
+//! its hooks listed in order.
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::config::{Activation, ModelConfig};
+use super::config::ModelConfig;
 use super::gemm::{Format, PackedLinear};
 use super::kernels;
 use super::weights::WeightSource;
 use crate::hooks::{HookPoint, Hooks};
 use crate::{Error, Result};
+
+mod attention;
+mod mlp;
 
 /// A batch of token sequences, left-padded to one length.
 #[derive(Clone, Debug)]
@@ -565,6 +572,8 @@ impl Transformer {
         }
     }
 
+    /// One block: `ResidPre` → attention (adds `attn_out`) → `ResidMid` → MLP (adds `mlp_out`)
+    /// → `ResidPost`.
     #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
@@ -577,209 +586,11 @@ impl Transformer {
         hooks: &mut Hooks,
         kv_cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let (b, t, _) = x.dims3()?;
-        let (nh, nk, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
-        let g = nh / nk;
         let x = hooks.apply(HookPoint::ResidPre(l), x)?;
-
-        // Attention.
-        let h = rms_norm(&x, &blk.ln1, cfg.norm_eps)?;
-        let qkv = blk.w_qkv.forward(&h, blk.b_qkv.as_ref())?;
-        // Views into the projection's output (split per head first, so that no copy is made
-        // until the heads move in front of the positions below).
-        let qkv = qkv.reshape((b, t, nh + 2 * nk, dh))?;
-        let q = qkv.narrow(2, 0, nh)?;
-        let k = qkv.narrow(2, nh, nk)?;
-        let v = qkv.narrow(2, nh + nk, nk)?;
-        let q = match &blk.q_norm {
-            Some(w) => rms_norm(&q, w, cfg.norm_eps)?,
-            None => q,
-        };
-        let k = match &blk.k_norm {
-            Some(w) => rms_norm(&k, w, cfg.norm_eps)?,
-            None => k,
-        };
-        let q = hooks.apply(HookPoint::Q(l), q)?;
-        let k = hooks.apply(HookPoint::K(l), k)?;
-        let v = hooks.apply(HookPoint::V(l), v)?;
-        let (mut q, mut k) = if self.fused() {
-            // One parallel pass each: heads in front, rotated on the way.
-            (
-                kernels::heads_first(&q, Some((cos, sin)))?,
-                kernels::heads_first(&k, Some((cos, sin)))?,
-            )
-        } else {
-            let q = q.transpose(1, 2)?.contiguous()?;
-            let k = k.transpose(1, 2)?.contiguous()?;
-            (
-                candle_nn::rotary_emb::rope(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope(&k, cos, sin)?,
-            )
-        };
-        if hooks.wants(HookPoint::RotQ(l)) {
-            q = hooks
-                .apply(HookPoint::RotQ(l), q.transpose(1, 2)?)?
-                .transpose(1, 2)?
-                .contiguous()?;
-        }
-        if hooks.wants(HookPoint::RotK(l)) {
-            k = hooks
-                .apply(HookPoint::RotK(l), k.transpose(1, 2)?)?
-                .transpose(1, 2)?
-                .contiguous()?;
-        }
-        let v = if self.fused() {
-            kernels::heads_first(&v, None)?
-        } else {
-            v.transpose(1, 2)?.contiguous()?
-        }; // [b, nk, t, dh]
-        let (k, v) = match kv_cache {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
-            None => (k, v),
-        };
-        // Grouped-query attention without repeating k/v: fold each kv group's query heads into
-        // the query axis.
-        let scores = |q: &Tensor, k: &Tensor| -> Result<Tensor> {
-            let tk = k.dim(2)?;
-            Ok(q.reshape((b, nk, g * t, dh))?
-                .matmul(&k.t()?)?
-                .reshape((b, nh, t, tk))?)
-        };
-        // Capture only (fused paths): materialise the scores for the cache, outside the
-        // computation, so that capturing never changes the numbers.
-        let capture_scores = |hooks: &mut Hooks, scores: &Tensor| -> Result<()> {
-            if hooks.wants(HookPoint::AttnScores(l)) {
-                let mut s = (scores * cfg.attn_scale)?;
-                if let Some(cap) = cfg.attn_softcap {
-                    s = softcap(&s, cap)?;
-                }
-                hooks.apply(HookPoint::AttnScores(l), s.broadcast_add(mask)?)?;
-            }
-            Ok(())
-        };
-        let z = if self.fused()
-            && !hooks.edits(HookPoint::AttnScores(l))
-            && !hooks.edits(HookPoint::Pattern(l))
-        {
-            // One pass per head (scores, softmax and the values product, masked keys skipped);
-            // scores and pattern are materialised only for a capture.
-            if hooks.wants(HookPoint::AttnScores(l)) {
-                capture_scores(hooks, &scores(&q, &k)?)?;
-            }
-            let (z, pattern) = kernels::attention(
-                &q,
-                &k,
-                &v,
-                mask,
-                cfg.attn_scale,
-                cfg.attn_softcap,
-                hooks.wants(HookPoint::Pattern(l)),
-            )?;
-            if let Some(p) = pattern {
-                hooks.apply(HookPoint::Pattern(l), p)?;
-            }
-            z
-        } else {
-            let tk = k.dim(2)?;
-            let scores = scores(&q, &k)?;
-            let pattern = if self.fused() && !hooks.edits(HookPoint::AttnScores(l)) {
-                // The pattern is edited: the fused softmax, then the edit.
-                capture_scores(hooks, &scores)?;
-                kernels::masked_softmax(&scores, mask, cfg.attn_scale, cfg.attn_softcap)?
-            } else {
-                let mut scores = (scores.to_dtype(DType::F32)? * cfg.attn_scale)?;
-                if let Some(cap) = cfg.attn_softcap {
-                    scores = softcap(&scores, cap)?;
-                }
-                let scores = scores.broadcast_add(mask)?;
-                let scores = hooks.apply(HookPoint::AttnScores(l), scores)?;
-                candle_nn::ops::softmax_last_dim(&scores)?
-            };
-            let pattern = hooks.apply(HookPoint::Pattern(l), pattern)?;
-            let pattern = pattern.to_dtype(self.dtype)?;
-            pattern
-                .reshape((b, nk, g * t, tk))?
-                .matmul(&v)?
-                .reshape((b, nh, t, dh))?
-                .transpose(1, 2)? // [b, t, nh, dh]
-        };
-        let z = hooks.apply(HookPoint::Z(l), z)?;
-        let attn = if hooks.wants(HookPoint::Result(l)) {
-            // Each head's contribution: z_h · W_O[:, h]ᵀ → [b, t, nh, d].
-            let w = blk
-                .w_o
-                .tensor(&self.device)?
-                .reshape((cfg.d_model, nh, dh))?
-                .permute((1, 2, 0))?
-                .to_dtype(self.dtype)?
-                .contiguous()?; // [nh, dh, d]
-            let zh = z.transpose(1, 2)?.contiguous()?; // [b, nh, t, dh]
-            let result = zh.broadcast_matmul(&w)?.transpose(1, 2)?; // [b, t, nh, d]
-            if hooks.edits(HookPoint::Result(l)) {
-                hooks.apply(HookPoint::Result(l), result)?.sum(2)?
-            } else {
-                // Capture only: keep the fused projection so numerics match an unhooked run.
-                hooks.apply(HookPoint::Result(l), result)?;
-                blk.w_o.forward(&z.reshape((b, t, nh * dh))?, None)?
-            }
-        } else {
-            blk.w_o.forward(&z.reshape((b, t, nh * dh))?, None)?
-        };
-        let attn = match &blk.post_attn_ln {
-            Some(w) => rms_norm(&attn, w, cfg.norm_eps)?,
-            None => attn,
-        };
-        let attn = hooks.apply(HookPoint::AttnOut(l), attn)?;
+        let attn = self.attention(l, blk, &x, mask, (cos, sin), hooks, kv_cache)?;
         let x = (x + attn)?;
         let x = hooks.apply(HookPoint::ResidMid(l), x)?;
-
-        // MLP.
-        let h = rms_norm(&x, &blk.ln2, cfg.norm_eps)?;
-        let gu = blk.w_gate_up.forward(&h, None)?;
-        let gate = gu.narrow(2, 0, cfg.d_mlp)?;
-        let up = gu.narrow(2, cfg.d_mlp, cfg.d_mlp)?;
-        let fused_act = match cfg.act {
-            Activation::Silu => Some(kernels::GatedAct::Silu),
-            Activation::GeluTanh => Some(kernels::GatedAct::GeluTanh),
-            Activation::Gelu => None,
-        };
-        let post = match fused_act {
-            Some(act)
-                if self.fused()
-                    && !hooks.edits(HookPoint::MlpPre(l))
-                    && !hooks.edits(HookPoint::MlpPreLinear(l)) =>
-            {
-                // Captures see the unedited halves; the kernel reads them from `gu` directly.
-                hooks.apply(HookPoint::MlpPre(l), gate)?;
-                hooks.apply(HookPoint::MlpPreLinear(l), up)?;
-                kernels::gated_act(&gu, act)?
-            }
-            _ => {
-                let gate = hooks.apply(HookPoint::MlpPre(l), gate)?;
-                let up = hooks.apply(HookPoint::MlpPreLinear(l), up)?;
-                let act = match cfg.act {
-                    Activation::Silu => candle_nn::ops::silu(&gate)?,
-                    Activation::GeluTanh => gate.gelu()?,
-                    Activation::Gelu => gate.gelu_erf()?,
-                };
-                (act * up)?
-            }
-        };
-        let post = hooks.apply(HookPoint::MlpPost(l), post)?;
-        let mlp = blk.w_down.forward(&post, None)?;
-        let mlp = match &blk.post_ff_ln {
-            Some(w) => rms_norm(&mlp, w, cfg.norm_eps)?,
-            None => mlp,
-        };
-        let mlp = hooks.apply(HookPoint::MlpOut(l), mlp)?;
+        let mlp = self.mlp(l, blk, &x, hooks)?;
         let x = (x + mlp)?;
         hooks.apply(HookPoint::ResidPost(l), x)
     }
