@@ -13,7 +13,7 @@
 //! `2·(seq_len − m)` tokens. The period varies between rows so that attending to a fixed
 //! relative offset (easy with rotary embeddings) does not solve the task: only an induction
 //! mechanism does. The loss is next-token cross-entropy on the predictable part of the second
-//! copy (its tokens 2..m, as [`crate::probes::heads`] measures it), or on every position.
+//! copy (its tokens 2..m, as the head probe measures it), or on every position.
 //! The clamp option replaces one head's attention pattern by the perfect previous-token pattern
 //! (row i attends to i−1, row 0 to itself) in every forward pass of the toy: the paper's
 //! "optogenetic" knob. Everything is seeded: weights from a `StdRng`, data from another.
@@ -181,7 +181,7 @@ impl TrainReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct ToyHeadScores {
     /// `[layer][head]`: mean attention from a second-copy token to the token after its first
-    /// occurrence (as [`crate::probes::heads`]).
+    /// occurrence (as the head probe does).
     pub induction: Vec<Vec<f64>>,
     /// `[layer][head]`: mean attention to the previous position.
     pub prev_token: Vec<Vec<f64>>,

@@ -36,10 +36,10 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// No progress bars
-    #[arg(long, global = true)]
+    #[arg(long, global = true, display_order = 1000)]
     pub quiet: bool,
     /// Progress as JSON lines on stderr (for scripts)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, display_order = 1000)]
     pub json_progress: bool,
 }
 

@@ -31,28 +31,25 @@ pub fn locate(path: &Path) -> PathBuf {
 
 /// An error unless `path` (after [`locate`]) is a file; `what` names the option.
 pub fn require_file(path: &Path, what: &str) -> Result<PathBuf> {
-    let p = locate(path);
-    if !p.is_file() {
-        crate::bail!(
-            "--{what} {}: no such file{}",
-            path.display(),
-            if path.starts_with(DATA_DIR) {
-                " (built-in data: run from the engram checkout or set ENGRAM_DATA to its notebooks-data folder)"
-            } else {
-                ""
-            }
-        );
-    }
-    Ok(p)
+    require(path, what, false)
 }
 
 /// As [`require_file`], for a directory.
 pub fn require_dir(path: &Path, what: &str) -> Result<PathBuf> {
+    require(path, what, true)
+}
+
+fn require(path: &Path, what: &str, dir: bool) -> Result<PathBuf> {
     let p = locate(path);
-    if !p.is_dir() {
+    if (dir && !p.is_dir()) || (!dir && !p.is_file()) {
         crate::bail!(
-            "--{what} {}: not a directory{}",
+            "--{what} {}: {}{}",
             path.display(),
+            if dir {
+                "not a directory"
+            } else {
+                "no such file"
+            },
             if path.starts_with(DATA_DIR) {
                 " (built-in data: run from the engram checkout or set ENGRAM_DATA to its notebooks-data folder)"
             } else {

@@ -14,6 +14,7 @@ pub mod export;
 pub mod gemm;
 mod generate;
 pub mod kernels;
+mod record;
 pub mod source;
 pub mod tokenizer;
 pub mod transformer;

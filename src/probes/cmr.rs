@@ -879,22 +879,28 @@ impl CrpTable {
 
     /// The paper-configuration table ([`SimConfig::paper`], [`DEFAULT_SEED`]), computed once per
     /// machine: read from `cache_dir` (default [`default_cache_dir`]) if present, else simulated
-    /// with a progress bar on stderr and stored there.
-    pub fn cached_or_simulate(cache_dir: Option<&Path>) -> Result<Self> {
-        let bar = indicatif::ProgressBar::new(0);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "CMR lag-CRP table {bar:40} {pos}/{len} grid points [{elapsed_precise} < {eta}]",
-        ) {
-            bar.set_style(style);
-        }
+    /// with progress (grid points) and stored there.
+    pub fn cached_or_simulate(
+        cache_dir: Option<&Path>,
+        progress: &crate::progress::Progress,
+    ) -> Result<Self> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let bar = std::sync::OnceLock::<crate::progress::Bar>::new();
+        let done = AtomicU64::new(0);
         let r =
             Self::cached_or_simulate_with(cache_dir, &SimConfig::paper(), DEFAULT_SEED, |d, t| {
-                if bar.length() != Some(t as u64) {
-                    bar.set_length(t as u64);
-                }
-                bar.set_position(d as u64);
+                let b = bar.get_or_init(|| {
+                    progress.bar(
+                        t as u64,
+                        "CMR lag-CRP table (simulated once on this machine, then cached)",
+                    )
+                });
+                let prev = done.fetch_max(d as u64, Ordering::Relaxed);
+                b.inc((d as u64).saturating_sub(prev));
             });
-        bar.finish_and_clear();
+        if let Some(b) = bar.get() {
+            b.finish();
+        }
         r
     }
 

@@ -45,7 +45,7 @@ impl Probe for CmrFit {
         Ok(())
     }
 
-    fn run(_cx: &mut Context<'_>, p: &CmrFitParams) -> Result<CmrFitReport> {
+    fn run(cx: &mut Context<'_>, p: &CmrFitParams) -> Result<CmrFitReport> {
         let crp = crate::data::locate(&p.crp);
         let arr =
             Tensor::read_npy(&crp).map_err(|e| Error::msg(format!("{}: {e}", crp.display())))?;
@@ -59,7 +59,7 @@ impl Probe for CmrFit {
         }
         let (nl, nh) = (dims[0], dims[1]);
         let v: Vec<f64> = arr.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-        let table = heads::cmr_table(p.table.as_deref())?;
+        let table = heads::cmr_table(p.table.as_deref(), cx.progress)?;
         let fitter = CmrFitter::new(&table);
         let mut rows = vec![];
         for l in 0..nl {

@@ -201,7 +201,7 @@ impl Probe for Toy {
             .collect();
         let mut r = heads::run_with(&loaded, &params, &clamp, cx.progress)?;
         r.model = "toy".into();
-        let table = heads::cmr_table(params.cmr_table.as_deref())?;
+        let table = heads::cmr_table(params.cmr_table.as_deref(), cx.progress)?;
         for f in heads::write_outputs(&r, Some(&table), &out.join("heads"))? {
             manifest.add_file(format!("heads/{f}"));
         }

@@ -47,46 +47,6 @@ pub struct ModelRecord {
     pub dtype: String,
 }
 
-impl ModelRecord {
-    /// The record of a loaded model; hashes a GGUF file (a folder's weights are hashed shard by
-    /// shard into one digest of digests).
-    pub fn of(m: &crate::model::Model) -> Result<ModelRecord> {
-        let path = &m.source.path;
-        let sha = if path.is_file() {
-            sha256_file(path)?
-        } else {
-            let mut shards: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| Error::io(path, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-                .collect();
-            shards.sort();
-            let parts = shards
-                .iter()
-                .map(|p| sha256_file(p))
-                .collect::<Result<Vec<_>>>()?;
-            if parts.len() == 1 {
-                parts[0].clone()
-            } else {
-                format!("multi:{}", parts.join(","))
-            }
-        };
-        let dtype = format!("{:?}", m.dtype).to_lowercase();
-        Ok(ModelRecord {
-            source: m.source.spec.clone(),
-            path: path.display().to_string(),
-            revision: m.source.commit.clone().or(m.source.revision.clone()),
-            sha256: Some(sha),
-            arch: m.cfg().arch.name().to_string(),
-            dtype: if m.bf16_matmul() {
-                format!("{dtype}+bf16-matmul")
-            } else {
-                dtype
-            },
-        })
-    }
-}
-
 /// Wall-clock seconds one named step took.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Timing {

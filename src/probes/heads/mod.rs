@@ -355,10 +355,10 @@ pub fn copying_scores(model: &Model) -> Result<Vec<Vec<f64>>> {
 }
 
 /// The CMR table: the given .npy, else the machine's cached simulation (computed once).
-pub fn cmr_table(path: Option<&Path>) -> Result<CrpTable> {
+pub fn cmr_table(path: Option<&Path>, progress: &Progress) -> Result<CrpTable> {
     match path {
         Some(p) => CrpTable::load_npy(crate::data::locate(p)),
-        None => CrpTable::cached_or_simulate(None),
+        None => CrpTable::cached_or_simulate(None, progress),
     }
 }
 
@@ -396,7 +396,7 @@ pub fn run_with(
         progress,
     )?;
     let copying = copying_scores(model)?;
-    let table = cmr_table(params.cmr_table.as_deref())?;
+    let table = cmr_table(params.cmr_table.as_deref(), progress)?;
     let fitter = CmrFitter::new(&table);
     let mut heads = vec![];
     for l in 0..cfg.n_layers {

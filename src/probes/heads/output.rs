@@ -36,7 +36,7 @@ impl Probe for Heads {
     fn run(cx: &mut Context<'_>, p: &HeadsParams) -> Result<HeadsOutput> {
         let model = cx.model()?;
         let report = run(&model, p, cx.progress)?;
-        let table = super::cmr_table(p.cmr_table.as_deref())?;
+        let table = super::cmr_table(p.cmr_table.as_deref(), cx.progress)?;
         Ok(HeadsOutput { report, table })
     }
 }
