@@ -53,14 +53,20 @@ fn check_step(step: &PlannedStep) -> Result<Box<dyn probes::Step>> {
     Ok(s)
 }
 
-/// Run one planned step into its partial directory and rename it into place.
-fn run_step(step: &PlannedStep, root: &Path, suite: &str, session: &mut Session) -> Result<()> {
+/// Run one planned step (its probe built and checked) into its partial directory and rename it
+/// into place.
+fn run_step(
+    step: &PlannedStep,
+    probe: &dyn probes::Step,
+    root: &Path,
+    suite: &str,
+    session: &mut Session,
+) -> Result<()> {
     let dir = step.dir(root);
     let partial = step.partial_dir(root);
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     }
-    let probe = check_step(step)?;
     std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         probe.run(session, step.spec.as_ref(), &partial)
@@ -225,17 +231,20 @@ pub fn run_suite(
     on_step: &mut dyn FnMut(usize, usize, &StepRecord),
 ) -> Result<BatchRecord> {
     let (suite, root, steps) = prepare(opts)?;
-    // Every step is checked before the first runs: a typo fails the suite at once.
-    for s in &steps {
-        check_step(s).map_err(|e| {
-            Error::msg(format!(
-                "suite `{}`: step `{}`: {}",
-                suite.name,
-                s.id,
-                one_line(&e.to_string())
-            ))
-        })?;
-    }
+    // Every step is built and checked before the first runs: a typo fails the suite at once.
+    let probes = steps
+        .iter()
+        .map(|s| {
+            check_step(s).map_err(|e| {
+                Error::msg(format!(
+                    "suite `{}`: step `{}`: {}",
+                    suite.name,
+                    s.id,
+                    one_line(&e.to_string())
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let t0 = Instant::now();
     let mut record = initial_record(&suite, opts, &steps, &root);
     for (s, r) in steps.iter().zip(record.steps.iter_mut()) {
@@ -268,7 +277,7 @@ pub fn run_suite(
             last_model = step.model.clone();
         }
         let t = Instant::now();
-        let r = run_step(step, &root, &suite.name, session);
+        let r = run_step(step, probes[i].as_ref(), &root, &suite.name, session);
         let rec = &mut record.steps[i];
         rec.seconds = Some(t.elapsed().as_secs_f64());
         match r {

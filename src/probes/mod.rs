@@ -131,7 +131,7 @@ impl<P: Probe> Step for Planned<P> {
         serde_json::to_value(&self.0).unwrap_or_default()
     }
     fn run(&self, session: &mut Session, model: Option<&ModelSpec>, out: &Path) -> Result<Outcome> {
-        run::<P>(session, model, &self.0, out)
+        session::run_checked::<P>(session, model, &self.0, out)
     }
 }
 

@@ -111,6 +111,16 @@ pub fn run<P: Probe>(
     out: &Path,
 ) -> Result<Outcome> {
     P::check(params)?;
+    run_checked::<P>(session, spec, params, out)
+}
+
+/// [`run`] for parameters already checked (a [`super::Step`] checks when it is built).
+pub(super) fn run_checked<P: Probe>(
+    session: &mut Session,
+    spec: Option<&ModelSpec>,
+    params: &P::Params,
+    out: &Path,
+) -> Result<Outcome> {
     let mut manifest = Manifest::from_params(P::NAME, params)?.with_seed(P::seed(params));
     let model = match (P::model_use(params), spec) {
         (ModelUse::None, _) | (ModelUse::Optional, None) => None,
