@@ -1,0 +1,221 @@
+//! The CMR lag-CRP table over the parameter grid: simulation, the machine cache, `.npy` I/O.
+
+use crate::{bail, Context, Error, Result};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+
+/// CMR lag-CRP for every grid point: `data` is `[n_beta_enc, n_beta_rec, n_gamma, 17]` in C
+/// order (lags −8..=8), each row summing to 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrpTable {
+    /// The parameter grid.
+    pub grid: CmrGrid,
+    /// Flat `[20, 21, 11, 17]` values.
+    pub data: Vec<f64>,
+    /// Monte-Carlo standard errors, same layout, when the table was simulated here.
+    pub sem: Option<Vec<f64>>,
+}
+
+impl CrpTable {
+    /// Wraps a flat `[grid.shape(), 17]` array.
+    pub fn from_vec(grid: CmrGrid, data: Vec<f64>) -> Result<Self> {
+        if data.len() != grid.len() * N_LAGS {
+            bail!(
+                "CMR CRP table: expected {} values ({:?} × {N_LAGS}), got {}",
+                grid.len() * N_LAGS,
+                grid.shape(),
+                data.len()
+            );
+        }
+        Ok(Self {
+            grid,
+            data,
+            sem: None,
+        })
+    }
+
+    /// The CRP row (lags −8..=8) at grid indices `[i_enc, i_rec, i_gamma]`.
+    pub fn crp(&self, idx: [usize; 3]) -> &[f64] {
+        let f = self.grid.ravel(idx);
+        &self.data[f * N_LAGS..(f + 1) * N_LAGS]
+    }
+
+    /// The CRP row at a flat grid index.
+    pub fn crp_flat(&self, flat: usize) -> &[f64] {
+        &self.data[flat * N_LAGS..(flat + 1) * N_LAGS]
+    }
+
+    /// Simulates the paper's grid with [`SimConfig::paper`] but `trials` trials per start.
+    /// `progress(done, total)` is called after each grid point (from worker threads).
+    pub fn simulate<P>(trials: usize, seed: u64, progress: P) -> Result<Self>
+    where
+        P: Fn(usize, usize) + Sync,
+    {
+        let cfg = SimConfig {
+            trials,
+            ..SimConfig::paper()
+        };
+        Self::simulate_with(&CmrGrid::paper(), &cfg, seed, progress)
+    }
+
+    /// Simulates any grid with any configuration. Grid point `i` (flat C-order index) uses
+    /// `StdRng::seed_from_u64(seed ^ i)`, so the result is independent of thread scheduling.
+    pub fn simulate_with<P>(grid: &CmrGrid, cfg: &SimConfig, seed: u64, progress: P) -> Result<Self>
+    where
+        P: Fn(usize, usize) + Sync,
+    {
+        cfg.validate()?;
+        let total = grid.len();
+        let done = AtomicUsize::new(0);
+        let points: Vec<PointCrp> = (0..total)
+            .into_par_iter()
+            .map(|i| {
+                let (be, br, g) = grid.params(i);
+                let r = simulate_point(be, br, g, cfg, seed ^ i as u64);
+                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                progress(d, total);
+                r
+            })
+            .collect::<Result<_>>()?;
+        let mut data = Vec::with_capacity(total * N_LAGS);
+        let mut sem = Vec::with_capacity(total * N_LAGS);
+        for p in &points {
+            data.extend_from_slice(&p.crp);
+            sem.extend_from_slice(&p.sem);
+        }
+        Ok(Self {
+            grid: grid.clone(),
+            data,
+            sem: Some(sem),
+        })
+    }
+
+    /// Loads a `[20, 21, 11, 17]` float64 table (e.g. the paper's `cmr_crp_avg_20_11.npy`)
+    /// on the paper's grid.
+    pub fn load_npy(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let (shape, data) = read_npy_f64(path)?;
+        let grid = CmrGrid::paper();
+        let [a, b, c] = grid.shape();
+        if shape != [a, b, c, N_LAGS] {
+            bail!(
+                "{}: CMR CRP table has shape {shape:?}, expected [{a}, {b}, {c}, {N_LAGS}]",
+                path.display()
+            );
+        }
+        Self::from_vec(grid, data)
+    }
+
+    /// Saves the table as a float64 `.npy` of shape `[grid.shape(), 17]`.
+    pub fn save_npy(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let [a, b, c] = self.grid.shape();
+        let t = Tensor::from_vec(self.data.clone(), (a, b, c, N_LAGS), &Device::Cpu)?;
+        t.write_npy(path)
+            .ctx(|| format!("writing CMR CRP table {}", path.display()))
+    }
+
+    /// The cache file name for a configuration and seed (encodes trials, seed, max recalls and
+    /// whether closed forms were used, plus a format version).
+    pub fn cache_file_name(cfg: &SimConfig, seed: u64) -> String {
+        format!(
+            "cmr_crp_v1_items{}_trials{}_recalls{}_starts{}_{}_seed{:x}.npy",
+            cfg.n_items,
+            cfg.trials,
+            cfg.max_recalls,
+            cfg.n_starts,
+            if cfg.closed_forms { "cf" } else { "mc" },
+            seed
+        )
+    }
+
+    /// The paper-configuration table ([`SimConfig::paper`], [`DEFAULT_SEED`]), computed once per
+    /// machine: read from `cache_dir` (default [`default_cache_dir`]) if present, else simulated
+    /// with progress (grid points) and stored there.
+    pub fn cached_or_simulate(
+        cache_dir: Option<&Path>,
+        progress: &crate::progress::Progress,
+    ) -> Result<Self> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let bar = std::sync::OnceLock::<crate::progress::Bar>::new();
+        let done = AtomicU64::new(0);
+        let r =
+            Self::cached_or_simulate_with(cache_dir, &SimConfig::paper(), DEFAULT_SEED, |d, t| {
+                let b = bar.get_or_init(|| {
+                    progress.bar(
+                        t as u64,
+                        "CMR lag-CRP table (simulated once on this machine, then cached)",
+                    )
+                });
+                let prev = done.fetch_max(d as u64, Ordering::Relaxed);
+                b.inc((d as u64).saturating_sub(prev));
+            });
+        if let Some(b) = bar.get() {
+            b.finish();
+        }
+        r
+    }
+
+    /// As [`CrpTable::cached_or_simulate`] with an explicit configuration, seed and progress
+    /// callback. The file is written to a temporary name in the same directory and renamed, so
+    /// a concurrent reader never sees a partial table.
+    pub fn cached_or_simulate_with<P>(
+        cache_dir: Option<&Path>,
+        cfg: &SimConfig,
+        seed: u64,
+        progress: P,
+    ) -> Result<Self>
+    where
+        P: Fn(usize, usize) + Sync,
+    {
+        let dir = match cache_dir {
+            Some(d) => d.to_path_buf(),
+            None => default_cache_dir()?,
+        };
+        let path = dir.join(Self::cache_file_name(cfg, seed));
+        if path.is_file() {
+            if let Ok(t) = Self::load_npy(&path) {
+                return Ok(t);
+            }
+            // A corrupt cache file is recomputed and replaced.
+        }
+        let table = Self::simulate_with(&CmrGrid::paper(), cfg, seed, progress)?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp{}",
+            Self::cache_file_name(cfg, seed),
+            std::process::id()
+        ));
+        table.save_npy(&tmp)?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        Ok(table)
+    }
+}
+
+/// The default cache directory of the CMR table: `$ENGRAM_CACHE/cmr` when `ENGRAM_CACHE` is
+/// set, else `$HOME/.cache/engram/cmr`.
+pub fn default_cache_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("ENGRAM_CACHE").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("cmr"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|d| !d.is_empty())
+        .ctx(|| "neither ENGRAM_CACHE nor HOME is set: pass a cache directory".to_string())?;
+    Ok(PathBuf::from(home).join(".cache/engram/cmr"))
+}
+
+/// Reads a `.npy` file as float64 (any dtype candle reads is converted): `(shape, values)`.
+pub fn read_npy_f64(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f64>)> {
+    let path = path.as_ref();
+    let t = Tensor::read_npy(path).ctx(|| format!("reading {}", path.display()))?;
+    let shape = t.dims().to_vec();
+    let v = t
+        .to_dtype(candle_core::DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    Ok((shape, v))
+}
