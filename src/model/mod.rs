@@ -13,6 +13,7 @@ pub mod config;
 pub mod export;
 pub mod gemm;
 mod generate;
+pub mod grad;
 pub mod kernels;
 mod record;
 pub mod source;

@@ -24,10 +24,11 @@ use super::gemm::{Format, PackedLinear};
 use super::kernels;
 use super::weights::WeightSource;
 use crate::hooks::{HookPoint, Hooks};
-use crate::{Error, Result};
+use crate::Result;
 
 mod attention;
 mod mlp;
+mod views;
 
 /// A batch of token sequences, left-padded to one length.
 #[derive(Clone, Debug)]
@@ -202,6 +203,9 @@ impl Linear {
     fn forward(&self, x: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         match self {
             Linear::Dense(w) => linear(x, w, b),
+            // A differentiable pass multiplies by the unpacked weight (candle's matmul has a
+            // backward; the packed kernels have none).
+            Linear::Packed(p) if x.track_op() => linear(x, &p.unpack(x.device())?, b),
             Linear::Packed(p) => {
                 let y = p.matmul_t(x)?;
                 Ok(match b {
@@ -245,7 +249,10 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     } else {
         x.contiguous()?
     };
-    if x.dtype() == DType::F32 {
+    if x.track_op() {
+        // Differentiable (candle's fused rms_norm has no backward); the same numbers.
+        Ok(candle_nn::ops::rms_norm_slow(&x, w, eps as f32)?)
+    } else if x.dtype() == DType::F32 {
         Ok(candle_nn::ops::rms_norm(&x, w, eps as f32)?)
     } else {
         // Normalise in f32 as transformers does, then multiply in f32 and cast back.
@@ -253,6 +260,42 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
         let y = candle_nn::ops::rms_norm(&xf, &w.to_dtype(DType::F32)?, eps as f32)?;
         Ok(y.to_dtype(x.dtype())?)
     }
+}
+
+/// Softmax over the last axis: candle's fused kernel, or (on a differentiable pass, which it
+/// has no backward for) the op-by-op softmax.
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(x)?)
+    }
+}
+
+/// Rotary embedding (rotate-half) of `x` `[b, h, t, d_head]` with tables `[t, d_head/2]` or
+/// `[b, t, d_head/2]`: candle's fused kernel, or on a differentiable pass the same formula in
+/// ops that have a backward.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(candle_nn::rotary_emb::rope(x, cos, sin)?);
+    }
+    let lift = |c: &Tensor| -> Result<Tensor> {
+        let c = Tensor::cat(&[c, c], D::Minus1)?;
+        Ok(match c.rank() {
+            2 => c.unsqueeze(0)?.unsqueeze(0)?,
+            _ => c.unsqueeze(1)?,
+        })
+    };
+    let (cos, sin) = (lift(cos)?, lift(sin)?);
+    let half = x.dim(D::Minus1)? / 2;
+    let rotated = Tensor::cat(
+        &[
+            &x.narrow(D::Minus1, half, half)?.neg()?,
+            &x.narrow(D::Minus1, 0, half)?,
+        ],
+        D::Minus1,
+    )?;
+    Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
 }
 
 fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
@@ -563,8 +606,8 @@ impl Transformer {
             return Ok(h);
         }
         let logits = match &self.lm_head_bf16 {
-            Some(p) => p.matmul_t(&h)?,
-            None => linear(&h, &self.lm_head, None)?.to_dtype(DType::F32)?,
+            Some(p) if !h.track_op() => p.matmul_t(&h)?,
+            _ => linear(&h, &self.lm_head, None)?.to_dtype(DType::F32)?,
         };
         match cfg.final_softcap {
             Some(cap) => softcap(&logits, cap),
@@ -632,165 +675,12 @@ impl Transformer {
         self.lm_head_bf16.is_some()
     }
 
-    /// Whether the fused CPU kernels ([`kernels`], and the packed f32 matmul) run: f32 on the
-    /// CPU, unless `ENGRAM_UNFUSED=1` asks for candle's op-by-op path (for comparisons).
-    fn fused(&self) -> bool {
-        self.fused
-    }
-
-    // ---- weight views for probes (TransformerLens conventions) ----
-
-    fn check_layer(&self, l: usize) -> Result<&Block> {
-        self.blocks.get(l).ok_or(Error::LayerOutOfRange {
-            layer: l,
-            n_layers: self.cfg.n_layers,
-        })
-    }
-
-    /// `W_E`: `[vocab, d_model]`.
-    pub fn w_e(&self) -> &Tensor {
-        &self.embed
-    }
-
-    /// `W_U`ᵀ as stored: `[vocab, d_model]` (the unembedding rows).
-    pub fn unembed_rows(&self) -> &Tensor {
-        &self.lm_head
-    }
-
-    /// `W_V` of layer `l`: `[n_kv_heads, d_model, d_head]`.
-    pub fn w_v(&self, l: usize) -> Result<Tensor> {
-        let c = &self.cfg;
-        let w = self.check_layer(l)?.w_qkv.tensor(&self.device)?.narrow(
-            0,
-            (c.n_heads + c.n_kv_heads) * c.d_head,
-            c.n_kv_heads * c.d_head,
-        )?;
-        Ok(w.reshape((c.n_kv_heads, c.d_head, c.d_model))?
-            .transpose(1, 2)?
-            .to_dtype(self.dtype)?
-            .contiguous()?)
-    }
-
-    /// `W_Q` of layer `l`: `[n_heads, d_model, d_head]`.
-    pub fn w_q(&self, l: usize) -> Result<Tensor> {
-        let c = &self.cfg;
-        let w =
-            self.check_layer(l)?
-                .w_qkv
-                .tensor(&self.device)?
-                .narrow(0, 0, c.n_heads * c.d_head)?;
-        Ok(w.reshape((c.n_heads, c.d_head, c.d_model))?
-            .transpose(1, 2)?
-            .to_dtype(self.dtype)?
-            .contiguous()?)
-    }
-
-    /// `W_K` of layer `l`: `[n_kv_heads, d_model, d_head]`.
-    pub fn w_k(&self, l: usize) -> Result<Tensor> {
-        let c = &self.cfg;
-        let w = self.check_layer(l)?.w_qkv.tensor(&self.device)?.narrow(
-            0,
-            c.n_heads * c.d_head,
-            c.n_kv_heads * c.d_head,
-        )?;
-        Ok(w.reshape((c.n_kv_heads, c.d_head, c.d_model))?
-            .transpose(1, 2)?
-            .to_dtype(self.dtype)?
-            .contiguous()?)
-    }
-
-    /// `W_O` of layer `l`: `[n_heads, d_head, d_model]`.
-    pub fn w_o(&self, l: usize) -> Result<Tensor> {
-        let c = &self.cfg;
-        let w = self.check_layer(l)?.w_o.tensor(&self.device)?; // [d, nh*dh]
-        self.view(
-            w.reshape((c.d_model, c.n_heads, c.d_head))?
-                .permute((1, 2, 0))?,
-        )
-    }
-
-    /// MLP input weights (gate, up) of layer `l`: each `[d_mlp, d_model]` (rows = neurons).
-    pub fn w_gate_up(&self, l: usize) -> Result<(Tensor, Tensor)> {
-        let c = &self.cfg;
-        let w = self.check_layer(l)?.w_gate_up.tensor(&self.device)?;
-        Ok((
-            self.view(w.narrow(0, 0, c.d_mlp)?)?,
-            self.view(w.narrow(0, c.d_mlp, c.d_mlp)?)?,
-        ))
-    }
-
-    /// `W_out` of layer `l`: `[d_mlp, d_model]` (row n = neuron n's output direction).
-    pub fn w_out(&self, l: usize) -> Result<Tensor> {
-        self.view(self.check_layer(l)?.w_down.tensor(&self.device)?.t()?)
-    }
-
-    /// The attention input norm's effective weight (offset included) of layer `l`: `[d_model]`.
-    pub fn ln1_weight(&self, l: usize) -> Result<Tensor> {
-        Ok(self.check_layer(l)?.ln1.clone())
-    }
-
-    /// The final norm's effective weight (offset included): `[d_model]`.
-    pub fn final_norm_weight(&self) -> &Tensor {
-        &self.norm
-    }
-
-    /// Every weight under its Hugging Face name, in the checkpoint's own convention (norm offsets
-    /// removed, fused projections split): what `convert` writes.
-    pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let c = &self.cfg;
-        let unnorm = |w: &Tensor| -> Result<Tensor> {
-            Ok((w.to_dtype(DType::F32)? - c.norm_offset)?.to_dtype(self.dtype)?)
-        };
-        let mut out = vec![
-            ("model.embed_tokens.weight".to_string(), self.embed.clone()),
-            ("model.norm.weight".to_string(), unnorm(&self.norm)?),
-        ];
-        if !c.tie_word_embeddings {
-            out.push(("lm_head.weight".to_string(), self.lm_head.clone()));
-        }
-        for (i, b) in self.blocks.iter().enumerate() {
-            let p = |s: &str| format!("model.layers.{i}.{s}");
-            let (nq, nk) = (c.n_heads * c.d_head, c.n_kv_heads * c.d_head);
-            let (w_qkv, w_o) = (b.w_qkv.tensor(&self.device)?, b.w_o.tensor(&self.device)?);
-            let w_gate_up = b.w_gate_up.tensor(&self.device)?;
-            let w_down = b.w_down.tensor(&self.device)?;
-            out.push((p("input_layernorm.weight"), unnorm(&b.ln1)?));
-            out.push((p("self_attn.q_proj.weight"), w_qkv.narrow(0, 0, nq)?));
-            out.push((p("self_attn.k_proj.weight"), w_qkv.narrow(0, nq, nk)?));
-            out.push((p("self_attn.v_proj.weight"), w_qkv.narrow(0, nq + nk, nk)?));
-            if let Some(bias) = &b.b_qkv {
-                out.push((p("self_attn.q_proj.bias"), bias.narrow(0, 0, nq)?));
-                out.push((p("self_attn.k_proj.bias"), bias.narrow(0, nq, nk)?));
-                out.push((p("self_attn.v_proj.bias"), bias.narrow(0, nq + nk, nk)?));
-            }
-            out.push((p("self_attn.o_proj.weight"), w_o));
-            if let Some(w) = &b.q_norm {
-                out.push((p("self_attn.q_norm.weight"), unnorm(w)?));
-            }
-            if let Some(w) = &b.k_norm {
-                out.push((p("self_attn.k_norm.weight"), unnorm(w)?));
-            }
-            if c.sandwich_norms {
-                if let Some(w) = &b.post_attn_ln {
-                    out.push((p("post_attention_layernorm.weight"), unnorm(w)?));
-                }
-                out.push((p("pre_feedforward_layernorm.weight"), unnorm(&b.ln2)?));
-                if let Some(w) = &b.post_ff_ln {
-                    out.push((p("post_feedforward_layernorm.weight"), unnorm(w)?));
-                }
-            } else {
-                out.push((p("post_attention_layernorm.weight"), unnorm(&b.ln2)?));
-            }
-            out.push((p("mlp.gate_proj.weight"), w_gate_up.narrow(0, 0, c.d_mlp)?));
-            out.push((
-                p("mlp.up_proj.weight"),
-                w_gate_up.narrow(0, c.d_mlp, c.d_mlp)?,
-            ));
-            out.push((p("mlp.down_proj.weight"), w_down));
-        }
-        out.into_iter()
-            .map(|(n, t)| Ok((n, self.view(t)?)))
-            .collect()
+    /// Whether the fused CPU kernels ([`kernels`], and the packed f32 matmul) run on these
+    /// inputs: f32 on the CPU, unless `ENGRAM_UNFUSED=1` asks for candle's op-by-op path (for
+    /// comparisons), and not on a differentiable pass once a gradient point is upstream of them
+    /// (the kernels have no backward).
+    fn fused_on(&self, xs: &[&Tensor]) -> bool {
+        self.fused && !xs.iter().any(|x| x.track_op())
     }
 }
 

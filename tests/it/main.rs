@@ -7,6 +7,7 @@ mod cli;
 mod cmr;
 mod common;
 mod directions;
+mod grad;
 mod heads;
 mod heads_reference;
 mod hooks;

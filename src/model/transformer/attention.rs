@@ -16,7 +16,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::{kernels, rms_norm, softcap, Block, Transformer};
+use super::{kernels, rms_norm, rope, softcap, softmax_last, Block, Transformer};
 use crate::hooks::{HookPoint, Hooks};
 use crate::Result;
 
@@ -80,20 +80,15 @@ impl Transformer {
         let q = hooks.apply(HookPoint::Q(l), q)?;
         let k = hooks.apply(HookPoint::K(l), k)?;
         let v = hooks.apply(HookPoint::V(l), v)?;
-        let (mut q, mut k) = if self.fused() {
-            // One parallel pass each: heads in front, rotated on the way.
-            (
-                kernels::heads_first(&q, Some((cos, sin)))?,
-                kernels::heads_first(&k, Some((cos, sin)))?,
-            )
-        } else {
-            let q = q.transpose(1, 2)?.contiguous()?;
-            let k = k.transpose(1, 2)?.contiguous()?;
-            (
-                candle_nn::rotary_emb::rope(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope(&k, cos, sin)?,
-            )
+        // Heads in front, rotated: one parallel pass each (fused), or transpose then rope.
+        let rotate = |x: &Tensor| -> Result<Tensor> {
+            if self.fused_on(&[x]) {
+                Ok(kernels::heads_first(x, Some((cos, sin)))?)
+            } else {
+                rope(&x.transpose(1, 2)?.contiguous()?, cos, sin)
+            }
         };
+        let (mut q, mut k) = (rotate(&q)?, rotate(&k)?);
         if hooks.wants(HookPoint::RotQ(l)) {
             q = hooks
                 .apply(HookPoint::RotQ(l), q.transpose(1, 2)?)?
@@ -106,7 +101,7 @@ impl Transformer {
                 .transpose(1, 2)?
                 .contiguous()?;
         }
-        let v = if self.fused() {
+        let v = if self.fused_on(&[&v]) {
             kernels::heads_first(&v, None)?
         } else {
             v.transpose(1, 2)?.contiguous()?
@@ -160,7 +155,7 @@ impl Transformer {
             }
             Ok(())
         };
-        let z = if self.fused()
+        let z = if self.fused_on(&[q, k, v])
             && !hooks.edits(HookPoint::AttnScores(l))
             && !hooks.edits(HookPoint::Pattern(l))
         {
@@ -185,7 +180,7 @@ impl Transformer {
         } else {
             let tk = k.dim(2)?;
             let scores = scores(q, k)?;
-            let pattern = if self.fused() && !hooks.edits(HookPoint::AttnScores(l)) {
+            let pattern = if self.fused_on(&[&scores]) && !hooks.edits(HookPoint::AttnScores(l)) {
                 // The pattern is edited: the fused softmax, then the edit.
                 capture_scores(hooks, &scores)?;
                 kernels::masked_softmax(&scores, mask, cfg.attn_scale, cfg.attn_softcap)?
@@ -196,7 +191,7 @@ impl Transformer {
                 }
                 let scores = scores.broadcast_add(mask)?;
                 let scores = hooks.apply(HookPoint::AttnScores(l), scores)?;
-                candle_nn::ops::softmax_last_dim(&scores)?
+                softmax_last(&scores)?
             };
             let pattern = hooks.apply(HookPoint::Pattern(l), pattern)?;
             let pattern = pattern.to_dtype(self.dtype)?;

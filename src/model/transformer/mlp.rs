@@ -35,7 +35,7 @@ impl Transformer {
         };
         let post = match fused_act {
             Some(act)
-                if self.fused()
+                if self.fused_on(&[&gu])
                     && !hooks.edits(HookPoint::MlpPre(l))
                     && !hooks.edits(HookPoint::MlpPreLinear(l)) =>
             {

@@ -19,11 +19,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 
-use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_core::{Device, Tensor, Var};
 
 use crate::{Error, Result};
+
+mod edit;
+pub use edit::{Edit, HookFn, Intervention};
 
 /// A named point in the forward pass where activations can be captured or edited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -295,224 +297,13 @@ pub enum Positions {
 }
 
 impl Positions {
-    fn indices(&self, t: usize) -> Option<Vec<usize>> {
+    pub(crate) fn indices(&self, t: usize) -> Option<Vec<usize>> {
         match self {
             Positions::All => None,
             Positions::Indices(v) => Some(v.iter().copied().filter(|&i| i < t).collect()),
             Positions::Last(n) => Some((t.saturating_sub(*n)..t).collect()),
         }
     }
-}
-
-/// A user closure for library users: receives the hook point and the tensor, returns the new one.
-pub type HookFn = Arc<dyn Fn(HookPoint, &Tensor) -> Result<Tensor> + Send + Sync>;
-
-/// What an intervention does to the tensor at its hook point.
-#[derive(Clone)]
-pub enum Edit {
-    /// Zero some units (heads for head/attention layouts, features for stream layouts) or,
-    /// with `None`, the whole tensor.
-    Zero { units: Option<Vec<usize>> },
-    /// Replace units with fixed values (mean ablation, clamping). `values` has shape
-    /// `[units.len(), ...]` where `...` is the tensor's shape after the unit axis
-    /// (`[d_head]` for heads, `[]` for neurons, `[query, key]` for attention patterns).
-    Set { units: Vec<usize>, values: Tensor },
-    /// Replace the activation with a tensor of the same shape (activation patching).
-    Patch { value: Tensor },
-    /// Add `scale · vector` along the last axis (steering).
-    Add { vector: Tensor, scale: f64 },
-    /// Remove the component along `direction` (any norm): x ← x − (x·d̂) d̂.
-    ProjectOut { direction: Tensor },
-    /// Clamp values into `[min, max]`.
-    Clamp { min: f64, max: f64 },
-    /// Anything else.
-    Custom(HookFn),
-}
-
-impl fmt::Debug for Edit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Edit::Zero { units } => write!(f, "Zero({units:?})"),
-            Edit::Set { units, .. } => write!(f, "Set({units:?})"),
-            Edit::Patch { .. } => write!(f, "Patch"),
-            Edit::Add { scale, .. } => write!(f, "Add(scale={scale})"),
-            Edit::ProjectOut { .. } => write!(f, "ProjectOut"),
-            Edit::Clamp { min, max } => write!(f, "Clamp({min}, {max})"),
-            Edit::Custom(_) => write!(f, "Custom"),
-        }
-    }
-}
-
-/// An edit applied at a hook point, optionally only at some positions.
-#[derive(Clone, Debug)]
-pub struct Intervention {
-    pub point: HookPoint,
-    pub edit: Edit,
-    pub positions: Positions,
-}
-
-impl Intervention {
-    pub fn new(point: HookPoint, edit: Edit) -> Self {
-        Intervention {
-            point,
-            edit,
-            positions: Positions::All,
-        }
-    }
-
-    pub fn at(mut self, positions: Positions) -> Self {
-        self.positions = positions;
-        self
-    }
-
-    /// Zero-ablate one head's output (its slice of `hook_z`). Works under grouped-query attention:
-    /// only this query head is affected, not its kv group.
-    pub fn zero_head(layer: usize, head: usize) -> Self {
-        Self::new(
-            HookPoint::Z(layer),
-            Edit::Zero {
-                units: Some(vec![head]),
-            },
-        )
-    }
-
-    /// Mean-ablate one head: replace its `hook_z` slice by `mean` (`[d_head]`, e.g. the head's
-    /// mean output over a reference dataset).
-    pub fn mean_ablate_head(layer: usize, head: usize, mean: Tensor) -> Result<Self> {
-        Ok(Self::new(
-            HookPoint::Z(layer),
-            Edit::Set {
-                units: vec![head],
-                values: mean.unsqueeze(0)?,
-            },
-        ))
-    }
-
-    /// Zero one kv head's values (`hook_v`): under grouped-query attention this silences every
-    /// query head of that group.
-    pub fn zero_kv_head(layer: usize, kv_head: usize) -> Self {
-        Self::new(
-            HookPoint::V(layer),
-            Edit::Zero {
-                units: Some(vec![kv_head]),
-            },
-        )
-    }
-
-    /// Clamp one head's attention pattern to `pattern` (`[query, key]`), e.g. a perfect
-    /// previous-token pattern.
-    pub fn clamp_pattern(layer: usize, head: usize, pattern: Tensor) -> Result<Self> {
-        Ok(Self::new(
-            HookPoint::Pattern(layer),
-            Edit::Set {
-                units: vec![head],
-                values: pattern.unsqueeze(0)?,
-            },
-        ))
-    }
-
-    /// Zero MLP neurons (`mlp.hook_post` units) of one layer.
-    pub fn zero_neurons(layer: usize, neurons: Vec<usize>) -> Self {
-        Self::new(
-            HookPoint::MlpPost(layer),
-            Edit::Zero {
-                units: Some(neurons),
-            },
-        )
-    }
-
-    /// Apply the edit to `x` (the tensor at `self.point`).
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let layout = self.point.layout();
-        let edited = apply_edit(&self.edit, self.point, layout, x)?;
-        let pos_axis = layout.pos_axis();
-        let t = x.dim(pos_axis)?;
-        match self.positions.indices(t) {
-            None => Ok(edited),
-            Some(idx) => {
-                let mut m = vec![0f32; t];
-                for i in idx {
-                    m[i] = 1.0;
-                }
-                let mut shape = vec![1usize; x.rank()];
-                shape[pos_axis] = t;
-                let m = Tensor::from_vec(m, shape, x.device())?.to_dtype(x.dtype())?;
-                Ok((x + (edited - x)?.broadcast_mul(&m)?)?)
-            }
-        }
-    }
-}
-
-/// A `[1, .., U, ..]`-shaped 0/1 mask along the unit axis (1 = the unit is selected).
-fn unit_mask(x: &Tensor, axis: usize, units: &[usize]) -> Result<Tensor> {
-    let n = x.dim(axis)?;
-    let mut m = vec![0f32; n];
-    for &u in units {
-        if u >= n {
-            crate::bail!("unit {u} is out of range: the hook point has {n} units on axis {axis}");
-        }
-        m[u] = 1.0;
-    }
-    let mut shape = vec![1usize; x.rank()];
-    shape[axis] = n;
-    Ok(Tensor::from_vec(m, shape, x.device())?.to_dtype(x.dtype())?)
-}
-
-fn apply_edit(edit: &Edit, point: HookPoint, layout: Layout, x: &Tensor) -> Result<Tensor> {
-    let axis = layout.unit_axis();
-    Ok(match edit {
-        Edit::Zero { units: None } => x.zeros_like()?,
-        Edit::Zero { units: Some(units) } => {
-            let keep = (1.0 - unit_mask(x, axis, units)?)?;
-            x.broadcast_mul(&keep)?
-        }
-        Edit::Set { units, values } => {
-            let sel = unit_mask(x, axis, units)?;
-            let n = x.dim(axis)?;
-            // Scatter `values` into a [n, rest...] tensor, then lift to x's rank.
-            let rest: Vec<usize> = x.dims()[axis + 1..].to_vec();
-            let values = values.to_dtype(x.dtype())?.to_device(x.device())?;
-            let mut rows = Vec::with_capacity(n);
-            for u in 0..n {
-                match units.iter().position(|&v| v == u) {
-                    Some(i) => rows.push(values.i(i)?.reshape(rest.clone())?),
-                    None => rows.push(Tensor::zeros(rest.clone(), x.dtype(), x.device())?),
-                }
-            }
-            let mut fill = Tensor::stack(&rows, 0)?;
-            for _ in 0..axis {
-                fill = fill.unsqueeze(0)?;
-            }
-            let keep = (1.0 - &sel)?;
-            x.broadcast_mul(&keep)?
-                .broadcast_add(&fill.broadcast_mul(&sel)?)?
-        }
-        Edit::Patch { value } => {
-            if value.dims() != x.dims() {
-                crate::bail!(
-                    "patch for {point} has shape {:?}, the activation has {:?}",
-                    value.dims(),
-                    x.dims()
-                );
-            }
-            value.to_dtype(x.dtype())?.to_device(x.device())?
-        }
-        Edit::Add { vector, scale } => {
-            let v = (vector.to_dtype(DType::F32)? * *scale)?
-                .to_dtype(x.dtype())?
-                .to_device(x.device())?;
-            x.broadcast_add(&v)?
-        }
-        Edit::ProjectOut { direction } => {
-            let d = direction.to_dtype(DType::F32)?;
-            let d = d.broadcast_div(&d.sqr()?.sum_all()?.sqrt()?)?;
-            let d = d.to_dtype(x.dtype())?.to_device(x.device())?;
-            let proj = x.broadcast_mul(&d)?.sum_keepdim(D::Minus1)?;
-            (x - proj.broadcast_mul(&d)?)?
-        }
-        Edit::Clamp { min, max } => x.clamp(*min, *max)?,
-        Edit::Custom(f) => f(point, x)?,
-    })
 }
 
 /// Captured activations, keyed by hook point.
@@ -570,6 +361,12 @@ pub struct Hooks {
     /// Points wanted by capture or interventions (resolved at the start of a forward pass).
     wanted: Vec<HookPoint>,
     n_layers: usize,
+    /// Where gradients are asked for ([`Hooks::with_grads`]).
+    grad_filter: Option<HookFilter>,
+    grad_points: Vec<HookPoint>,
+    /// The zero variables added at the gradient points in the last forward pass: the gradient
+    /// of a metric with respect to one is the gradient at its point.
+    pub(crate) grad_vars: Vec<(HookPoint, Var)>,
 }
 
 impl fmt::Debug for Hooks {
@@ -577,6 +374,7 @@ impl fmt::Debug for Hooks {
         f.debug_struct("Hooks")
             .field("filter", &self.filter)
             .field("interventions", &self.interventions)
+            .field("grads", &self.grad_filter)
             .finish()
     }
 }
@@ -615,17 +413,33 @@ impl Hooks {
         self.interventions.push(intervention);
     }
 
+    /// Also make the pass differentiable at what `filter` matches: each matched activation gets a
+    /// zero variable added, so that a backward pass of a metric gives the gradient there
+    /// ([`crate::model::Model::gradients_with`]). Operations after the first such point run
+    /// through candle ops that have a backward (the fused kernels are skipped there).
+    pub fn with_grads(mut self, filter: HookFilter) -> Self {
+        self.grad_filter = Some(filter);
+        self.wanted.clear();
+        self
+    }
+
+    /// Whether the pass is asked for gradients.
+    pub fn wants_grads(&self) -> bool {
+        self.grad_filter.is_some()
+    }
+
     pub fn interventions(&self) -> &[Intervention] {
         &self.interventions
     }
 
     pub fn is_empty(&self) -> bool {
-        self.filter.is_none() && self.interventions.is_empty()
+        self.filter.is_none() && self.interventions.is_empty() && self.grad_filter.is_none()
     }
 
     /// Called by the forward pass before it runs: clears the cache and resolves the filter.
     pub(crate) fn begin(&mut self, n_layers: usize) -> Result<()> {
         self.cache.map.clear();
+        self.grad_vars.clear();
         if self.is_empty() {
             self.wanted.clear();
             return Ok(());
@@ -643,6 +457,11 @@ impl Hooks {
                 }
                 wanted.push(iv.point);
             }
+            self.grad_points = match &self.grad_filter {
+                Some(f) => f.resolve(n_layers)?,
+                None => vec![],
+            };
+            wanted.extend(&self.grad_points);
             wanted.sort();
             wanted.dedup();
             self.wanted = wanted;
@@ -651,9 +470,10 @@ impl Hooks {
         Ok(())
     }
 
-    /// Whether an intervention edits this point (capture alone does not count).
+    /// Whether the pass must use the tensor this point returns: an intervention edits it, or a
+    /// gradient is asked for there (capture alone does not count).
     pub fn edits(&self, point: HookPoint) -> bool {
-        self.interventions.iter().any(|iv| iv.point == point)
+        self.interventions.iter().any(|iv| iv.point == point) || self.grad_points.contains(&point)
     }
 
     /// Whether the forward pass must materialise this point.
@@ -674,6 +494,11 @@ impl Hooks {
     fn apply_slow(&mut self, point: HookPoint, mut x: Tensor) -> Result<Tensor> {
         for iv in self.interventions.iter().filter(|iv| iv.point == point) {
             x = iv.apply(&x)?;
+        }
+        if self.grad_points.contains(&point) {
+            let var = Var::zeros(x.shape(), x.dtype(), x.device())?;
+            x = (x + var.as_tensor())?;
+            self.grad_vars.push((point, var));
         }
         if self.filter.as_ref().is_some_and(|f| f.matches(point)) {
             let axis = point.layout().pos_axis();
@@ -699,6 +524,7 @@ impl Hooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::IndexOp;
 
     #[test]
     fn names_round_trip() {
