@@ -16,7 +16,8 @@ pub enum Error {
     #[error("layer {layer} is out of range: the model has {n_layers} layers")]
     LayerOutOfRange { layer: usize, n_layers: usize },
     #[error(
-        "unsupported architecture `{0}` (supported: llama, mistral, qwen2, gemma, gemma2, gemma3)"
+        "unsupported architecture `{0}` (supported: {supported})",
+        supported = crate::model::config::SUPPORTED
     )]
     UnsupportedArch(String),
     #[error("tensor `{0}` not found in the checkpoint")]

@@ -8,7 +8,13 @@ the scores, lag-CRPs, OV eigenvalues and the CMR grid fit. Used two ways:
   head's induction / previous-token / duplicate / copying score, lag-CRP and CMR distance with
   engram's `heads.parquet` (max abs differences in the JSON output).
 
-    python3 scripts/bench/heads_reference.py GGUF CMR_TABLE.npy [ENGRAM_RUN_DIR [FIXTURE.json]]
+    python3 scripts/bench/heads_reference.py MODEL CMR_TABLE.npy [ENGRAM_RUN_DIR [FIXTURE.json]]
+
+MODEL is a GGUF file or a Hugging Face folder. Families: Llama/Gemma/Qwen-style (`model.layers`,
+`v_proj`/`o_proj`), GPT-2 (`transformer.h`, Conv1D `c_attn`/`c_proj`) and GPT-NeoX
+(`gpt_neox.layers`, per-head interleaved `query_key_value`, `dense`). For LayerNorm families the
+copying score centres the folded reading weights over d_model (TransformerLens fold_ln with
+centring), as engram does.
 
 With FIXTURE.json, the reference's own numbers (tokens, per-head scores, lag-CRPs, CMR distances,
 losses) are also written there: tests/real_models.rs compares engram's heads probe with them.
@@ -35,16 +41,29 @@ torch.set_num_threads(os.cpu_count())
 timings = {}
 
 t0 = time.perf_counter()
-model = AutoModelForCausalLM.from_pretrained(
-    os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32,
-    attn_implementation="eager")
+if os.path.isdir(path):
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+else:
+    model = AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32,
+        attn_implementation="eager")
 model.eval()
 timings["load"] = time.perf_counter() - t0
 cfg = model.config
 L, H = cfg.num_hidden_layers, cfg.num_attention_heads
+family = cfg.model_type
+if family == "gpt2":
+    base, layers = model.transformer, model.transformer.h
+    attn0 = layers[0].attn
+elif family == "gpt_neox":
+    base, layers = model.gpt_neox, model.gpt_neox.layers
+    attn0 = layers[0].attention
+else:
+    base, layers = model.model, model.model.layers
+    attn0 = layers[0].self_attn
 
 # Capture pre-softmax scores: wrap the eager attention function of the model's module.
-mod = sys.modules[type(model.model.layers[0].self_attn).__module__]
+mod = sys.modules[type(attn0).__module__]
 orig = mod.eager_attention_forward
 scores_store = []
 
@@ -52,7 +71,7 @@ scores_store = []
 def eager_with_scores(module, query, key, value, attention_mask, **kw):
     # Keyword arguments only: Llama's and Gemma's eager functions order them differently.
     scaling = kw.get("scaling") or module.head_dim ** -0.5
-    key_states = mod.repeat_kv(key, module.num_key_value_groups)
+    key_states = mod.repeat_kv(key, module.num_key_value_groups) if hasattr(mod, "repeat_kv") else key
     s = torch.matmul(query, key_states.transpose(2, 3)) * scaling
     if kw.get("softcap") is not None:
         s = torch.tanh(s / kw["softcap"]) * kw["softcap"]
@@ -119,25 +138,43 @@ timings["forward_and_scores"] = time.perf_counter() - t0
 # the final norm into W_U.
 t0 = time.perf_counter()
 with torch.inference_mode():
-    m = model.model
-    W_E = m.embed_tokens.weight.float()
-    W_U = model.lm_head.weight.float()
-    nf = m.norm.weight.float()
+    d = cfg.hidden_size
+    dh = cfg.head_dim if getattr(cfg, "head_dim", None) else d // H
+    layer_norm = family in ("gpt2", "gpt_neox")
+    centre = (lambda w: w - w.mean(0, keepdim=True)) if layer_norm else (lambda w: w)
+    if family == "gpt2":
+        W_E, nf = base.wte.weight.float(), base.ln_f.weight.float()
+    elif family == "gpt_neox":
+        W_E, nf = base.embed_in.weight.float(), base.final_layer_norm.weight.float()
+    else:
+        W_E, nf = base.embed_tokens.weight.float(), base.norm.weight.float()
+    W_U = model.get_output_embeddings().weight.float()
     if "gemma" in cfg.model_type:
         nf = nf + 1.0
-    P = (W_U.T @ W_E) * nf[:, None]  # [d, d]
-    dh = cfg.head_dim if getattr(cfg, "head_dim", None) else cfg.hidden_size // H
-    g = H // cfg.num_key_value_heads
+    P = centre((W_U.T @ W_E) * nf[:, None])  # [d, d]
+    g = H // getattr(cfg, "num_key_value_heads", H)
     copying = np.zeros((L, H))
     for l in range(L):
-        a = m.layers[l].self_attn
-        ln1 = m.layers[l].input_layernorm.weight.float()
-        if "gemma" in cfg.model_type:
-            ln1 = ln1 + 1.0
-        Wv = a.v_proj.weight.float()  # [K*dh, d]
-        Wo = a.o_proj.weight.float()  # [d, H*dh]
+        # Per head: W_V rows [dh, d] (Linear layout) and W_O columns [d, dh].
+        if family == "gpt2":
+            ln1 = layers[l].ln_1.weight.float()
+            Wv = layers[l].attn.c_attn.weight.float()[:, 2 * d:].T  # Conv1D [d, 3d] -> v rows
+            Wo = layers[l].attn.c_proj.weight.float().T  # Conv1D [in, out] -> [d, H*dh]
+        elif family == "gpt_neox":
+            ln1 = layers[l].input_layernorm.weight.float()
+            qkv = layers[l].attention.query_key_value.weight.float()  # [H*3*dh, d], per-head q,k,v
+            Wv = qkv.reshape(H, 3, dh, d)[:, 2].reshape(H * dh, d)
+            Wo = layers[l].attention.dense.weight.float()
+        else:
+            a = layers[l].self_attn
+            ln1 = (layers[l].input_layernorm.weight.float() if hasattr(layers[l], "input_layernorm")
+                   else torch.ones(d))
+            if "gemma" in cfg.model_type:
+                ln1 = ln1 + 1.0
+            Wv = a.v_proj.weight.float()  # [K*dh, d]
+            Wo = a.o_proj.weight.float()  # [d, H*dh]
         for h in range(H):
-            wv = (Wv[(h // g) * dh:(h // g + 1) * dh] * ln1[None, :]).T  # [d, dh]
+            wv = centre((Wv[(h // g) * dh:(h // g + 1) * dh] * ln1[None, :]).T)  # [d, dh]
             wo = Wo[:, h * dh:(h + 1) * dh].T  # [dh, d]
             ev = np.linalg.eigvals((wo @ P @ wv).double().numpy())
             copying[l, h] = ev.real.sum() / np.abs(ev).sum()

@@ -1,20 +1,28 @@
 //! Hook points, filters, capture and interventions.
 //!
 //! Hook names and shapes follow TransformerLens:
-//! - `hook_embed`, `blocks.{l}.hook_resid_pre|hook_resid_mid|hook_resid_post`,
+//! - `hook_embed`, `hook_pos_embed` (learned absolute positions, GPT-2 only; the first
+//!   `resid_pre` is their sum), `blocks.{l}.hook_resid_pre|hook_resid_mid|hook_resid_post`,
 //!   `blocks.{l}.hook_attn_out`, `blocks.{l}.hook_mlp_out`: `[batch, pos, d_model]`
 //! - `blocks.{l}.attn.hook_q|hook_rot_q|hook_z|hook_result`: `[batch, pos, head, d_head]`
 //!   (`hook_result` is `[batch, pos, head, d_model]`: each head's contribution through W_O)
 //! - `blocks.{l}.attn.hook_k|hook_v|hook_rot_k`: `[batch, pos, kv_head, d_head]`
 //! - `blocks.{l}.attn.hook_attn_scores|hook_pattern`: `[batch, head, query, key]`
 //! - `blocks.{l}.mlp.hook_pre|hook_pre_linear|hook_post`: `[batch, pos, d_mlp]`
-//!   (gate projection, up projection, and act(gate)·up = the input of down_proj)
+//!   (gate projection, up projection, and act(gate)·up = the input of down_proj). Ungated MLPs
+//!   (GPT-2, GPT-NeoX): `hook_pre` = W_in·x + b_in, `hook_post` = act(hook_pre), and no
+//!   `hook_pre_linear`, as in TransformerLens.
 //! - `ln_final.hook_normalized`: `[batch, pos, d_model]`
 //!
 //! With Gemma 2/3's sandwich norms, `hook_attn_out` / `hook_mlp_out` are the block's contributions
 //! to the residual stream (after the post-norms), so `resid_mid = resid_pre + attn_out` and
-//! `resid_post = resid_mid + mlp_out` hold for every architecture. With q/k norms (Gemma 3),
-//! `hook_q` / `hook_k` are after the norm and before rotary embedding.
+//! `resid_post = resid_mid + mlp_out` hold for every architecture; OLMo-2's post-norms likewise.
+//! With parallel attention + MLP (GPT-NeoX) the MLP reads `ln2(resid_pre)`, and `resid_mid` is
+//! still defined as `resid_pre + attn_out` (TransformerLens has no resid_mid there; editing it
+//! changes resid_post but not the MLP's input). With q/k norms (Gemma 3, Qwen3, OLMo-2),
+//! `hook_q` / `hook_k` are after the norm and before rotary embedding. Without rotary
+//! embeddings (GPT-2) `hook_rot_q` / `hook_rot_k` equal `hook_q` / `hook_k`; with partial rotary
+//! (NeoX `rotary_pct`, Phi-3 `partial_rotary_factor`) only the first dims of each head turn.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,6 +39,7 @@ pub use edit::{Edit, HookFn, Intervention};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HookPoint {
     Embed,
+    PosEmbed,
     ResidPre(usize),
     Q(usize),
     K(usize),
@@ -108,7 +117,7 @@ impl HookPoint {
     pub fn layer(self) -> Option<usize> {
         use HookPoint::*;
         match self {
-            Embed | LnFinal => None,
+            Embed | PosEmbed | LnFinal => None,
             ResidPre(l) | Q(l) | K(l) | V(l) | RotQ(l) | RotK(l) | AttnScores(l) | Pattern(l)
             | Z(l) | Result(l) | AttnOut(l) | ResidMid(l) | MlpPre(l) | MlpPreLinear(l)
             | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
@@ -120,6 +129,7 @@ impl HookPoint {
         use HookPoint::*;
         match self {
             Embed => "hook_embed",
+            PosEmbed => "hook_pos_embed",
             LnFinal => "ln_final.hook_normalized",
             ResidPre(_) => "hook_resid_pre",
             Q(_) => "attn.hook_q",
@@ -160,7 +170,7 @@ impl HookPoint {
 
     /// Every hook point of a model with `n_layers` layers, in forward order.
     pub fn all(n_layers: usize) -> Vec<HookPoint> {
-        let mut v = vec![HookPoint::Embed];
+        let mut v = vec![HookPoint::Embed, HookPoint::PosEmbed];
         for l in 0..n_layers {
             v.extend(BLOCK_HOOKS.iter().map(|(_, f)| f(l)));
         }
@@ -191,6 +201,7 @@ impl FromStr for HookPoint {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "hook_embed" => return Ok(HookPoint::Embed),
+            "hook_pos_embed" => return Ok(HookPoint::PosEmbed),
             "ln_final.hook_normalized" => return Ok(HookPoint::LnFinal),
             _ => {}
         }

@@ -1,7 +1,9 @@
 //! One normalised model configuration for every supported architecture.
 //!
-//! Architecture differences are data here (norm offset, softcaps, window pattern, rope per layer,
-//! sandwich norms, q/k norms, biases), read at a few named places in the forward pass.
+//! Architecture differences are data here (norm kind and offset, softcaps, window pattern, rope per
+//! layer and rotary width, learned positions, pre/post norms, q/k norms, gated or plain MLP, parallel
+//! blocks, biases), read at a few named places in the forward pass; [`Arch::structure`] holds what
+//! is fixed per family. The weights' names and layouts per family are in `transformer/load.rs`.
 //! Built from a Hugging Face `config.json` (both the transformers ≤4 keys `rope_theta` /
 //! `rope_scaling` and the transformers 5 `rope_parameters`) or from GGUF metadata.
 
@@ -19,7 +21,53 @@ pub enum Arch {
     Gemma,
     Gemma2,
     Gemma3,
+    Gpt2,
+    GptNeox,
+    Qwen3,
+    Phi3,
+    Olmo2,
 }
+
+/// How a norm normalises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// x / rms(x) · w
+    Rms,
+    /// (x − mean) / std · w + b (GPT-2, GPT-NeoX)
+    Layer,
+}
+
+/// RMSNorm on queries and keys before rotary embedding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QkNorm {
+    None,
+    /// Over each head's `d_head` values (Gemma 3, Qwen3).
+    PerHead,
+    /// Over the whole projection, all heads at once (OLMo-2): weights `[n_heads·d_head]`.
+    Full,
+}
+
+/// What is fixed per family (the rest of [`ModelConfig`] comes from the config file).
+#[derive(Clone, Copy, Debug)]
+pub struct Structure {
+    pub norm: NormKind,
+    pub learned_pos: bool,
+    pub gated_mlp: bool,
+    pub pre_norms: bool,
+    pub post_norms: bool,
+    pub qk_norm: QkNorm,
+    /// Biases on the attention output and both MLP projections.
+    pub out_bias: bool,
+    /// Biases on q, k, v (unless the config says otherwise).
+    pub qkv_bias: bool,
+    pub rotary: bool,
+}
+
+/// Every architecture name [`Arch::parse`] accepts, for messages.
+pub const SUPPORTED: &str =
+    "llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3, gpt2, gpt_neox, phi3, olmo2";
 
 impl Arch {
     pub fn parse(model_type: &str) -> Result<Arch> {
@@ -30,6 +78,11 @@ impl Arch {
             "gemma" => Arch::Gemma,
             "gemma2" => Arch::Gemma2,
             "gemma3" | "gemma3_text" => Arch::Gemma3,
+            "gpt2" => Arch::Gpt2,
+            "gpt_neox" | "gptneox" => Arch::GptNeox,
+            "qwen3" => Arch::Qwen3,
+            "phi3" => Arch::Phi3,
+            "olmo2" => Arch::Olmo2,
             other => return Err(Error::UnsupportedArch(other.to_string())),
         })
     }
@@ -42,6 +95,54 @@ impl Arch {
             Arch::Gemma => "gemma",
             Arch::Gemma2 => "gemma2",
             Arch::Gemma3 => "gemma3",
+            Arch::Gpt2 => "gpt2",
+            Arch::GptNeox => "gpt_neox",
+            Arch::Qwen3 => "qwen3",
+            Arch::Phi3 => "phi3",
+            Arch::Olmo2 => "olmo2",
+        }
+    }
+
+    /// The family's fixed structure: LayerNorm, learned positions and plain GELU MLPs with
+    /// biases for GPT-2 and GPT-NeoX (rotary for NeoX); post-norms only and whole-width q/k norms
+    /// for OLMo-2; per-head q/k norms for Gemma 3 and Qwen3; Gemma 2/3's sandwich norms.
+    pub fn structure(self) -> Structure {
+        let base = Structure {
+            norm: NormKind::Rms,
+            learned_pos: false,
+            gated_mlp: true,
+            pre_norms: true,
+            post_norms: self.is_gemma2_or_3(),
+            qk_norm: QkNorm::None,
+            out_bias: false,
+            qkv_bias: self == Arch::Qwen2,
+            rotary: true,
+        };
+        let plain = Structure {
+            norm: NormKind::Layer,
+            gated_mlp: false,
+            out_bias: true,
+            qkv_bias: true,
+            ..base
+        };
+        match self {
+            Arch::Gpt2 => Structure {
+                learned_pos: true,
+                rotary: false,
+                ..plain
+            },
+            Arch::GptNeox => plain,
+            Arch::Gemma3 | Arch::Qwen3 => Structure {
+                qk_norm: QkNorm::PerHead,
+                ..base
+            },
+            Arch::Olmo2 => Structure {
+                pre_norms: false,
+                post_norms: true,
+                qk_norm: QkNorm::Full,
+                ..base
+            },
+            _ => base,
         }
     }
 
@@ -89,7 +190,7 @@ impl Arch {
         match self {
             Arch::Gemma2 => i.is_multiple_of(2),
             Arch::Gemma3 => !(i + 1).is_multiple_of(gemma3_pattern),
-            Arch::Mistral => has_window,
+            Arch::Mistral | Arch::Phi3 => has_window,
             _ => false,
         }
     }
@@ -223,8 +324,25 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     pub act: Activation,
     pub tie_word_embeddings: bool,
-    /// Bias on q, k, v projections (Qwen2).
+    /// Bias on q, k, v projections (Qwen2, GPT-2, GPT-NeoX).
     pub qkv_bias: bool,
+    /// Bias on the attention output projection and both MLP projections (GPT-2, GPT-NeoX).
+    pub out_bias: bool,
+    /// RMSNorm or LayerNorm (with bias) for every norm of the model.
+    pub norm: NormKind,
+    /// Learned absolute position embeddings added to the token embeddings (GPT-2).
+    pub learned_pos: bool,
+    /// Rotary embedding on the first `rotary_dim` dims of each head (NeoX rotate-half); `d_head`
+    /// for full rotary, less for partial (`rotary_pct`, `partial_rotary_factor`), 0 for none.
+    pub rotary_dim: usize,
+    /// act(gate)·up (true) or act(W_in·x + b_in) (GPT-2, GPT-NeoX).
+    pub gated_mlp: bool,
+    /// Attention and MLP both read resid_pre and add to it (GPT-NeoX `use_parallel_residual`).
+    pub parallel_attn_mlp: bool,
+    /// Norms before attention and MLP (all but OLMo-2).
+    pub pre_norms: bool,
+    /// Norms on the attention and MLP outputs before they join the residual (Gemma 2/3, OLMo-2).
+    pub post_norms: bool,
     /// RMSNorm multiplies by (offset + w): 1 for Gemma, 0 otherwise.
     pub norm_offset: f64,
     /// Embeddings are multiplied by this (√d for Gemma).
@@ -235,10 +353,8 @@ pub struct ModelConfig {
     pub attn_softcap: Option<f64>,
     /// cap·tanh(x/cap) on the final logits (Gemma 2).
     pub final_softcap: Option<f64>,
-    /// Post-attention and pre/post feed-forward norms (Gemma 2/3).
-    pub sandwich_norms: bool,
-    /// RMSNorm on q and k per head (Gemma 3).
-    pub qk_norm: bool,
+    /// RMSNorm on q and k (Gemma 3, Qwen3 per head; OLMo-2 over the whole projection).
+    pub qk_norm: QkNorm,
     /// The distinct rope settings; layers index into this.
     pub ropes: Vec<Rope>,
     pub layers: Vec<LayerAttention>,
@@ -315,14 +431,40 @@ impl ModelConfig {
             root
         };
         let arch = Arch::parse(model_type)?;
-        let d_model = need_usize(v, "hidden_size")?;
-        let n_heads = need_usize(v, "num_attention_heads")?;
-        let n_layers = need_usize(v, "num_hidden_layers")?;
+        // GPT-2 spells the sizes its own way.
+        let key = |k: &'static str| -> &'static str {
+            match (arch, k) {
+                (Arch::Gpt2, "hidden_size") => "n_embd",
+                (Arch::Gpt2, "num_attention_heads") => "n_head",
+                (Arch::Gpt2, "num_hidden_layers") => "n_layer",
+                (Arch::Gpt2, "max_position_embeddings") => "n_positions",
+                (Arch::Gpt2, "intermediate_size") => "n_inner",
+                (Arch::Gpt2, "hidden_act") => "activation_function",
+                _ => k,
+            }
+        };
+        let d_model = need_usize(v, key("hidden_size"))?;
+        let n_heads = need_usize(v, key("num_attention_heads"))?;
+        let n_layers = need_usize(v, key("num_hidden_layers"))?;
         let d_head = get_usize(v, "head_dim").unwrap_or(d_model / n_heads);
         let n_kv_heads = get_usize(v, "num_key_value_heads").unwrap_or(n_heads);
+        let d_mlp = match arch {
+            // GPT-2: n_inner null means 4·d.
+            Arch::Gpt2 => get_usize(v, "n_inner").unwrap_or(4 * d_model),
+            _ => need_usize(v, "intermediate_size")?,
+        };
+        if arch == Arch::Gpt2 {
+            for k in ["scale_attn_by_inverse_layer_idx", "add_cross_attention"] {
+                if v.get(k).and_then(|x| x.as_bool()) == Some(true) {
+                    return Err(Error::msg(format!(
+                        "config.json: gpt2 with `{k}` is not supported"
+                    )));
+                }
+            }
+        }
         let act_name = v
             .get("hidden_activation")
-            .or_else(|| v.get("hidden_act"))
+            .or_else(|| v.get(key("hidden_act")))
             .and_then(|a| a.as_str())
             .unwrap_or(if arch.is_gemma() {
                 "gelu_pytorch_tanh"
@@ -337,7 +479,7 @@ impl ModelConfig {
         };
 
         // Rope: transformers 5 `rope_parameters` (flat, or per layer type), else legacy keys.
-        let legacy_theta = get_f64(v, "rope_theta");
+        let legacy_theta = get_f64(v, "rope_theta").or_else(|| get_f64(v, "rotary_emb_base"));
         let params = v.get("rope_parameters");
         let (global, local) = match params {
             Some(p)
@@ -402,7 +544,7 @@ impl ModelConfig {
                 let pattern = get_usize(v, "sliding_window_pattern").unwrap_or(6);
                 (0..n_layers)
                     .map(|i| match arch {
-                        Arch::Qwen2 => {
+                        Arch::Qwen2 | Arch::Qwen3 => {
                             v.get("use_sliding_window").and_then(|x| x.as_bool()) == Some(true)
                                 && i >= get_usize(v, "max_window_layers").unwrap_or(n_layers)
                         }
@@ -423,37 +565,74 @@ impl ModelConfig {
             _ => (d_head as f64).powf(-0.5),
         };
         let (attn_softcap, final_softcap) = arch.softcaps(|k| get_f64(v, k));
+        let attn_scale = if arch == Arch::Gpt2
+            && v.get("scale_attn_weights").and_then(|x| x.as_bool()) == Some(false)
+        {
+            1.0
+        } else {
+            attn_scale
+        };
+        let st = arch.structure();
+        // Partial rotary: `rope_parameters.partial_rotary_factor` (transformers 5), else the
+        // legacy `partial_rotary_factor` / NeoX `rotary_pct` (NeoX's default is 0.25).
+        let rotary_fraction = params
+            .and_then(|p| get_f64(p, "partial_rotary_factor"))
+            .or_else(|| get_f64(v, "partial_rotary_factor"))
+            .or_else(|| get_f64(v, "rotary_pct"))
+            .unwrap_or(if arch == Arch::GptNeox { 0.25 } else { 1.0 });
+        let rotary_dim = if st.rotary {
+            (d_head as f64 * rotary_fraction) as usize
+        } else {
+            0
+        };
+        let flag = |k: &str| v.get(k).and_then(|x| x.as_bool());
         let cfg = ModelConfig {
             arch,
             vocab_size: need_usize(v, "vocab_size")?,
             d_model,
-            d_mlp: need_usize(v, "intermediate_size")?,
+            d_mlp,
             n_layers,
             n_heads,
             n_kv_heads,
             d_head,
-            norm_eps: get_f64(v, "rms_norm_eps").unwrap_or(1e-6),
-            max_position_embeddings: get_usize(v, "max_position_embeddings").unwrap_or(4096),
+            norm_eps: ["rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"]
+                .iter()
+                .find_map(|k| get_f64(v, k))
+                .unwrap_or(if st.norm == NormKind::Layer {
+                    1e-5
+                } else {
+                    1e-6
+                }),
+            max_position_embeddings: get_usize(v, key("max_position_embeddings")).unwrap_or(4096),
             act,
             tie_word_embeddings: v
                 .get("tie_word_embeddings")
                 .or_else(|| root.get("tie_word_embeddings"))
                 .and_then(|x| x.as_bool())
-                .unwrap_or(arch.is_gemma()),
+                .unwrap_or(arch.is_gemma() || arch == Arch::Gpt2),
+            // NeoX's `attention_bias` covers q/k/v and the output projection.
             qkv_bias: match arch {
-                Arch::Qwen2 => true,
-                _ => v
-                    .get("attention_bias")
-                    .and_then(|x| x.as_bool())
-                    .unwrap_or(false),
+                Arch::Qwen2 | Arch::Gpt2 => true,
+                _ => flag("attention_bias").unwrap_or(st.qkv_bias),
             },
+            out_bias: match arch {
+                Arch::GptNeox => flag("attention_bias").unwrap_or(true),
+                _ => st.out_bias,
+            },
+            norm: st.norm,
+            learned_pos: st.learned_pos,
+            rotary_dim,
+            gated_mlp: st.gated_mlp,
+            parallel_attn_mlp: arch == Arch::GptNeox
+                && flag("use_parallel_residual").unwrap_or(true),
+            pre_norms: st.pre_norms,
+            post_norms: st.post_norms,
             norm_offset: arch.norm_offset(),
             embed_scale: arch.embed_scale(d_model),
             attn_scale,
             attn_softcap,
             final_softcap,
-            sandwich_norms: arch.is_gemma2_or_3(),
-            qk_norm: arch == Arch::Gemma3,
+            qk_norm: st.qk_norm,
             ropes,
             layers,
             bos_token_id: ids(v.get("bos_token_id").or_else(|| root.get("bos_token_id")))
@@ -478,10 +657,10 @@ impl ModelConfig {
                 self.n_heads, self.n_kv_heads
             )));
         }
-        if !self.d_head.is_multiple_of(2) {
+        if !self.rotary_dim.is_multiple_of(2) || self.rotary_dim > self.d_head {
             return Err(Error::msg(format!(
-                "config: head_dim {} must be even for rotary embeddings",
-                self.d_head
+                "config: {} rotary dims must be even and at most head_dim {}",
+                self.rotary_dim, self.d_head
             )));
         }
         if self.layers.len() != self.n_layers {
@@ -500,9 +679,14 @@ impl ModelConfig {
     /// Total number of parameters implied by the shapes (embeddings counted once when tied).
     pub fn n_params(&self) -> usize {
         let attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_kv_heads);
-        let mlp = 3 * self.d_model * self.d_mlp;
+        let mlp = if self.gated_mlp { 3 } else { 2 } * self.d_model * self.d_mlp;
         let emb = self.vocab_size * self.d_model;
-        self.n_layers * (attn + mlp) + emb * if self.tie_word_embeddings { 1 } else { 2 }
+        let pos = if self.learned_pos {
+            self.max_position_embeddings * self.d_model
+        } else {
+            0
+        };
+        self.n_layers * (attn + mlp) + emb * if self.tie_word_embeddings { 1 } else { 2 } + pos
     }
 }
 
@@ -551,7 +735,7 @@ mod tests {
         assert_eq!(c.ropes[0].theta, 1e6);
         assert_eq!(c.ropes[0].scaling, RopeScaling::Linear { factor: 2.0 });
         let mut bad = legacy.clone();
-        bad["model_type"] = "gpt2".into();
+        bad["model_type"] = "bert".into();
         assert!(matches!(
             ModelConfig::from_hf_json(&bad),
             Err(Error::UnsupportedArch(_))

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::config::{Arch, ModelConfig, Rope, RopeScaling};
+use super::config::{Arch, ModelConfig, NormKind, Rope, RopeScaling};
 use super::Model;
 use crate::report::write_atomic;
 use crate::{Error, Result};
@@ -39,6 +39,11 @@ pub fn hf_config(cfg: &ModelConfig) -> Value {
         Arch::Gemma => ("gemma", "GemmaForCausalLM"),
         Arch::Gemma2 => ("gemma2", "Gemma2ForCausalLM"),
         Arch::Gemma3 => ("gemma3_text", "Gemma3ForCausalLM"),
+        Arch::Gpt2 => ("gpt2", "GPT2LMHeadModel"),
+        Arch::GptNeox => ("gpt_neox", "GPTNeoXForCausalLM"),
+        Arch::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
+        Arch::Phi3 => ("phi3", "Phi3ForCausalLM"),
+        Arch::Olmo2 => ("olmo2", "Olmo2ForCausalLM"),
     };
     let act = match cfg.act {
         super::config::Activation::Silu => "silu",
@@ -75,8 +80,50 @@ pub fn hf_config(cfg: &ModelConfig) -> Value {
                    "sliding_attention": rope_json(&cfg.ropes[1])}),
         );
     } else {
-        o.insert("rope_parameters".into(), rope_json(&cfg.ropes[0]));
+        let mut rope = rope_json(&cfg.ropes[0]);
+        if cfg.rotary_dim != cfg.d_head {
+            rope["partial_rotary_factor"] = json!(cfg.rotary_dim as f64 / cfg.d_head as f64);
+        }
+        o.insert("rope_parameters".into(), rope);
         o.insert("rope_theta".into(), cfg.ropes[0].theta.into());
+    }
+    if cfg.norm == NormKind::Layer {
+        let eps = o.remove("rms_norm_eps").unwrap_or(Value::Null);
+        o.insert("layer_norm_eps".into(), eps);
+    }
+    match cfg.arch {
+        Arch::Gpt2 => {
+            // GPT-2's own key names; no rotary embedding.
+            for (from, to) in [
+                ("hidden_size", "n_embd"),
+                ("num_hidden_layers", "n_layer"),
+                ("num_attention_heads", "n_head"),
+                ("intermediate_size", "n_inner"),
+                ("max_position_embeddings", "n_positions"),
+                ("layer_norm_eps", "layer_norm_epsilon"),
+                ("hidden_act", "activation_function"),
+            ] {
+                if let Some(x) = o.remove(from) {
+                    o.insert(to.into(), x);
+                }
+            }
+            for k in [
+                "rope_parameters",
+                "rope_theta",
+                "head_dim",
+                "num_key_value_heads",
+            ] {
+                o.remove(k);
+            }
+        }
+        Arch::GptNeox => {
+            o.insert("use_parallel_residual".into(), cfg.parallel_attn_mlp.into());
+            o.insert("attention_bias".into(), cfg.qkv_bias.into());
+        }
+        Arch::Qwen3 | Arch::Olmo2 => {
+            o.insert("attention_bias".into(), cfg.qkv_bias.into());
+        }
+        _ => {}
     }
     if matches!(cfg.arch, Arch::Gemma2 | Arch::Gemma3) {
         let types: Vec<&str> = cfg
@@ -98,7 +145,7 @@ pub fn hf_config(cfg: &ModelConfig) -> Value {
         o.insert("attn_logit_softcapping".into(), json!(cfg.attn_softcap));
         o.insert("final_logit_softcapping".into(), json!(cfg.final_softcap));
     }
-    if cfg.arch == Arch::Qwen2 {
+    if matches!(cfg.arch, Arch::Qwen2 | Arch::Qwen3) {
         o.insert("use_sliding_window".into(), false.into());
     }
     if let Some(b) = cfg.bos_token_id {

@@ -1,34 +1,44 @@
-//! THE forward pass: one config-driven decoder for Llama, Mistral, Qwen2 and Gemma 1/2/3, with a
-//! hook call at every named point (see [`crate::hooks`]).
+//! THE forward pass: one config-driven decoder for Llama, Mistral, Qwen2/3, Gemma 1/2/3, GPT-2,
+//! GPT-NeoX (Pythia), Phi-3 and OLMo-2, with a hook call at every named point (see
+//! [`crate::hooks`]).
 //!
-//! Per block (`x` = residual stream):
+//! Embedding: token embeddings [× √d: Gemma] → `hook_embed` → [+ learned positions
+//! (`hook_pos_embed`): GPT-2]. Per block (`x` = residual stream; norms are RMSNorm, or
+//! LayerNorm with bias for GPT-2 / GPT-NeoX, `ModelConfig::norm`):
 //! ```text
-//! resid_pre → ln1 → q,k,v (fused projection; + bias for Qwen2) → [q/k norm: Gemma 3]
-//!   → rope (per-layer base: Gemma 3 local vs global) → scores = q·kᵀ·scale
+//! resid_pre → [ln1: all but OLMo-2] → q,k,v (fused projection; + bias: Qwen2, GPT-2, NeoX)
+//!   → [q/k norm: per head Gemma 3 / Qwen3, whole width OLMo-2]
+//!   → rope on the first rotary_dim dims of each head (none: GPT-2; partial: NeoX, Phi-3;
+//!     per-layer base: Gemma 3 local vs global) → scores = q·kᵀ·scale
 //!   → [softcap: Gemma 2] → causal + padding + [sliding window] mask → pattern = softmax
-//!   → z = pattern·v → attn_out = z·W_O → [post-attention norm: Gemma 2/3]
+//!   → z = pattern·v → attn_out = z·W_O [+ b_O] → [post-attention norm: Gemma 2/3, OLMo-2]
 //! resid_mid = resid_pre + attn_out
-//!   → ln2 → gate, up (fused) → post = act(gate)·up → mlp_out = post·W_down → [post-ff norm]
+//!   → [ln2] of resid_mid (of resid_pre for parallel blocks: GPT-NeoX)
+//!   → gated: gate, up (fused) → post = act(gate)·up; plain (GPT-2, NeoX): post = act(W_in·x + b_in)
+//!   → mlp_out = post·W_down [+ b_down] → [post-ff norm: Gemma 2/3, OLMo-2]
 //! resid_post = resid_mid + mlp_out
 //! ```
 //! then the final norm, the unembedding and [final softcap: Gemma 2].
 //!
 //! `Transformer::block` runs the residual hooks; the attention (ln1 … attn_out) is in
 //! `transformer/attention.rs` and the MLP (ln2 … mlp_out) in `transformer/mlp.rs`, each with
-//! its hooks listed in order.
+//! its hooks listed in order; `transformer/load.rs` maps every family's checkpoint names and
+//! layouts onto the blocks.
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::config::ModelConfig;
+use super::config::{ModelConfig, NormKind};
 use super::gemm::{Format, PackedLinear};
 use super::kernels;
-use super::weights::WeightSource;
 use crate::hooks::{HookPoint, Hooks};
 use crate::Result;
 
 mod attention;
+mod load;
 mod mlp;
 mod views;
+
+pub use load::{hf_name, Slot};
 
 /// A batch of token sequences, left-padded to one length.
 #[derive(Clone, Debug)]
@@ -161,18 +171,31 @@ impl KvCache {
     }
 }
 
+/// A norm's weight (offset included) and, for LayerNorm, its bias.
+struct Norm {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+/// One block's weights in the canonical layout (see `transformer/load.rs`).
 struct Block {
-    ln1: Tensor,
+    ln1: Option<Norm>,
+    /// `[q; k; v]` rows.
     w_qkv: Linear,
     b_qkv: Option<Tensor>,
     w_o: Linear,
+    b_o: Option<Tensor>,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
-    post_attn_ln: Option<Tensor>,
-    ln2: Tensor,
+    post_attn_ln: Option<Norm>,
+    ln2: Option<Norm>,
+    /// `[gate; up]` rows (gated MLP) or `W_in` rows (plain MLP).
     w_gate_up: Linear,
+    /// The plain MLP's input bias.
+    b_in: Option<Tensor>,
     w_down: Linear,
-    post_ff_ln: Option<Tensor>,
+    b_down: Option<Tensor>,
+    post_ff_ln: Option<Norm>,
 }
 
 /// The weights of one transformer and the forward pass over them.
@@ -181,8 +204,10 @@ pub struct Transformer {
     pub device: Device,
     pub dtype: DType,
     embed: Tensor,
+    /// Learned absolute positions `[max_position_embeddings, d_model]` (GPT-2).
+    pos_embed: Option<Tensor>,
     blocks: Vec<Block>,
-    norm: Tensor,
+    norm: Norm,
     lm_head: Tensor,
     inv_freqs: Vec<Vec<f32>>,
     fused: bool,
@@ -298,145 +323,45 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
 }
 
+/// LayerNorm over the last axis, in f32: (x − mean) / √(var + eps) · w (+ b).
+fn layer_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let xf = x.to_dtype(DType::F32)?;
+    let xc = xf.broadcast_sub(&xf.mean_keepdim(D::Minus1)?)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = xc
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .broadcast_mul(&w.to_dtype(DType::F32)?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
+        None => y,
+    };
+    Ok(y.to_dtype(x.dtype())?)
+}
+
 fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
     Ok(((x / cap)?.tanh()? * cap)?)
 }
 
 impl Transformer {
-    /// Load every weight of `cfg` from a source (Hugging Face names).
-    pub fn load(
-        src: &dyn WeightSource,
-        cfg: ModelConfig,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Transformer> {
-        // Dequantizing GGUF tensors is CPU-bound: do it on all cores first.
-        let prefetched;
-        let src: &dyn WeightSource = if src.parallel_load() {
-            prefetched = super::weights::prefetch(src, device)?;
-            &prefetched
-        } else {
-            src
-        };
-        let get = |n: &str| src.get(n, dtype, device);
-        // Norm weights: keep f32 precision for the (offset + w) addition, then cast.
-        let norm = |n: &str| -> Result<Tensor> {
-            let w = src.get(n, DType::F32, device)?;
-            Ok((w + cfg.norm_offset)?.to_dtype(dtype)?)
-        };
-        let opt_norm = |n: &str| -> Result<Option<Tensor>> {
-            if src.contains(n) {
-                norm(n).map(Some)
-            } else {
-                Ok(None)
-            }
-        };
-        let embed = get("model.embed_tokens.weight")?;
-        let (v, d) = embed.dims2()?;
-        if v < cfg.vocab_size || d != cfg.d_model {
-            crate::bail!(
-                "embedding matrix is {v}×{d}, the config says {}×{}",
-                cfg.vocab_size,
-                cfg.d_model
-            );
+    /// The model's norm kind (`ModelConfig::norm`) with these weights; `None` (OLMo-2's missing
+    /// pre-norms) is the identity.
+    fn apply_norm(&self, x: &Tensor, n: Option<&Norm>) -> Result<Tensor> {
+        match (n, self.cfg.norm) {
+            (None, _) => Ok(x.clone()),
+            (Some(n), NormKind::Rms) => rms_norm(x, &n.w, self.cfg.norm_eps),
+            (Some(n), NormKind::Layer) => layer_norm(x, &n.w, n.b.as_ref(), self.cfg.norm_eps),
         }
-        let mut blocks = Vec::with_capacity(cfg.n_layers);
-        for i in 0..cfg.n_layers {
-            let p = |s: &str| format!("model.layers.{i}.{s}");
-            let q = get(&p("self_attn.q_proj.weight"))?;
-            let k = get(&p("self_attn.k_proj.weight"))?;
-            let vv = get(&p("self_attn.v_proj.weight"))?;
-            let expect = |t: &Tensor, rows: usize, name: &str| -> Result<()> {
-                if t.dims() != [rows, cfg.d_model] {
-                    crate::bail!(
-                        "layer {i}: {name} has shape {:?}, expected [{rows}, {}]",
-                        t.dims(),
-                        cfg.d_model
-                    );
-                }
-                Ok(())
-            };
-            expect(&q, cfg.n_heads * cfg.d_head, "q_proj")?;
-            expect(&k, cfg.n_kv_heads * cfg.d_head, "k_proj")?;
-            expect(&vv, cfg.n_kv_heads * cfg.d_head, "v_proj")?;
-            let w_qkv = Tensor::cat(&[&q, &k, &vv], 0)?;
-            let b_qkv = if cfg.qkv_bias {
-                let b = |n: &str| get(&p(&format!("self_attn.{n}_proj.bias")));
-                Some(Tensor::cat(&[b("q")?, b("k")?, b("v")?], 0)?)
-            } else {
-                None
-            };
-            let gate = get(&p("mlp.gate_proj.weight"))?;
-            let up = get(&p("mlp.up_proj.weight"))?;
-            expect(&gate, cfg.d_mlp, "gate_proj")?;
-            let (ln2, post_attn_ln, post_ff_ln) = if cfg.sandwich_norms {
-                (
-                    norm(&p("pre_feedforward_layernorm.weight"))?,
-                    Some(norm(&p("post_attention_layernorm.weight"))?),
-                    Some(norm(&p("post_feedforward_layernorm.weight"))?),
-                )
-            } else {
-                (norm(&p("post_attention_layernorm.weight"))?, None, None)
-            };
-            let (q_norm, k_norm) = if cfg.qk_norm {
-                (
-                    opt_norm(&p("self_attn.q_norm.weight"))?,
-                    opt_norm(&p("self_attn.k_norm.weight"))?,
-                )
-            } else {
-                (None, None)
-            };
-            blocks.push(Block {
-                ln1: norm(&p("input_layernorm.weight"))?,
-                w_qkv: Linear::Dense(w_qkv),
-                b_qkv,
-                w_o: Linear::Dense(get(&p("self_attn.o_proj.weight"))?),
-                q_norm,
-                k_norm,
-                post_attn_ln,
-                ln2,
-                w_gate_up: Linear::Dense(Tensor::cat(&[&gate, &up], 0)?),
-                w_down: Linear::Dense(get(&p("mlp.down_proj.weight"))?),
-                post_ff_ln,
-            });
-        }
-        let lm_head = if src.contains("lm_head.weight") {
-            get("lm_head.weight")?
-        } else {
-            embed.clone()
-        };
-        let inv_freqs = cfg.ropes.iter().map(|r| r.inv_freq(cfg.d_head)).collect();
-        let mut tr = Transformer {
-            norm: norm("model.norm.weight")?,
-            embed,
-            blocks,
-            lm_head,
-            inv_freqs,
-            lm_head_bf16: None,
-            fused: dtype == DType::F32
-                && device.is_cpu()
-                && std::env::var_os("ENGRAM_UNFUSED").is_none_or(|v| v == "0"),
-            dtype,
-            device: device.clone(),
-            cfg,
-        };
-        // f32 on an AVX-512 CPU: pack the block weights once for the FMA kernel (exact f32,
-        // faster than candle's matmul, which repacks the weight on every call).
-        if tr.fused && super::gemm::native_for(Format::F32) {
-            tr.pack_blocks(Format::F32)?;
-        }
-        Ok(tr)
     }
 
-    /// cos/sin tables `[batch, t, d_head/2]` (or `[t, d_head/2]` without padding) for padded
-    /// indices `past..past + t`.
+    /// cos/sin tables `[batch, t, rotary_dim/2]` (or `[t, rotary_dim/2]` without padding) for
+    /// padded indices `past..past + t`.
     fn rope_tables(
         &self,
         pad_left: &[usize],
         past: usize,
         t: usize,
     ) -> Result<Vec<(Tensor, Tensor)>> {
-        let half = self.cfg.d_head / 2;
+        let half = self.cfg.rotary_dim / 2;
         let padded = pad_left.iter().any(|&p| p > 0);
         let rows = if padded { pad_left.len() } else { 1 };
         self.inv_freqs
@@ -572,6 +497,16 @@ impl Transformer {
             x = x.broadcast_mul(&s)?;
         }
         x = hooks.apply(HookPoint::Embed, x)?;
+        if let Some(wpe) = &self.pos_embed {
+            // Position ids count real tokens (0 on pads), as for rotary embeddings.
+            let pos: Vec<u32> = pad_left
+                .iter()
+                .flat_map(|&p| (past..past + t).map(move |i| i.saturating_sub(p) as u32))
+                .collect();
+            let pos = Tensor::from_vec(pos, b * t, &self.device)?;
+            let p = wpe.index_select(&pos, 0)?.reshape((b, t, cfg.d_model))?;
+            x = (x + hooks.apply(HookPoint::PosEmbed, p)?)?;
+        }
 
         let ropes = self.rope_tables(&pad_left, past, t)?;
         let mut masks: Vec<(Option<usize>, Tensor)> = vec![];
@@ -600,7 +535,7 @@ impl Transformer {
             LogitsAt::Last => x.narrow(1, t - 1, 1)?,
             _ => x,
         };
-        let h = rms_norm(&x, &self.norm, cfg.norm_eps)?;
+        let h = self.apply_norm(&x, Some(&self.norm))?;
         let h = hooks.apply(HookPoint::LnFinal, h)?;
         if opts.logits == LogitsAt::None {
             return Ok(h);
@@ -616,7 +551,7 @@ impl Transformer {
     }
 
     /// One block: `ResidPre` → attention (adds `attn_out`) → `ResidMid` → MLP (adds `mlp_out`)
-    /// → `ResidPost`.
+    /// → `ResidPost`. Parallel blocks (GPT-NeoX) feed the MLP from `resid_pre`.
     #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
@@ -631,11 +566,10 @@ impl Transformer {
     ) -> Result<Tensor> {
         let x = hooks.apply(HookPoint::ResidPre(l), x)?;
         let attn = self.attention(l, blk, &x, mask, (cos, sin), hooks, kv_cache)?;
-        let x = (x + attn)?;
-        let x = hooks.apply(HookPoint::ResidMid(l), x)?;
-        let mlp = self.mlp(l, blk, &x, hooks)?;
-        let x = (x + mlp)?;
-        hooks.apply(HookPoint::ResidPost(l), x)
+        let mid = hooks.apply(HookPoint::ResidMid(l), (&x + attn)?)?;
+        let mlp_in = if self.cfg.parallel_attn_mlp { &x } else { &mid };
+        let mlp = self.mlp(l, blk, mlp_in, hooks)?;
+        hooks.apply(HookPoint::ResidPost(l), (mid + mlp)?)
     }
 
     /// Run the linear layers' products in bf16 (weights and activations rounded to bf16, f32

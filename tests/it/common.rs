@@ -9,7 +9,8 @@ use candle_core::{DType, Device, Tensor};
 use engram::model::{Batch, LoadOptions, Model};
 
 pub const ARCHS: &[&str] = &[
-    "llama", "llama2", "mistral", "qwen2", "gemma", "gemma2", "gemma3",
+    "llama", "llama2", "mistral", "qwen2", "gemma", "gemma2", "gemma3", "gpt2", "pythia", "qwen3",
+    "phi3", "olmo2",
 ];
 
 pub fn fixture_dir(name: &str) -> PathBuf {

@@ -1,7 +1,10 @@
 //! The heads probe on real checkpoints against an independent Python implementation
 //! (scripts/bench/heads_reference.py: transformers with eager attention on the same GGUF, scores
 //! captured inside its attention function, numpy for the statistics and the CMR fit), run on the
-//! same token rows. Fixtures: tests/fixtures/real/{smollm2,gemma3}_heads_reference.json.
+//! same token rows. Fixtures: tests/fixtures/real/{smollm2,gemma3}_heads_reference.json, and for
+//! the GPT-2 / GPT-NeoX code path tests/fixtures/{gpt2,pythia}/heads_reference.json (the tiny
+//! random fixtures, from an HF folder, seed 4: rows without a repeated token, since engram takes
+//! a token's first occurrence and the reference position i − n).
 
 use crate::common::*;
 
@@ -35,7 +38,29 @@ fn heads_probe_matches_python_reference() {
         let Some(model) = real_model(alias) else {
             continue;
         };
-        let r = fixture(alias);
+        compare(alias, &model, &fixture(alias), HeadsParams::default());
+    }
+}
+
+/// GPT-2 (LayerNorm, learned positions, Conv1D, fused c_attn) and GPT-NeoX (interleaved qkv,
+/// partial rotary, parallel blocks) through the whole probe.
+#[test]
+fn heads_probe_matches_python_reference_gpt2_and_neox() {
+    for name in ["gpt2", "pythia"] {
+        let model = load_fixture(name);
+        let path = fixture_dir(name).join("heads_reference.json");
+        let r = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let params = HeadsParams {
+            seed: 4,
+            chunk: 3,
+            ..Default::default()
+        };
+        compare(name, &model, &r, params);
+    }
+}
+
+fn compare(alias: &str, model: &engram::model::Model, r: &serde_json::Value, base: HeadsParams) {
+    {
         let params = HeadsParams {
             seq_len: r["n"].as_u64().unwrap() as usize,
             batch: r["batch"].as_u64().unwrap() as usize,
@@ -43,9 +68,9 @@ fn heads_probe_matches_python_reference() {
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                     .join("notebooks-data/icl-cmr/cmr_crp_avg_20_11.npy"),
             ),
-            ..Default::default()
+            ..base
         };
-        let rep = heads::run(&model, &params, &Progress::quiet()).unwrap();
+        let rep = heads::run(model, &params, &Progress::quiet()).unwrap();
         // Same seeded rows as the reference was run on.
         let tokens: Vec<f64> = rep.tokens.iter().flatten().map(|&t| t as f64).collect();
         assert_eq!(tokens, flat(&r["tokens"]), "{alias}: token rows differ");

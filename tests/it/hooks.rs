@@ -82,10 +82,54 @@ fn residual_decomposition_every_arch() {
     }
 }
 
+/// Learned positions (GPT-2): resid_pre.0 = hook_embed + hook_pos_embed, the position rows
+/// counting real tokens only (row 1's first real token gets W_pos[0]); no such hook elsewhere.
+/// Ungated MLPs: hook_post = act(hook_pre), no hook_pre_linear. Parallel blocks (NeoX): the MLP
+/// reads resid_pre, so editing resid_mid leaves mlp_out unchanged.
+#[test]
+fn pos_embed_ungated_mlp_and_parallel_blocks() {
+    let (model, batch, _, hooks) = capture_all("gpt2");
+    let c = &hooks.cache;
+    let emb = c.get(HookPoint::Embed).unwrap();
+    let pos = c.get(HookPoint::PosEmbed).unwrap();
+    let pre = c.get(HookPoint::ResidPre(0)).unwrap();
+    assert!(max_abs_diff(&(emb + pos).unwrap(), pre) < 1e-6);
+    let w_pos = model.w_pos().unwrap();
+    let first_real = pos.get(1).unwrap().get(batch.pad_left[1]).unwrap();
+    assert_eq!(max_abs_diff(&first_real, &w_pos.get(0).unwrap()), 0.0);
+    assert!(c.get(HookPoint::MlpPreLinear(0)).is_none());
+    let pre = c.get(HookPoint::MlpPre(0)).unwrap();
+    let post = c.get(HookPoint::MlpPost(0)).unwrap();
+    assert!(max_abs_diff(&pre.gelu().unwrap(), post) < 1e-5);
+    let (_, _, _, hooks) = capture_all("llama");
+    assert!(hooks.cache.get(HookPoint::PosEmbed).is_none());
+
+    let (model, batch, logits, hooks) = capture_all("pythia");
+    assert!(model.cfg().parallel_attn_mlp);
+    let mid = hooks.cache.get(HookPoint::ResidMid(1)).unwrap();
+    let mlp_out = hooks.cache.get(HookPoint::MlpOut(1)).unwrap().clone();
+    let mut edit =
+        Hooks::capture(HookFilter::new(&["blocks.1.hook_mlp_out"])).with(Intervention::new(
+            HookPoint::ResidMid(1),
+            Edit::Patch {
+                value: mid.zeros_like().unwrap(),
+            },
+        ));
+    let edited = model.forward(&batch, &mut edit).unwrap();
+    let e = max_err_masked(
+        edit.cache.get(HookPoint::MlpOut(1)).unwrap(),
+        &mlp_out,
+        &batch,
+        1,
+    );
+    assert!(e < 1e-6, "parallel block: the MLP read resid_mid ({e})");
+    assert!(max_abs_diff(&edited, &logits) > 1e-2);
+}
+
 #[test]
 fn head_results_sum_to_attn_out() {
     // Without post-attention norms the per-head results sum to attn_out exactly.
-    for name in ["llama", "qwen2", "mistral", "gemma"] {
+    for name in ["llama", "qwen2", "mistral", "gemma", "qwen3", "phi3"] {
         let (model, batch, _, hooks) = capture_all(name);
         for l in 0..model.cfg().n_layers {
             let res = hooks

@@ -169,6 +169,7 @@ fn k_rule_and_layout() {
         n_layers: 3,
         d_mlp: 8,
         d_model: 4,
+        gated: true,
     };
     assert_eq!(l.total(), 60);
     for id in 0..l.total() {
@@ -180,6 +181,18 @@ fn k_rule_and_layout() {
     assert_eq!(l.locate(19), (0, Kind::Down, 3));
     let iv = l.zero_interventions(&[21, 20, 37, 21]);
     assert_eq!(iv.len(), 2);
+    // Ungated MLP (GPT-2, NeoX): in units (mlp.hook_pre), then down units.
+    let u = NeuronLayout { gated: false, ..l };
+    assert_eq!(u.total(), 36);
+    for id in 0..u.total() {
+        let (layer, kind, index) = u.locate(id);
+        assert_ne!(kind, Kind::Gate);
+        assert_ne!(kind, Kind::Up);
+        assert_eq!(u.id(layer, kind, index), id);
+    }
+    assert_eq!(u.locate(12), (1, Kind::In, 0));
+    assert_eq!(u.locate(11), (0, Kind::Down, 3));
+    assert_eq!(Kind::In.point(2), engram::hooks::HookPoint::MlpPre(2));
 }
 
 #[test]

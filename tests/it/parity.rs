@@ -1,5 +1,6 @@
 //! Parity with Hugging Face transformers on tiny random models of every architecture
-//! (fixtures from scripts/reference/make_fixtures.py): f32 max abs error ≤ 1e-4.
+//! (fixtures from scripts/reference/make_fixtures.py and make_fixtures_breadth.py): f32 max abs
+//! error ≤ 1e-4.
 
 use crate::common::*;
 
@@ -85,6 +86,26 @@ fn gemma2() {
 fn gemma3() {
     check_arch("gemma3");
 }
+#[test]
+fn gpt2() {
+    check_arch("gpt2");
+}
+#[test]
+fn pythia() {
+    check_arch("pythia");
+}
+#[test]
+fn qwen3() {
+    check_arch("qwen3");
+}
+#[test]
+fn phi3() {
+    check_arch("phi3");
+}
+#[test]
+fn olmo2() {
+    check_arch("olmo2");
+}
 
 /// bf16 and f16 run the same forward pass; logits stay close to f32 and the argmax mostly agrees.
 #[test]
@@ -141,7 +162,9 @@ fn half_precision_dtypes() {
 fn kv_cache_generation_matches_full_recompute() {
     use engram::model::transformer::{KvCache, LogitsAt, RunOptions};
     use engram::model::Batch;
-    for name in ["llama", "mistral", "gemma2", "gemma3", "qwen2"] {
+    for name in [
+        "llama", "mistral", "gemma2", "gemma3", "qwen2", "gpt2", "pythia", "phi3", "olmo2",
+    ] {
         let model = load_fixture(name);
         let prompts = vec![vec![5u32, 17, 3, 99, 42, 7, 8], vec![11u32, 12, 13]];
         let cached = model.generate(&prompts, 10, &mut Hooks::none()).unwrap();

@@ -1,15 +1,16 @@
 //! One block's attention, split as the forward pass runs it. Hooks, in order (`l` = layer;
 //! shapes as in [`crate::hooks`]):
-//! - [`Transformer::qkv`]: ln1 → fused q,k,v projection (+ bias) → [q/k norm] →
-//!   `Q(l)` `[b, t, n_heads, d_head]`, `K(l)` and `V(l)` `[b, t, n_kv_heads, d_head]` → rope →
-//!   `RotQ(l)` / `RotK(l)` (same shapes as `Q` / `K`) → heads in front, keys and values appended
-//!   to the KV cache.
+//! - [`Transformer::qkv`]: [ln1] → fused q,k,v projection (+ bias) → [q/k norm, per head or
+//!   over the whole width] → `Q(l)` `[b, t, n_heads, d_head]`, `K(l)` and `V(l)`
+//!   `[b, t, n_kv_heads, d_head]` → rope on the first `rotary_dim` dims of each head (none for
+//!   GPT-2) → `RotQ(l)` / `RotK(l)` (same shapes as `Q` / `K`) → heads in front, keys and values
+//!   appended to the KV cache.
 //! - [`Transformer::attend`]: `AttnScores(l)` `[b, n_heads, t, t_keys]` (scaled, softcapped,
 //!   masked) → softmax → `Pattern(l)` (same shape) → pattern·v, returned as z
 //!   `[b, t, n_heads, d_head]`.
 //! - [`Transformer::attention`]: `Z(l)` on z, then z·W_O with `Result(l)`
-//!   `[b, t, n_heads, d_model]` (each head's contribution) → [post-attention norm] →
-//!   `AttnOut(l)` `[b, t, d_model]`.
+//!   `[b, t, n_heads, d_model]` (each head's contribution, without b_O as in TransformerLens)
+//!   → [+ b_O] → [post-attention norm] → `AttnOut(l)` `[b, t, d_model]`.
 //!
 //! With no scores or pattern edit the fused kernel path runs (one pass per head); captures there
 //! are materialised beside the computation, so capturing never changes the numbers.
@@ -18,6 +19,7 @@ use candle_core::{DType, Tensor};
 
 use super::{kernels, rms_norm, rope, softcap, softmax_last, Block, Transformer};
 use crate::hooks::{HookPoint, Hooks};
+use crate::model::config::QkNorm;
 use crate::Result;
 
 impl Transformer {
@@ -34,14 +36,13 @@ impl Transformer {
         hooks: &mut Hooks,
         kv_cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let h = rms_norm(x, &blk.ln1, cfg.norm_eps)?;
+        let h = self.apply_norm(x, blk.ln1.as_ref())?;
         let (q, k, v) = self.qkv(l, blk, &h, rope, hooks, kv_cache)?;
         let z = self.attend(l, &q, &k, &v, mask, hooks)?;
         let z = hooks.apply(HookPoint::Z(l), z)?;
         let attn = self.attn_result(l, blk, &z, hooks)?;
         let attn = match &blk.post_attn_ln {
-            Some(w) => rms_norm(&attn, w, cfg.norm_eps)?,
+            Some(_) => self.apply_norm(&attn, blk.post_attn_ln.as_ref())?,
             None => attn,
         };
         hooks.apply(HookPoint::AttnOut(l), attn)
@@ -69,26 +70,23 @@ impl Transformer {
         let q = qkv.narrow(2, 0, nh)?;
         let k = qkv.narrow(2, nh, nk)?;
         let v = qkv.narrow(2, nh + nk, nk)?;
-        let q = match &blk.q_norm {
-            Some(w) => rms_norm(&q, w, cfg.norm_eps)?,
-            None => q,
+        // q/k norms: over each head (Gemma 3, Qwen3) or over all heads at once (OLMo-2).
+        let qk_norm = |x: Tensor, w: Option<&Tensor>, heads: usize| -> Result<Tensor> {
+            match (w, cfg.qk_norm) {
+                (None, _) | (_, QkNorm::None) => Ok(x),
+                (Some(w), QkNorm::PerHead) => rms_norm(&x, w, cfg.norm_eps),
+                (Some(w), QkNorm::Full) => {
+                    Ok(rms_norm(&x.reshape((b, t, heads * dh))?, w, cfg.norm_eps)?
+                        .reshape((b, t, heads, dh))?)
+                }
+            }
         };
-        let k = match &blk.k_norm {
-            Some(w) => rms_norm(&k, w, cfg.norm_eps)?,
-            None => k,
-        };
+        let q = qk_norm(q, blk.q_norm.as_ref(), nh)?;
+        let k = qk_norm(k, blk.k_norm.as_ref(), nk)?;
         let q = hooks.apply(HookPoint::Q(l), q)?;
         let k = hooks.apply(HookPoint::K(l), k)?;
         let v = hooks.apply(HookPoint::V(l), v)?;
-        // Heads in front, rotated: one parallel pass each (fused), or transpose then rope.
-        let rotate = |x: &Tensor| -> Result<Tensor> {
-            if self.fused_on(&[x]) {
-                Ok(kernels::heads_first(x, Some((cos, sin)))?)
-            } else {
-                rope(&x.transpose(1, 2)?.contiguous()?, cos, sin)
-            }
-        };
-        let (mut q, mut k) = (rotate(&q)?, rotate(&k)?);
+        let (mut q, mut k) = (self.rotate(&q, cos, sin)?, self.rotate(&k, cos, sin)?);
         if hooks.wants(HookPoint::RotQ(l)) {
             q = hooks
                 .apply(HookPoint::RotQ(l), q.transpose(1, 2)?)?
@@ -118,6 +116,30 @@ impl Transformer {
             None => (k, v),
         };
         Ok((q, k, v))
+    }
+
+    /// `[b, t, heads, d_head]` → `[b, heads, t, d_head]` (contiguous) with rotary embedding
+    /// (NeoX rotate-half) on the first `rotary_dim` dims of each head; the rest pass through.
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (r, dh) = (self.cfg.rotary_dim, self.cfg.d_head);
+        if r == dh {
+            return if self.fused_on(&[x]) {
+                // One parallel pass: heads in front, rotated on the way.
+                kernels::heads_first(x, Some((cos, sin)))
+            } else {
+                rope(&x.transpose(1, 2)?.contiguous()?, cos, sin)
+            };
+        }
+        let x = if self.fused_on(&[x]) {
+            kernels::heads_first(x, None)?
+        } else {
+            x.transpose(1, 2)?.contiguous()?
+        };
+        if r == 0 {
+            return Ok(x);
+        }
+        let rot = rope(&x.narrow(3, 0, r)?.contiguous()?, cos, sin)?;
+        Ok(Tensor::cat(&[&rot, &x.narrow(3, r, dh - r)?], 3)?)
     }
 
     /// Scores, pattern and z = pattern·v (`[b, t, n_heads, d_head]`, before the `Z` hook).
@@ -204,7 +226,7 @@ impl Transformer {
         Ok(z)
     }
 
-    /// z·W_O `[b, t, d_model]`, through the per-head `Result` hook when it is wanted.
+    /// z·W_O (+ b_O) `[b, t, d_model]`, through the per-head `Result` hook when it is wanted.
     fn attn_result(&self, l: usize, blk: &Block, z: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, t, nh, dh) = z.dims4()?;
@@ -220,14 +242,20 @@ impl Transformer {
             let zh = z.transpose(1, 2)?.contiguous()?; // [b, nh, t, dh]
             let result = zh.broadcast_matmul(&w)?.transpose(1, 2)?; // [b, t, nh, d]
             if hooks.edits(HookPoint::Result(l)) {
-                hooks.apply(HookPoint::Result(l), result)?.sum(2)?
+                let sum = hooks.apply(HookPoint::Result(l), result)?.sum(2)?;
+                match &blk.b_o {
+                    Some(bo) => sum.broadcast_add(bo)?,
+                    None => sum,
+                }
             } else {
                 // Capture only: keep the fused projection so numerics match an unhooked run.
                 hooks.apply(HookPoint::Result(l), result)?;
-                blk.w_o.forward(&z.reshape((b, t, nh * dh))?, None)?
+                blk.w_o
+                    .forward(&z.reshape((b, t, nh * dh))?, blk.b_o.as_ref())?
             }
         } else {
-            blk.w_o.forward(&z.reshape((b, t, nh * dh))?, None)?
+            blk.w_o
+                .forward(&z.reshape((b, t, nh * dh))?, blk.b_o.as_ref())?
         };
         Ok(attn)
     }

@@ -1,8 +1,7 @@
 //! Weight views for probes, in TransformerLens conventions (`W_Q`, `W_K`, `W_V`, `W_O`, the
-//! MLP matrices, the norms' effective weights), and every weight under its Hugging Face name
-//! for `convert`.
+//! MLP matrices, the norms' effective weights and biases, `W_pos`).
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use super::{Block, Transformer};
 use crate::{Error, Result};
@@ -78,8 +77,15 @@ impl Transformer {
     }
 
     /// MLP input weights (gate, up) of layer `l`: each `[d_mlp, d_model]` (rows = neurons).
+    /// Gated MLPs only; a plain MLP's input is [`Transformer::w_in`].
     pub fn w_gate_up(&self, l: usize) -> Result<(Tensor, Tensor)> {
         let c = &self.cfg;
+        if !c.gated_mlp {
+            crate::bail!(
+                "{} has ungated MLPs (no gate/up pair): use w_in",
+                c.arch.name()
+            );
+        }
         let w = self.check_layer(l)?.w_gate_up.tensor(&self.device)?;
         Ok((
             self.view(w.narrow(0, 0, c.d_mlp)?)?,
@@ -87,77 +93,44 @@ impl Transformer {
         ))
     }
 
+    /// The weights behind `mlp.hook_pre` of layer `l`, `[d_mlp, d_model]`: the gate projection
+    /// (gated MLPs) or `W_in` (plain MLPs).
+    pub fn w_in(&self, l: usize) -> Result<Tensor> {
+        let w = self.check_layer(l)?.w_gate_up.tensor(&self.device)?;
+        self.view(w.narrow(0, 0, self.cfg.d_mlp)?)
+    }
+
     /// `W_out` of layer `l`: `[d_mlp, d_model]` (row n = neuron n's output direction).
     pub fn w_out(&self, l: usize) -> Result<Tensor> {
         self.view(self.check_layer(l)?.w_down.tensor(&self.device)?.t()?)
     }
 
-    /// The attention input norm's effective weight (offset included) of layer `l`: `[d_model]`.
+    /// The attention input norm's effective weight (offset included) of layer `l`: `[d_model]`
+    /// (ones without one: OLMo-2). A LayerNorm's bias is [`Transformer::ln1_bias`].
     pub fn ln1_weight(&self, l: usize) -> Result<Tensor> {
-        Ok(self.check_layer(l)?.ln1.clone())
+        match &self.check_layer(l)?.ln1 {
+            Some(n) => Ok(n.w.clone()),
+            None => Ok(Tensor::ones(self.cfg.d_model, self.dtype, &self.device)?),
+        }
+    }
+
+    /// The attention input LayerNorm's bias of layer `l` (GPT-2, GPT-NeoX): `[d_model]`.
+    pub fn ln1_bias(&self, l: usize) -> Result<Option<Tensor>> {
+        Ok(self.check_layer(l)?.ln1.as_ref().and_then(|n| n.b.clone()))
     }
 
     /// The final norm's effective weight (offset included): `[d_model]`.
     pub fn final_norm_weight(&self) -> &Tensor {
-        &self.norm
+        &self.norm.w
     }
 
-    /// Every weight under its Hugging Face name, in the checkpoint's own convention (norm offsets
-    /// removed, fused projections split): what `convert` writes.
-    pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let c = &self.cfg;
-        let unnorm = |w: &Tensor| -> Result<Tensor> {
-            Ok((w.to_dtype(DType::F32)? - c.norm_offset)?.to_dtype(self.dtype)?)
-        };
-        let mut out = vec![
-            ("model.embed_tokens.weight".to_string(), self.embed.clone()),
-            ("model.norm.weight".to_string(), unnorm(&self.norm)?),
-        ];
-        if !c.tie_word_embeddings {
-            out.push(("lm_head.weight".to_string(), self.lm_head.clone()));
-        }
-        for (i, b) in self.blocks.iter().enumerate() {
-            let p = |s: &str| format!("model.layers.{i}.{s}");
-            let (nq, nk) = (c.n_heads * c.d_head, c.n_kv_heads * c.d_head);
-            let (w_qkv, w_o) = (b.w_qkv.tensor(&self.device)?, b.w_o.tensor(&self.device)?);
-            let w_gate_up = b.w_gate_up.tensor(&self.device)?;
-            let w_down = b.w_down.tensor(&self.device)?;
-            out.push((p("input_layernorm.weight"), unnorm(&b.ln1)?));
-            out.push((p("self_attn.q_proj.weight"), w_qkv.narrow(0, 0, nq)?));
-            out.push((p("self_attn.k_proj.weight"), w_qkv.narrow(0, nq, nk)?));
-            out.push((p("self_attn.v_proj.weight"), w_qkv.narrow(0, nq + nk, nk)?));
-            if let Some(bias) = &b.b_qkv {
-                out.push((p("self_attn.q_proj.bias"), bias.narrow(0, 0, nq)?));
-                out.push((p("self_attn.k_proj.bias"), bias.narrow(0, nq, nk)?));
-                out.push((p("self_attn.v_proj.bias"), bias.narrow(0, nq + nk, nk)?));
-            }
-            out.push((p("self_attn.o_proj.weight"), w_o));
-            if let Some(w) = &b.q_norm {
-                out.push((p("self_attn.q_norm.weight"), unnorm(w)?));
-            }
-            if let Some(w) = &b.k_norm {
-                out.push((p("self_attn.k_norm.weight"), unnorm(w)?));
-            }
-            if c.sandwich_norms {
-                if let Some(w) = &b.post_attn_ln {
-                    out.push((p("post_attention_layernorm.weight"), unnorm(w)?));
-                }
-                out.push((p("pre_feedforward_layernorm.weight"), unnorm(&b.ln2)?));
-                if let Some(w) = &b.post_ff_ln {
-                    out.push((p("post_feedforward_layernorm.weight"), unnorm(w)?));
-                }
-            } else {
-                out.push((p("post_attention_layernorm.weight"), unnorm(&b.ln2)?));
-            }
-            out.push((p("mlp.gate_proj.weight"), w_gate_up.narrow(0, 0, c.d_mlp)?));
-            out.push((
-                p("mlp.up_proj.weight"),
-                w_gate_up.narrow(0, c.d_mlp, c.d_mlp)?,
-            ));
-            out.push((p("mlp.down_proj.weight"), w_down));
-        }
-        out.into_iter()
-            .map(|(n, t)| Ok((n, self.view(t)?)))
-            .collect()
+    /// The final LayerNorm's bias (GPT-2, GPT-NeoX): `[d_model]`.
+    pub fn final_norm_bias(&self) -> Option<&Tensor> {
+        self.norm.b.as_ref()
+    }
+
+    /// Learned absolute position embeddings `W_pos` `[n_ctx, d_model]` (GPT-2).
+    pub fn w_pos(&self) -> Option<&Tensor> {
+        self.pos_embed.as_ref()
     }
 }

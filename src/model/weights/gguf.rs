@@ -127,7 +127,7 @@ fn gguf_name_map(cfg: &ModelConfig, ct: &gguf_file::Content) -> BTreeMap<String,
             gg("attn_k_norm.weight"),
             norm_fix,
         );
-        if cfg.sandwich_norms {
+        if cfg.post_norms {
             put(
                 hf("post_attention_layernorm.weight"),
                 gg("post_attention_norm.weight"),
@@ -287,6 +287,8 @@ pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig> {
     let layers = LayerAttention::per_layer(&sliding, window, ropes.len());
     let (attn_softcap, final_softcap) = arch.softcaps(|k| md_f64(ct, &a(k)));
     let tokens_u32 = |k: &str| md_u64(ct, k).map(|v| v as u32);
+    let st = arch.structure();
+    let has = |n: &str| ct.tensor_infos.contains_key(n);
     let cfg = ModelConfig {
         arch,
         vocab_size,
@@ -296,15 +298,34 @@ pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig> {
         n_heads,
         n_kv_heads,
         d_head,
-        norm_eps: md_f64(ct, &a("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6),
+        norm_eps: md_f64(ct, &a("attention.layer_norm_rms_epsilon"))
+            .or_else(|| md_f64(ct, &a("attention.layer_norm_epsilon")))
+            .unwrap_or(1e-6),
         max_position_embeddings: md_u64(ct, &a("context_length")).unwrap_or(4096) as usize,
-        act: if arch.is_gemma() {
-            Activation::GeluTanh
-        } else {
-            Activation::Silu
+        act: match arch {
+            _ if arch.is_gemma() => Activation::GeluTanh,
+            Arch::Gpt2 => Activation::GeluTanh,
+            Arch::GptNeox => Activation::Gelu,
+            _ => Activation::Silu,
         },
-        tie_word_embeddings: !ct.tensor_infos.contains_key("output.weight"),
-        qkv_bias: ct.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        tie_word_embeddings: !has("output.weight"),
+        qkv_bias: has("blk.0.attn_q.bias") || has("blk.0.attn_qkv.bias"),
+        out_bias: st.out_bias,
+        norm: st.norm,
+        learned_pos: st.learned_pos,
+        rotary_dim: if st.rotary {
+            md_u64(ct, &a("rope.dimension_count")).map_or(d_head, |v| v as usize)
+        } else {
+            0
+        },
+        gated_mlp: st.gated_mlp,
+        parallel_attn_mlp: arch == Arch::GptNeox
+            && !matches!(
+                md(ct, &a("use_parallel_residual")),
+                Some(gguf_file::Value::Bool(false))
+            ),
+        pre_norms: st.pre_norms,
+        post_norms: st.post_norms,
         norm_offset: arch.norm_offset(),
         embed_scale: arch.embed_scale(d_model),
         attn_scale: match arch {
@@ -323,8 +344,7 @@ pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig> {
         },
         attn_softcap,
         final_softcap,
-        sandwich_norms: arch.is_gemma2_or_3(),
-        qk_norm: arch == Arch::Gemma3,
+        qk_norm: st.qk_norm,
         ropes,
         layers,
         bos_token_id: tokens_u32("tokenizer.ggml.bos_token_id"),

@@ -322,20 +322,31 @@ fn pattern_stats(
 /// OV-circuit copying score per head: Σ Re λ / Σ |λ| over the eigenvalues of
 /// W_E W_V W_O W_U, computed on the d_head × d_head matrix W_O W_U W_E W_V (same non-zero
 /// eigenvalues). Norm weights are folded in as TransformerLens does (ln1 into W_V, the final
-/// norm into W_U).
+/// norm into W_U). LayerNorm families (GPT-2, GPT-NeoX) also have their reading weights centred
+/// over d_model (TransformerLens' `fold_ln` with centring: exact, since a LayerNorm's input is
+/// mean-subtracted); LayerNorm biases add constants, not part of the OV map, and are left out.
+/// OLMo-2 has no ln1 (ones).
 pub fn copying_scores(model: &Model) -> Result<Vec<Vec<f64>>> {
     let cfg = model.cfg();
     let f32t = |t: &Tensor| t.to_dtype(DType::F32);
+    let centre = |t: Tensor, axis: usize| -> Result<Tensor> {
+        if cfg.norm == crate::model::config::NormKind::Layer {
+            Ok(t.broadcast_sub(&t.mean_keepdim(axis)?)?)
+        } else {
+            Ok(t)
+        }
+    };
     // P = diag(final_norm) · W_U · W_E  ([d, d]).
     let w_e = f32t(model.w_e())?; // [V, d]
     let u = f32t(model.unembed_rows())?; // [V, d] = W_Uᵀ
     let nf = f32t(model.final_norm_weight())?;
-    let p = u.t()?.matmul(&w_e)?.broadcast_mul(&nf.unsqueeze(1)?)?; // [d, d]
+    let p = centre(u.t()?.matmul(&w_e)?.broadcast_mul(&nf.unsqueeze(1)?)?, 0)?; // [d, d]
     let g = cfg.n_heads / cfg.n_kv_heads;
     let mut out = vec![];
     for l in 0..cfg.n_layers {
         let ln1 = f32t(&model.ln1_weight(l)?)?;
         let w_v = f32t(&model.w_v(l)?)?.broadcast_mul(&ln1.reshape((1, cfg.d_model, 1))?)?; // [K, d, dh]
+        let w_v = centre(w_v, 1)?;
         let w_o = f32t(&model.w_o(l)?)?; // [H, dh, d]
         let mut row = vec![];
         for h in 0..cfg.n_heads {

@@ -1,5 +1,7 @@
 //! Neurons as units of gate_proj (`mlp.hook_pre`), up_proj (`mlp.hook_pre_linear`) and
-//! down_proj (`hook_mlp_out`), and their mean responses over a prompt's real tokens.
+//! down_proj (`hook_mlp_out`), and their mean responses over a prompt's real tokens. Ungated
+//! MLPs (GPT-2, GPT-NeoX) have one input projection: its units are `in` (W_in's outputs,
+//! `mlp.hook_pre`, the pre-activation: zeroing one zeroes the GELU's output too) and `down`.
 
 use std::collections::BTreeMap;
 
@@ -15,16 +17,22 @@ use crate::{Error, Result};
 pub enum Kind {
     Gate,
     Up,
+    /// The input projection of an ungated MLP (W_in).
+    In,
     Down,
 }
 
 impl Kind {
+    /// The kinds of a gated MLP.
     pub const ALL: [Kind; 3] = [Kind::Gate, Kind::Up, Kind::Down];
+    /// The kinds of an ungated MLP.
+    pub const UNGATED: [Kind; 2] = [Kind::In, Kind::Down];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Gate => "gate",
             Kind::Up => "up",
+            Kind::In => "in",
             Kind::Down => "down",
         }
     }
@@ -32,7 +40,7 @@ impl Kind {
     /// The hook point whose units are this kind's neurons.
     pub fn point(self, layer: usize) -> HookPoint {
         match self {
-            Kind::Gate => HookPoint::MlpPre(layer),
+            Kind::Gate | Kind::In => HookPoint::MlpPre(layer),
             Kind::Up => HookPoint::MlpPreLinear(layer),
             Kind::Down => HookPoint::MlpOut(layer),
         }
@@ -40,12 +48,14 @@ impl Kind {
 }
 
 /// Global neuron ids: layer-major; within a layer gate units `0..d_mlp`, then up units, then
-/// down units (`d_model`).
+/// down units (`d_model`); for an ungated MLP `in` units `0..d_mlp`, then down units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct NeuronLayout {
     pub n_layers: usize,
     pub d_mlp: usize,
     pub d_model: usize,
+    /// Gated MLP (gate, up, down) or not (in, down).
+    pub gated: bool,
 }
 
 impl NeuronLayout {
@@ -55,26 +65,33 @@ impl NeuronLayout {
             n_layers: c.n_layers,
             d_mlp: c.d_mlp,
             d_model: c.d_model,
+            gated: c.gated_mlp,
+        }
+    }
+
+    /// The kinds of neuron in each layer, in id order.
+    pub fn kinds(&self) -> &'static [Kind] {
+        if self.gated {
+            &Kind::ALL
+        } else {
+            &Kind::UNGATED
         }
     }
 
     pub fn width(&self, kind: Kind) -> usize {
         match kind {
-            Kind::Gate | Kind::Up => self.d_mlp,
+            Kind::Gate | Kind::Up | Kind::In => self.d_mlp,
             Kind::Down => self.d_model,
         }
     }
 
     fn offset(&self, kind: Kind) -> usize {
-        match kind {
-            Kind::Gate => 0,
-            Kind::Up => self.d_mlp,
-            Kind::Down => 2 * self.d_mlp,
-        }
+        let before = self.kinds().iter().take_while(|&&k| k != kind);
+        before.map(|&k| self.width(k)).sum()
     }
 
     pub fn per_layer(&self) -> usize {
-        2 * self.d_mlp + self.d_model
+        self.kinds().iter().map(|&k| self.width(k)).sum()
     }
 
     pub fn total(&self) -> usize {
@@ -87,30 +104,31 @@ impl NeuronLayout {
 
     /// (layer, kind, unit index) of a global id.
     pub fn locate(&self, id: usize) -> (usize, Kind, usize) {
-        let (layer, r) = (id / self.per_layer(), id % self.per_layer());
-        if r < self.d_mlp {
-            (layer, Kind::Gate, r)
-        } else if r < 2 * self.d_mlp {
-            (layer, Kind::Up, r - self.d_mlp)
-        } else {
-            (layer, Kind::Down, r - 2 * self.d_mlp)
+        let (layer, mut r) = (id / self.per_layer(), id % self.per_layer());
+        for &k in self.kinds() {
+            if r < self.width(k) {
+                return (layer, k, r);
+            }
+            r -= self.width(k);
         }
+        unreachable!("r < per_layer")
     }
 
     /// The hook points holding every neuron, in id order.
     pub fn points(&self) -> Vec<(usize, Kind, HookPoint)> {
         (0..self.n_layers)
-            .flat_map(|l| Kind::ALL.iter().map(move |&k| (l, k, k.point(l))))
+            .flat_map(|l| self.kinds().iter().map(move |&k| (l, k, k.point(l))))
             .collect()
     }
 
     /// Interventions zeroing `ids` at every position: one `Edit::Zero` per (layer, kind).
     pub fn zero_interventions(&self, ids: &[usize]) -> Vec<Intervention> {
+        let kinds = self.kinds();
         let mut groups: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
         for &id in ids {
             let (l, k, i) = self.locate(id);
             groups
-                .entry((l, Kind::ALL.iter().position(|&x| x == k).unwrap_or(0)))
+                .entry((l, kinds.iter().position(|&x| x == k).unwrap_or(0)))
                 .or_default()
                 .push(i);
         }
@@ -119,7 +137,7 @@ impl NeuronLayout {
             .map(|((l, k), mut units)| {
                 units.sort_unstable();
                 units.dedup();
-                Intervention::new(Kind::ALL[k].point(l), Edit::Zero { units: Some(units) })
+                Intervention::new(kinds[k].point(l), Edit::Zero { units: Some(units) })
             })
             .collect()
     }

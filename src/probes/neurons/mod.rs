@@ -645,10 +645,25 @@ pub fn run(model: &Model, params: &NeuronsParams, progress: &Progress) -> Result
          correct detection prompts; AP as sklearn average_precision_score",
         params.neg_ratio
     ));
+    let per_layer: Vec<String> = layout
+        .kinds()
+        .iter()
+        .map(|&k| format!("{} {}", k.name(), layout.width(k)))
+        .collect();
     notes.push(format!(
-        "neurons: {} layers × (gate {} + up {} + down {}) = {total}; {k_rule}; cumulative k values {:?}",
-        layout.n_layers, layout.d_mlp, layout.d_mlp, layout.d_model, k_values
+        "neurons: {} layers × ({}) = {total}; {k_rule}; cumulative k values {:?}",
+        layout.n_layers,
+        per_layer.join(" + "),
+        k_values
     ));
+    if !layout.gated {
+        notes.push(format!(
+            "{}: ungated MLP, so no gate/up pair: `in` units are W_in's outputs (mlp.hook_pre, \
+             before the activation; zeroing one zeroes its activation, GELU(0) = 0) and `down` \
+             units hook_mlp_out (W_out's output, bias included)",
+            model.cfg().arch.name()
+        ));
+    }
     notes.push("deactivation: Edit::Zero on mlp.hook_pre / mlp.hook_pre_linear / hook_mlp_out units at every position and generation step; drop = (acc − acc_deact) / acc; the full relations × relations matrix at k, the cumulative curve (other k values) on the own relation only; random control = one seeded uniform draw of neurons (its first m for k = m), evaluated on every relation".into());
     if model.cfg().arch.name().starts_with("gemma") {
         notes.push("gemma: `down` units are hook_mlp_out, i.e. down_proj's output after Gemma's post-feedforward RMSNorm (the only down-projection hook point)".into());
