@@ -29,9 +29,21 @@ from transformers import AutoModelForCausalLM
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 FIX = os.path.join(ROOT, "tests", "fixtures")
-NAMES = ["llama", "llama2", "mistral", "qwen2", "gemma", "gemma2", "gemma3"]
+NAMES = [
+    "llama", "llama2", "mistral", "qwen2", "gemma", "gemma2", "gemma3",
+    "gpt2", "pythia", "qwen3", "phi3", "olmo2",
+]
 ANSWER = [3, 10]
 WRONG = [7, 20]
+
+
+def decoder_parts(model):
+    """The decoder layers and the final norm, for each family's module names."""
+    if hasattr(model, "transformer"):  # GPT-2
+        return model.transformer.h, model.transformer.ln_f
+    if hasattr(model, "gpt_neox"):  # Pythia
+        return model.gpt_neox.layers, model.gpt_neox.final_layer_norm
+    return model.model.layers, model.model.norm
 
 
 def main():
@@ -54,9 +66,10 @@ def main():
 
             return f
 
-        for l, layer in enumerate(model.model.layers):
+        layers, norm = decoder_parts(model)
+        for l, layer in enumerate(layers):
             hooks.append(layer.register_forward_pre_hook(pre_hook(f"resid_pre.{l}"), with_kwargs=True))
-        hooks.append(model.model.norm.register_forward_pre_hook(pre_hook("final"), with_kwargs=True))
+        hooks.append(norm.register_forward_pre_hook(pre_hook("final"), with_kwargs=True))
         out = model(
             input_ids=ref["input_ids"],
             attention_mask=ref["attention_mask"],
