@@ -3,6 +3,7 @@
 //! message, unless ENGRAM_REQUIRE_MODELS=1.
 
 mod batch;
+mod breadth;
 mod cli;
 mod cmr;
 mod common;
