@@ -34,7 +34,7 @@ use crate::hooks::{HookPoint, Hooks};
 use crate::{Error, Result};
 
 mod attention;
-mod load;
+pub(crate) mod load;
 mod mlp;
 
 pub use load::{hf_name, Slot};

@@ -7,6 +7,7 @@ mod breadth;
 mod cli;
 mod cmr;
 mod common;
+mod gguf;
 mod directions;
 mod heads;
 mod heads_reference;
