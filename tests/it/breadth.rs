@@ -195,3 +195,23 @@ fn convert_round_trips_every_family() {
         assert_eq!(ours, orig, "{name}");
     }
 }
+
+/// The original GPT-2 checkpoints (saved from GPT2Model) have no `transformer.` prefix.
+#[test]
+fn gpt2_checkpoint_without_transformer_prefix_loads() {
+    let src = fixture_dir("gpt2");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let w = candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
+        .unwrap();
+    let stripped: std::collections::HashMap<String, candle_core::Tensor> = w
+        .into_iter()
+        .map(|(k, t)| (k.trim_start_matches("transformer.").to_string(), t))
+        .collect();
+    candle_core::safetensors::save(&stripped, dir.path().join("model.safetensors")).unwrap();
+    let m = engram::model::Model::load(dir.path().to_str().unwrap(), &Default::default()).unwrap();
+    let r = reference("gpt2");
+    let batch = reference_batch(&r);
+    let l = m.forward(&batch, &mut Hooks::none()).unwrap();
+    assert!(max_err_masked(&l, &r["logits"], &batch, 1) <= 1e-4);
+}
