@@ -456,7 +456,9 @@ impl ModelConfig {
         if arch == Arch::Gpt2 {
             for k in ["scale_attn_by_inverse_layer_idx", "add_cross_attention"] {
                 if v.get(k).and_then(|x| x.as_bool()) == Some(true) {
-                    return Err(Error::msg(format!("config.json: gpt2 with `{k}` is not supported")));
+                    return Err(Error::msg(format!(
+                        "config.json: gpt2 with `{k}` is not supported"
+                    )));
                 }
             }
         }
@@ -596,7 +598,11 @@ impl ModelConfig {
             norm_eps: ["rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"]
                 .iter()
                 .find_map(|k| get_f64(v, k))
-                .unwrap_or(if st.norm == NormKind::Layer { 1e-5 } else { 1e-6 }),
+                .unwrap_or(if st.norm == NormKind::Layer {
+                    1e-5
+                } else {
+                    1e-6
+                }),
             max_position_embeddings: get_usize(v, key("max_position_embeddings")).unwrap_or(4096),
             act,
             tie_word_embeddings: v

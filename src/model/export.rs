@@ -107,7 +107,12 @@ pub fn hf_config(cfg: &ModelConfig) -> Value {
                     o.insert(to.into(), x);
                 }
             }
-            for k in ["rope_parameters", "rope_theta", "head_dim", "num_key_value_heads"] {
+            for k in [
+                "rope_parameters",
+                "rope_theta",
+                "head_dim",
+                "num_key_value_heads",
+            ] {
                 o.remove(k);
             }
             // transformers' GPT-2 computes `gelu_new` its own way (≈1e-5 from the tanh GELU).

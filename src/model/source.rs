@@ -1,6 +1,6 @@
 //! "What is M?": a `.gguf` file, a local Hugging Face folder, a Hub repo id (resolved through
 //! the hf-hub cache, offline-friendly), or a short alias of a model fetched by
-//! `scripts/fetch-models.sh` (`smollm2`, `gemma3`, `qwen2`).
+//! `scripts/fetch-models.sh` (`smollm2`, `gemma3`, `qwen2`), or a Hub alias (`gpt2`, `pythia-70m`, `pythia-160m`).
 
 use std::path::{Path, PathBuf};
 

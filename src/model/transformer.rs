@@ -648,7 +648,10 @@ impl Transformer {
     pub fn w_gate_up(&self, l: usize) -> Result<(Tensor, Tensor)> {
         let c = &self.cfg;
         if !c.gated_mlp {
-            crate::bail!("{} has ungated MLPs (no gate/up pair): use w_in", c.arch.name());
+            crate::bail!(
+                "{} has ungated MLPs (no gate/up pair): use w_in",
+                c.arch.name()
+            );
         }
         let w = self.check_layer(l)?.w_gate_up.tensor(&self.device)?;
         Ok((

@@ -50,11 +50,7 @@ fn neuron_units_follow_the_mlp() {
         let r = neurons::prompt_responses(&model, &seqs, true).unwrap();
         assert_eq!(r[0].len(), layout.total(), "{name}");
         // Deactivating one unit of each kind in layer 1 zeroes exactly those units.
-        let ids: Vec<usize> = layout
-            .kinds()
-            .iter()
-            .map(|&k| layout.id(1, k, 3))
-            .collect();
+        let ids: Vec<usize> = layout.kinds().iter().map(|&k| layout.id(1, k, 3)).collect();
         let batch = Batch::new(&seqs, 0).unwrap();
         let mut points: Vec<HookPoint> = layout.points().iter().map(|p| p.2).collect();
         points.push(HookPoint::MlpPost(1));
@@ -75,7 +71,10 @@ fn neuron_units_follow_the_mlp() {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-            assert!(x.iter().all(|&v| v == 0.0), "{name}: {kind:?} unit not zeroed");
+            assert!(
+                x.iter().all(|&v| v == 0.0),
+                "{name}: {kind:?} unit not zeroed"
+            );
         }
         if !c.gated_mlp {
             assert!(!layout.kinds().contains(&Kind::Up));
@@ -90,7 +89,10 @@ fn neuron_units_follow_the_mlp() {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-            assert!(post.iter().all(|&v| v == 0.0), "{name}: activation not zeroed");
+            assert!(
+                post.iter().all(|&v| v == 0.0),
+                "{name}: activation not zeroed"
+            );
         }
     }
 }
@@ -99,7 +101,11 @@ fn neuron_units_follow_the_mlp() {
 fn sae_store_collects_on_every_family() {
     use sae::store::{collect, CollectParams, Docs};
     let docs: Vec<Vec<u32>> = (0..12)
-        .map(|i| (0..20).map(|j| 3 + ((i * 31 + j * 7) % 120) as u32).collect())
+        .map(|i| {
+            (0..20)
+                .map(|j| 3 + ((i * 31 + j * 7) % 120) as u32)
+                .collect()
+        })
         .collect();
     for name in NEW {
         let model = load_fixture(name);
@@ -115,8 +121,14 @@ fn sae_store_collects_on_every_family() {
                 ..Default::default()
             };
             let dir = tempfile::tempdir().unwrap();
-            let s = collect(&model, Docs::Tokens(&docs), &params, dir.path(), &Progress::quiet())
-                .unwrap_or_else(|e| panic!("{name} {hook}: {e}"));
+            let s = collect(
+                &model,
+                Docs::Tokens(&docs),
+                &params,
+                dir.path(),
+                &Progress::quiet(),
+            )
+            .unwrap_or_else(|e| panic!("{name} {hook}: {e}"));
             assert_eq!(s.len(), 100, "{name} {hook}");
         }
         if !model.cfg().gated_mlp {
@@ -125,10 +137,16 @@ fn sae_store_collects_on_every_family() {
                 ..Default::default()
             };
             let dir = tempfile::tempdir().unwrap();
-            let e = collect(&model, Docs::Tokens(&docs), &params, dir.path(), &Progress::quiet())
-                .err()
-                .unwrap()
-                .to_string();
+            let e = collect(
+                &model,
+                Docs::Tokens(&docs),
+                &params,
+                dir.path(),
+                &Progress::quiet(),
+            )
+            .err()
+            .unwrap()
+            .to_string();
             assert!(e.contains("does not exist"), "{name}: {e}");
         }
     }
@@ -156,7 +174,9 @@ fn directions_probe_runs_on_every_family() {
 #[test]
 fn unsupported_families_name_themselves_and_the_supported_ones() {
     let v = serde_json::json!({"model_type": "bert", "hidden_size": 64});
-    let e = engram::model::ModelConfig::from_hf_json(&v).unwrap_err().to_string();
+    let e = engram::model::ModelConfig::from_hf_json(&v)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`bert`"), "{e}");
     for a in ["gpt2", "gpt_neox", "qwen3", "phi3", "olmo2", "llama"] {
         assert!(e.contains(a), "{e}");
@@ -180,11 +200,13 @@ fn convert_round_trips_every_family() {
         let b = back.forward(&batch, &mut Hooks::none()).unwrap();
         assert_eq!(max_abs_diff(&a, &b), 0.0, "{name}");
         // The tensor names are the checkpoint's own.
-        let ours: std::collections::BTreeSet<String> =
-            candle_core::safetensors::load(dir.path().join("model.safetensors"), &candle_core::Device::Cpu)
-                .unwrap()
-                .into_keys()
-                .collect();
+        let ours: std::collections::BTreeSet<String> = candle_core::safetensors::load(
+            dir.path().join("model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+        .into_keys()
+        .collect();
         let orig: std::collections::BTreeSet<String> = candle_core::safetensors::load(
             fixture_dir(name).join("model.safetensors"),
             &candle_core::Device::Cpu,
@@ -202,8 +224,9 @@ fn gpt2_checkpoint_without_transformer_prefix_loads() {
     let src = fixture_dir("gpt2");
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
-    let w = candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
-        .unwrap();
+    let w =
+        candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
     let stripped: std::collections::HashMap<String, candle_core::Tensor> = w
         .into_iter()
         .map(|(k, t)| (k.trim_start_matches("transformer.").to_string(), t))

@@ -24,11 +24,20 @@ fn gguf_families_match_their_safetensors_twins() {
             "{name}"
         );
         assert_eq!(
-            (cfg.parallel_attn_mlp, cfg.pre_norms, cfg.post_norms, cfg.qk_norm),
+            (
+                cfg.parallel_attn_mlp,
+                cfg.pre_norms,
+                cfg.post_norms,
+                cfg.qk_norm
+            ),
             (h.parallel_attn_mlp, h.pre_norms, h.post_norms, h.qk_norm),
             "{name}"
         );
-        assert_eq!((cfg.qkv_bias, cfg.out_bias), (h.qkv_bias, h.out_bias), "{name}");
+        assert_eq!(
+            (cfg.qkv_bias, cfg.out_bias),
+            (h.qkv_bias, h.out_bias),
+            "{name}"
+        );
         assert_eq!(cfg.tie_word_embeddings, h.tie_word_embeddings, "{name}");
         assert!((cfg.norm_eps - h.norm_eps).abs() < 1e-12, "{name}");
         let t = Transformer::load(&w, cfg, DType::F32, &Device::Cpu).unwrap();

@@ -108,14 +108,13 @@ fn pos_embed_ungated_mlp_and_parallel_blocks() {
     assert!(model.cfg().parallel_attn_mlp);
     let mid = hooks.cache.get(HookPoint::ResidMid(1)).unwrap();
     let mlp_out = hooks.cache.get(HookPoint::MlpOut(1)).unwrap().clone();
-    let mut edit = Hooks::capture(HookFilter::new(&["blocks.1.hook_mlp_out"])).with(
-        Intervention::new(
+    let mut edit =
+        Hooks::capture(HookFilter::new(&["blocks.1.hook_mlp_out"])).with(Intervention::new(
             HookPoint::ResidMid(1),
             Edit::Patch {
                 value: mid.zeros_like().unwrap(),
             },
-        ),
-    );
+        ));
     let edited = model.forward(&batch, &mut edit).unwrap();
     let e = max_err_masked(
         edit.cache.get(HookPoint::MlpOut(1)).unwrap(),

@@ -75,12 +75,10 @@ impl Transformer {
             match (w, cfg.qk_norm) {
                 (None, _) | (_, QkNorm::None) => Ok(x),
                 (Some(w), QkNorm::PerHead) => rms_norm(&x, w, cfg.norm_eps),
-                (Some(w), QkNorm::Full) => Ok(rms_norm(
-                    &x.reshape((b, t, heads * dh))?,
-                    w,
-                    cfg.norm_eps,
-                )?
-                .reshape((b, t, heads, dh))?),
+                (Some(w), QkNorm::Full) => {
+                    Ok(rms_norm(&x.reshape((b, t, heads * dh))?, w, cfg.norm_eps)?
+                        .reshape((b, t, heads, dh))?)
+                }
             }
         };
         let q = qk_norm(q, blk.q_norm.as_ref(), nh)?;
@@ -256,10 +254,12 @@ impl Transformer {
             } else {
                 // Capture only: keep the fused projection so numerics match an unhooked run.
                 hooks.apply(HookPoint::Result(l), result)?;
-                blk.w_o.forward(&z.reshape((b, t, nh * dh))?, blk.b_o.as_ref())?
+                blk.w_o
+                    .forward(&z.reshape((b, t, nh * dh))?, blk.b_o.as_ref())?
             }
         } else {
-            blk.w_o.forward(&z.reshape((b, t, nh * dh))?, blk.b_o.as_ref())?
+            blk.w_o
+                .forward(&z.reshape((b, t, nh * dh))?, blk.b_o.as_ref())?
         };
         Ok(attn)
     }

@@ -309,9 +309,7 @@ impl Transformer {
             expect(&w_gate_up, rows, cfg.d_model, "the MLP input")?;
             let (w_down, b_down) = proj(Slot::Down, i)?;
             expect(&w_down, cfg.d_model, cfg.d_mlp, "the MLP output")?;
-            let qk = |slot: Slot| -> Result<Option<Tensor>> {
-                Ok(norm(slot, i)?.map(|n| n.w))
-            };
+            let qk = |slot: Slot| -> Result<Option<Tensor>> { Ok(norm(slot, i)?.map(|n| n.w)) };
             blocks.push(Block {
                 ln1: norm(Slot::Ln1, i)?,
                 w_qkv: Linear::Dense(w_qkv),
@@ -341,8 +339,7 @@ impl Transformer {
             .map(|r| r.inv_freq(cfg.rotary_dim))
             .collect();
         let mut tr = Transformer {
-            norm: norm(Slot::FinalNorm, 0)?
-                .ok_or_else(|| crate::Error::msg("no final norm"))?,
+            norm: norm(Slot::FinalNorm, 0)?.ok_or_else(|| crate::Error::msg("no final norm"))?,
             embed,
             pos_embed,
             blocks,
@@ -395,11 +392,7 @@ impl Transformer {
             }
             Ok(())
         };
-        let put_norm = |put: &mut dyn FnMut(Slot, usize, Tensor, Option<&Tensor>) -> Result<()>,
-                        slot: Slot,
-                        l: usize,
-                        n: Option<&Norm>|
-         -> Result<()> {
+        let put_norm = |put: &mut Put, slot: Slot, l: usize, n: Option<&Norm>| -> Result<()> {
             match n {
                 Some(n) => put(slot, l, unnorm(&n.w)?, n.b.as_ref()),
                 None => Ok(()),
@@ -423,7 +416,12 @@ impl Transformer {
                 let bias = |o, n| b.b_qkv.as_ref().map(|t| t.narrow(0, o, n)).transpose();
                 put(Slot::Q, i, w_qkv.narrow(0, 0, nq)?, bias(0, nq)?.as_ref())?;
                 put(Slot::K, i, w_qkv.narrow(0, nq, nk)?, bias(nq, nk)?.as_ref())?;
-                put(Slot::V, i, w_qkv.narrow(0, nq + nk, nk)?, bias(nq + nk, nk)?.as_ref())?;
+                put(
+                    Slot::V,
+                    i,
+                    w_qkv.narrow(0, nq + nk, nk)?,
+                    bias(nq + nk, nk)?.as_ref(),
+                )?;
             }
             put(Slot::O, i, b.w_o.tensor(&self.device)?, b.b_o.as_ref())?;
             for (slot, w) in [(Slot::QNorm, &b.q_norm), (Slot::KNorm, &b.k_norm)] {
@@ -443,13 +441,21 @@ impl Transformer {
                 put(Slot::Gate, i, w_in.narrow(0, 0, c.d_mlp)?, None)?;
                 put(Slot::Up, i, w_in.narrow(0, c.d_mlp, c.d_mlp)?, None)?;
             }
-            put(Slot::Down, i, b.w_down.tensor(&self.device)?, b.b_down.as_ref())?;
+            put(
+                Slot::Down,
+                i,
+                b.w_down.tensor(&self.device)?,
+                b.b_down.as_ref(),
+            )?;
         }
         out.into_iter()
             .map(|(n, t)| Ok((n, self.view(t)?)))
             .collect()
     }
 }
+
+/// Writes one slot's weight (and bias) under the family's name ([`Transformer::hf_tensors`]).
+type Put<'a> = dyn FnMut(Slot, usize, Tensor, Option<&Tensor>) -> Result<()> + 'a;
 
 /// q/k norms are RMSNorms in every family that has them (no bias).
 fn slot_is_qk(slot: Slot) -> bool {

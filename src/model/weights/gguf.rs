@@ -15,9 +15,9 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 
 use super::WeightSource;
+use crate::model::config::{Activation, Arch, LayerAttention, ModelConfig, Rope, RopeScaling};
 use crate::model::transformer::load::conv1d;
 use crate::model::transformer::{hf_name, Slot};
-use crate::model::config::{Activation, Arch, LayerAttention, ModelConfig, Rope, RopeScaling};
 use crate::{Error, Result};
 
 /// How a GGUF tensor becomes a Hugging Face tensor.
@@ -272,7 +272,9 @@ pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig> {
     let st = arch.structure();
     let has = |n: &str| ct.tensor_infos.contains_key(n);
     if has("rope_factors_long.weight") || has("rope_factors_short.weight") {
-        crate::bail!("GGUF: {arch_name} with longrope factors is not supported (default rope only)");
+        crate::bail!(
+            "GGUF: {arch_name} with longrope factors is not supported (default rope only)"
+        );
     }
     let cfg = ModelConfig {
         arch,
@@ -305,7 +307,10 @@ pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig> {
         },
         gated_mlp: st.gated_mlp,
         parallel_attn_mlp: arch == Arch::GptNeox
-            && !matches!(md(ct, &a("use_parallel_residual")), Some(gguf_file::Value::Bool(false))),
+            && !matches!(
+                md(ct, &a("use_parallel_residual")),
+                Some(gguf_file::Value::Bool(false))
+            ),
         pre_norms: st.pre_norms,
         post_norms: st.post_norms,
         norm_offset: arch.norm_offset(),
