@@ -78,7 +78,7 @@ pub fn info(args: &ModelArgs, list_hooks: bool) -> Result<()> {
         None => println!("tokenizer    none"),
     }
     println!("loaded in    {:.2}s", m.load_seconds);
-    let all = HookPoint::all(c.n_layers);
+    let all = c.hook_points();
     if list_hooks {
         println!(
             "hook points  {} (shapes: B = prompts, T = positions, S = key positions)",

@@ -671,6 +671,25 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Whether the forward pass reaches this hook point: `hook_pos_embed` needs learned
+    /// positions (GPT-2), `mlp.hook_pre_linear` a gated MLP; every other point always fires.
+    pub fn fires(&self, point: crate::hooks::HookPoint) -> bool {
+        use crate::hooks::HookPoint;
+        match point {
+            HookPoint::PosEmbed => self.learned_pos,
+            HookPoint::MlpPreLinear(_) => self.gated_mlp,
+            _ => true,
+        }
+    }
+
+    /// Every hook point this model fires, in forward order.
+    pub fn hook_points(&self) -> Vec<crate::hooks::HookPoint> {
+        crate::hooks::HookPoint::all(self.n_layers)
+            .into_iter()
+            .filter(|&p| self.fires(p))
+            .collect()
+    }
+
     /// Query heads per kv head.
     pub fn group_size(&self) -> usize {
         self.n_heads / self.n_kv_heads

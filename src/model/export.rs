@@ -115,6 +115,10 @@ pub fn hf_config(cfg: &ModelConfig) -> Value {
             ] {
                 o.remove(k);
             }
+            // transformers' GPT-2 computes `gelu_new` its own way (≈1e-5 from the tanh GELU).
+            if cfg.act == super::config::Activation::GeluTanh {
+                o.insert("activation_function".into(), "gelu_new".into());
+            }
         }
         Arch::GptNeox => {
             o.insert("use_parallel_residual".into(), cfg.parallel_attn_mlp.into());

@@ -1,6 +1,6 @@
 //! "What is M?": a `.gguf` file, a local Hugging Face folder, a Hub repo id (resolved through
 //! the hf-hub cache, offline-friendly), or a short alias of a model fetched by
-//! `scripts/fetch-models.sh` (`smollm2`, `gemma3`, `qwen2`).
+//! `scripts/fetch-models.sh` (`smollm2`, `gemma3`, `qwen2`), or a Hub alias (`gpt2`, `pythia-70m`, `pythia-160m`).
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +21,14 @@ pub const ALIASES: &[(&str, &str, &str)] = &[
         "qwen2.5-coder-0.5b-instruct.gguf",
         "Qwen2.5-Coder-0.5B-Instruct",
     ),
+];
+
+/// Short names of Hub checkpoints (resolved through the hf-hub cache like any `org/name`): the
+/// models the CMR-heads study measured first.
+pub const HUB_ALIASES: &[(&str, &str)] = &[
+    ("gpt2", "openai-community/gpt2"),
+    ("pythia-70m", "EleutherAI/pythia-70m"),
+    ("pythia-160m", "EleutherAI/pythia-160m"),
 ];
 
 /// The default model of the command line.
@@ -139,10 +147,20 @@ pub fn resolve(spec: &str, revision: Option<&str>) -> Result<ResolvedSource> {
     if looks_like_repo_id(spec) && !path.exists() {
         return resolve_hub(spec, revision.unwrap_or("main"));
     }
+    if let Some((_, repo)) = HUB_ALIASES.iter().find(|(a, _)| *a == spec) {
+        let mut r = resolve_hub(repo, revision.unwrap_or("main"))?;
+        r.spec = spec.to_string();
+        return Ok(r);
+    }
     crate::bail!(
         "model `{spec}` not found: give a .gguf file, a folder with config.json, a Hub repo id \
          (org/name) or one of: {}",
-        ALIASES.iter().map(|a| a.0).collect::<Vec<_>>().join(", ")
+        ALIASES
+            .iter()
+            .map(|a| a.0)
+            .chain(HUB_ALIASES.iter().map(|a| a.0))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 

@@ -34,7 +34,7 @@ use crate::hooks::{HookPoint, Hooks};
 use crate::Result;
 
 mod attention;
-mod load;
+pub(crate) mod load;
 mod mlp;
 mod views;
 

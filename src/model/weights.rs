@@ -129,6 +129,11 @@ impl SafetensorsWeights {
         let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
         let prefix_map = if names.iter().any(|n| n.starts_with("model.layers.")) {
             None
+        } else if names.iter().any(|n| n.starts_with("h.0."))
+            && !names.iter().any(|n| n.starts_with("transformer."))
+        {
+            // The original GPT-2 checkpoints were saved from GPT2Model: no `transformer.` prefix.
+            Some(("transformer.".to_string(), String::new()))
         } else {
             ["model.language_model.", "language_model.model."]
                 .iter()

@@ -3,10 +3,12 @@
 //! message, unless ENGRAM_REQUIRE_MODELS=1.
 
 mod batch;
+mod breadth;
 mod cli;
 mod cmr;
 mod common;
 mod directions;
+mod gguf;
 mod grad;
 mod heads;
 mod heads_reference;

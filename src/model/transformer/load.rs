@@ -392,11 +392,7 @@ impl Transformer {
             }
             Ok(())
         };
-        let put_norm = |put: &mut dyn FnMut(Slot, usize, Tensor, Option<&Tensor>) -> Result<()>,
-                        slot: Slot,
-                        l: usize,
-                        n: Option<&Norm>|
-         -> Result<()> {
+        let put_norm = |put: &mut Put, slot: Slot, l: usize, n: Option<&Norm>| -> Result<()> {
             match n {
                 Some(n) => put(slot, l, unnorm(&n.w)?, n.b.as_ref()),
                 None => Ok(()),
@@ -457,6 +453,9 @@ impl Transformer {
             .collect()
     }
 }
+
+/// Writes one slot's weight (and bias) under the family's name ([`Transformer::hf_tensors`]).
+type Put<'a> = dyn FnMut(Slot, usize, Tensor, Option<&Tensor>) -> Result<()> + 'a;
 
 /// q/k norms are RMSNorms in every family that has them (no bias).
 fn slot_is_qk(slot: Slot) -> bool {

@@ -1,7 +1,10 @@
 //! GGUF weights: metadata + lazily dequantized tensors (candle's kernels: Q4_0, Q4_1, Q4_K,
 //! Q5_0, Q5_K, Q6_K, Q8_0, F16, BF16, F32, ...), GGUF names mapped onto Hugging Face names,
 //! llama.cpp's Q/K row permutation undone for Llama, Gemma's stored (1 + w) norm weights shifted
-//! back to w; and the [`ModelConfig`] read from the GGUF metadata ([`config_from_gguf`]).
+//! back to w, GPT-2's projections transposed back to Conv1D; and the [`ModelConfig`] read from
+//! the GGUF metadata ([`config_from_gguf`]). Architectures: llama, mistral, qwen2, qwen3, gemma,
+//! gemma2, gemma3, gpt2, gptneox, phi3, olmo2 (llama.cpp's names; its tensor names per slot in
+//! `gguf_base`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -13,6 +16,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::WeightSource;
 use crate::model::config::{Activation, Arch, LayerAttention, ModelConfig, Rope, RopeScaling};
+use crate::model::transformer::load::conv1d;
+use crate::model::transformer::{hf_name, Slot};
 use crate::{Error, Result};
 
 /// How a GGUF tensor becomes a Hugging Face tensor.
@@ -23,6 +28,8 @@ enum Fix {
     Unpermute(usize),
     /// Gemma norms are stored as (1 + w).
     MinusOne,
+    /// Back to a Conv1D's `[in, out]` (GPT-2).
+    Transpose,
 }
 
 /// A GGUF file: metadata + lazily dequantized tensors.
@@ -66,9 +73,34 @@ impl GgufWeights {
     }
 }
 
+/// llama.cpp's name (without `blk.{i}.`, `.weight` / `.bias`) of each weight slot.
+fn gguf_base(slot: Slot) -> &'static str {
+    match slot {
+        Slot::Embed => "token_embd",
+        Slot::PosEmbed => "position_embd",
+        Slot::FinalNorm => "output_norm",
+        Slot::LmHead => "output",
+        Slot::Ln1 => "attn_norm",
+        Slot::Ln2 => "ffn_norm",
+        Slot::PostAttnNorm => "post_attention_norm",
+        Slot::PostFfNorm => "post_ffw_norm",
+        Slot::Q => "attn_q",
+        Slot::K => "attn_k",
+        Slot::V => "attn_v",
+        Slot::Qkv => "attn_qkv",
+        Slot::O => "attn_output",
+        Slot::QNorm => "attn_q_norm",
+        Slot::KNorm => "attn_k_norm",
+        Slot::Gate => "ffn_gate",
+        // Phi-3's fused gate_up is llama.cpp's ffn_up (gate first, as in transformers).
+        Slot::Up | Slot::GateUp => "ffn_up",
+        Slot::Down => "ffn_down",
+    }
+}
+
+/// HF name → (GGUF name, fix), for every slot of the family ([`hf_name`]) the file holds.
 fn gguf_name_map(cfg: &ModelConfig, ct: &gguf_file::Content) -> BTreeMap<String, (String, Fix)> {
     let gemma = cfg.arch.is_gemma();
-    let norm_fix = if gemma { Fix::MinusOne } else { Fix::None };
     let llama_perm = cfg.arch == Arch::Llama || cfg.arch == Arch::Mistral;
     let mut m = BTreeMap::new();
     let mut put = |hf: String, gg: String, fix: Fix| {
@@ -76,83 +108,32 @@ fn gguf_name_map(cfg: &ModelConfig, ct: &gguf_file::Content) -> BTreeMap<String,
             m.insert(hf, (gg, fix));
         }
     };
-    put(
-        "model.embed_tokens.weight".into(),
-        "token_embd.weight".into(),
-        Fix::None,
-    );
-    put(
-        "model.norm.weight".into(),
-        "output_norm.weight".into(),
-        norm_fix,
-    );
-    put("lm_head.weight".into(), "output.weight".into(), Fix::None);
-    for i in 0..cfg.n_layers {
-        let hf = |s: &str| format!("model.layers.{i}.{s}");
-        let gg = |s: &str| format!("blk.{i}.{s}");
-        let (qfix, kfix) = if llama_perm {
-            (Fix::Unpermute(cfg.n_heads), Fix::Unpermute(cfg.n_kv_heads))
-        } else {
-            (Fix::None, Fix::None)
+    let slots = Slot::TOP
+        .iter()
+        .map(|&s| (s, None))
+        .chain((0..cfg.n_layers).flat_map(|i| Slot::BLOCK.iter().map(move |&s| (s, Some(i)))));
+    for (slot, layer) in slots {
+        let Some(hf) = hf_name(cfg, slot, layer.unwrap_or(0)) else {
+            continue;
         };
-        put(
-            hf("input_layernorm.weight"),
-            gg("attn_norm.weight"),
-            norm_fix,
-        );
-        for (p, g, fix) in [("q", "q", qfix), ("k", "k", kfix), ("v", "v", Fix::None)] {
-            put(
-                hf(&format!("self_attn.{p}_proj.weight")),
-                gg(&format!("attn_{g}.weight")),
-                fix,
-            );
-            put(
-                hf(&format!("self_attn.{p}_proj.bias")),
-                gg(&format!("attn_{g}.bias")),
-                fix,
-            );
-        }
-        put(
-            hf("self_attn.o_proj.weight"),
-            gg("attn_output.weight"),
-            Fix::None,
-        );
-        put(
-            hf("self_attn.q_norm.weight"),
-            gg("attn_q_norm.weight"),
-            norm_fix,
-        );
-        put(
-            hf("self_attn.k_norm.weight"),
-            gg("attn_k_norm.weight"),
-            norm_fix,
-        );
-        if cfg.post_norms {
-            put(
-                hf("post_attention_layernorm.weight"),
-                gg("post_attention_norm.weight"),
-                norm_fix,
-            );
-            put(
-                hf("pre_feedforward_layernorm.weight"),
-                gg("ffn_norm.weight"),
-                norm_fix,
-            );
-            put(
-                hf("post_feedforward_layernorm.weight"),
-                gg("post_ffw_norm.weight"),
-                norm_fix,
-            );
-        } else {
-            put(
-                hf("post_attention_layernorm.weight"),
-                gg("ffn_norm.weight"),
-                norm_fix,
-            );
-        }
-        put(hf("mlp.gate_proj.weight"), gg("ffn_gate.weight"), Fix::None);
-        put(hf("mlp.up_proj.weight"), gg("ffn_up.weight"), Fix::None);
-        put(hf("mlp.down_proj.weight"), gg("ffn_down.weight"), Fix::None);
+        let gg = match layer {
+            Some(i) => format!("blk.{i}.{}", gguf_base(slot)),
+            None => gguf_base(slot).to_string(),
+        };
+        let fix = match slot {
+            _ if slot.is_norm() && gemma => Fix::MinusOne,
+            Slot::Q if llama_perm => Fix::Unpermute(cfg.n_heads),
+            Slot::K if llama_perm => Fix::Unpermute(cfg.n_kv_heads),
+            // llama.cpp stores GPT-2's Conv1D weights transposed to [out, in].
+            _ if conv1d(cfg.arch, slot) => Fix::Transpose,
+            _ => Fix::None,
+        };
+        let bias_fix = match fix {
+            Fix::Unpermute(n) => Fix::Unpermute(n),
+            _ => Fix::None,
+        };
+        put(format!("{hf}.weight"), format!("{gg}.weight"), fix);
+        put(format!("{hf}.bias"), format!("{gg}.bias"), bias_fix);
     }
     m
 }
@@ -177,6 +158,7 @@ impl WeightSource for GgufWeights {
             Fix::None => t,
             Fix::MinusOne => (t - 1.0)?,
             Fix::Unpermute(n_head) => unpermute_rows(&t, n_head)?,
+            Fix::Transpose => t.t()?.contiguous()?,
         };
         Ok(t.to_dtype(dtype)?)
     }
@@ -289,6 +271,11 @@ pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig> {
     let tokens_u32 = |k: &str| md_u64(ct, k).map(|v| v as u32);
     let st = arch.structure();
     let has = |n: &str| ct.tensor_infos.contains_key(n);
+    if has("rope_factors_long.weight") || has("rope_factors_short.weight") {
+        crate::bail!(
+            "GGUF: {arch_name} with longrope factors is not supported (default rope only)"
+        );
+    }
     let cfg = ModelConfig {
         arch,
         vocab_size,

@@ -434,6 +434,14 @@ pub fn collect(
 ) -> Result<ActivationStore> {
     let cfg = model.cfg();
     let point = HookPoint::parse_for(&params.hook, cfg.n_layers)?;
+    if !cfg.fires(point) {
+        crate::bail!(
+            "{}: `{point}` does not exist in {} (ungated MLPs have no hook_pre_linear; only \
+             learned positions have hook_pos_embed)",
+            params.hook,
+            cfg.arch.name()
+        );
+    }
     let d = if matches!(
         point,
         HookPoint::MlpPre(_) | HookPoint::MlpPreLinear(_) | HookPoint::MlpPost(_)
