@@ -16,10 +16,10 @@ fn bad_input_gives_one_line_errors() {
     // Unsupported architecture.
     let gpt2 = d.join("gpt2");
     std::fs::create_dir_all(&gpt2).unwrap();
-    std::fs::write(gpt2.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
+    std::fs::write(gpt2.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
     assert_one_line_error(
         &["info", "--model", gpt2.to_str().unwrap()],
-        "unsupported architecture `gpt2`",
+        "unsupported architecture `bert`",
     );
     // Missing weights.
     let noweights = d.join("noweights");
