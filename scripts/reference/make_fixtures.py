@@ -219,8 +219,17 @@ def make_inputs(gen):
 
 
 @torch.no_grad()
+def decoder_parts(model):
+    """(decoder layers, final norm) of any family's module names."""
+    if hasattr(model, "transformer"):  # GPT-2
+        return model.transformer.h, model.transformer.ln_f
+    if hasattr(model, "gpt_neox"):  # Pythia
+        return model.gpt_neox.layers, model.gpt_neox.final_layer_norm
+    return model.model.layers, model.model.norm
+
+
 def run_reference(model, ids, mask, pos):
-    layers = model.model.layers
+    layers, final = decoder_parts(model)
     store = {}
     hooks = []
 
@@ -241,9 +250,7 @@ def run_reference(model, ids, mask, pos):
     for l, layer in enumerate(layers):
         hooks.append(layer.register_forward_pre_hook(pre_hook(l), with_kwargs=True))
         hooks.append(layer.register_forward_hook(post_hook(l), with_kwargs=True))
-    hooks.append(
-        model.model.norm.register_forward_hook(lambda m, a, o: store.__setitem__("final_norm", o.detach().clone()))
-    )
+    hooks.append(final.register_forward_hook(lambda m, a, o: store.__setitem__("final_norm", o.detach().clone())))
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_attentions=True, use_cache=False)
     for h in hooks:
         h.remove()

@@ -32,7 +32,7 @@ from transformers import (
 )
 
 sys.path.insert(0, os.path.dirname(__file__))
-from make_fixtures import COMMON, D, NPAD, OUT, V, make_inputs  # noqa: E402
+from make_fixtures import COMMON, D, NPAD, OUT, V, make_inputs, run_reference  # noqa: E402
 
 LLAMA_LIKE = {k: v for k, v in COMMON.items()}
 
@@ -99,15 +99,6 @@ def specs():
     }
 
 
-def parts(model):
-    """(decoder layers, final norm) of any of the five families."""
-    if hasattr(model, "transformer"):
-        return model.transformer.h, model.transformer.ln_f
-    if hasattr(model, "gpt_neox"):
-        return model.gpt_neox.layers, model.gpt_neox.final_layer_norm
-    return model.model.layers, model.model.norm
-
-
 @torch.no_grad()
 def reinit(model, gen):
     def normal(p, mean, std):
@@ -129,51 +120,6 @@ def reinit(model, gen):
             fan_in = p.shape[0] if gpt2 else p.shape[1]
             std = 1.5 / math.sqrt(fan_in) if any(k in name for k in ("q_proj", "k_proj")) else 1.0 / math.sqrt(fan_in)
             normal(p, 0.0, std)
-
-
-@torch.no_grad()
-def run_reference(model, ids, mask, pos):
-    layers, final = parts(model)
-    store = {}
-    hooks = []
-
-    def pre_hook(l):
-        def f(mod, args, kwargs):
-            hs = args[0] if args else kwargs["hidden_states"]
-            store[f"resid_pre.{l}"] = hs.detach().clone()
-
-        return f
-
-    def post_hook(l):
-        def f(mod, args, kwargs, out):
-            hs = out[0] if isinstance(out, (tuple, list)) else out
-            store[f"resid_post.{l}"] = hs.detach().clone()
-
-        return f
-
-    for l, layer in enumerate(layers):
-        hooks.append(layer.register_forward_pre_hook(pre_hook(l), with_kwargs=True))
-        hooks.append(layer.register_forward_hook(post_hook(l), with_kwargs=True))
-    hooks.append(final.register_forward_hook(lambda m, a, o: store.__setitem__("final_norm", o.detach().clone())))
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_attentions=True, use_cache=False)
-    for h in hooks:
-        h.remove()
-    store["logits"] = out.logits.detach().clone()
-    assert out.attentions is not None and len(out.attentions) == len(layers)
-    for l, a in enumerate(out.attentions):
-        store[f"pattern.{l}"] = a.detach().clone()
-    real = ids[1:, NPAD:]
-    single = model(
-        input_ids=real,
-        attention_mask=torch.ones_like(real),
-        position_ids=torch.arange(real.shape[1]).unsqueeze(0),
-        use_cache=False,
-    )
-    store["single_logits"] = single.logits.detach().clone()
-    store["input_ids"] = ids
-    store["attention_mask"] = mask
-    store["position_ids"] = pos
-    return {k: v.contiguous() for k, v in store.items()}
 
 
 def main():

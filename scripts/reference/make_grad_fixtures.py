@@ -27,6 +27,9 @@ import transformers
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+sys.path.insert(0, os.path.dirname(__file__))
+from make_fixtures import decoder_parts  # noqa: E402
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 FIX = os.path.join(ROOT, "tests", "fixtures")
 NAMES = [
@@ -35,15 +38,6 @@ NAMES = [
 ]
 ANSWER = [3, 10]
 WRONG = [7, 20]
-
-
-def decoder_parts(model):
-    """The decoder layers and the final norm, for each family's module names."""
-    if hasattr(model, "transformer"):  # GPT-2
-        return model.transformer.h, model.transformer.ln_f
-    if hasattr(model, "gpt_neox"):  # Pythia
-        return model.gpt_neox.layers, model.gpt_neox.final_layer_norm
-    return model.model.layers, model.model.norm
 
 
 def main():

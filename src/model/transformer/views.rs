@@ -24,15 +24,13 @@ impl Transformer {
         &self.lm_head
     }
 
-    /// `W_V` of layer `l`: `[n_kv_heads, d_model, d_head]`.
-    pub fn w_v(&self, l: usize) -> Result<Tensor> {
+    /// Rows `first_head..first_head + heads` (in heads of `d_head`) of layer `l`'s fused q,k,v
+    /// projection, as `[heads, d_model, d_head]`.
+    fn qkv_heads(&self, l: usize, first_head: usize, heads: usize) -> Result<Tensor> {
         let c = &self.cfg;
-        let w = self.check_layer(l)?.w_qkv.tensor(&self.device)?.narrow(
-            0,
-            (c.n_heads + c.n_kv_heads) * c.d_head,
-            c.n_kv_heads * c.d_head,
-        )?;
-        Ok(w.reshape((c.n_kv_heads, c.d_head, c.d_model))?
+        let w = self.check_layer(l)?.w_qkv.tensor(&self.device)?;
+        let w = w.narrow(0, first_head * c.d_head, heads * c.d_head)?;
+        Ok(w.reshape((heads, c.d_head, c.d_model))?
             .transpose(1, 2)?
             .to_dtype(self.dtype)?
             .contiguous()?)
@@ -40,30 +38,18 @@ impl Transformer {
 
     /// `W_Q` of layer `l`: `[n_heads, d_model, d_head]`.
     pub fn w_q(&self, l: usize) -> Result<Tensor> {
-        let c = &self.cfg;
-        let w =
-            self.check_layer(l)?
-                .w_qkv
-                .tensor(&self.device)?
-                .narrow(0, 0, c.n_heads * c.d_head)?;
-        Ok(w.reshape((c.n_heads, c.d_head, c.d_model))?
-            .transpose(1, 2)?
-            .to_dtype(self.dtype)?
-            .contiguous()?)
+        self.qkv_heads(l, 0, self.cfg.n_heads)
     }
 
     /// `W_K` of layer `l`: `[n_kv_heads, d_model, d_head]`.
     pub fn w_k(&self, l: usize) -> Result<Tensor> {
+        self.qkv_heads(l, self.cfg.n_heads, self.cfg.n_kv_heads)
+    }
+
+    /// `W_V` of layer `l`: `[n_kv_heads, d_model, d_head]`.
+    pub fn w_v(&self, l: usize) -> Result<Tensor> {
         let c = &self.cfg;
-        let w = self.check_layer(l)?.w_qkv.tensor(&self.device)?.narrow(
-            0,
-            c.n_heads * c.d_head,
-            c.n_kv_heads * c.d_head,
-        )?;
-        Ok(w.reshape((c.n_kv_heads, c.d_head, c.d_model))?
-            .transpose(1, 2)?
-            .to_dtype(self.dtype)?
-            .contiguous()?)
+        self.qkv_heads(l, c.n_heads + c.n_kv_heads, c.n_kv_heads)
     }
 
     /// `W_O` of layer `l`: `[n_heads, d_head, d_model]`.
