@@ -4,8 +4,10 @@
 //!
 //! - [`probes`]: the probes' flags and their conversion to parameters.
 //! - [`tools`]: `info`, `generate`, `cache`, `convert`.
+//! - [`attrib`]: `lens` (logit lens, direct logit attribution) and `attribute` (AtP, IG, patching).
 //! - [`batch`]: `engram batch`.
 
+mod attrib;
 mod batch;
 mod probes;
 mod tools;
@@ -130,6 +132,12 @@ tokens.parquet (prompt, position, token id, token string), manifest.json."
         #[command(subcommand)]
         cmd: SaeCommand,
     },
+    /// Logit lens (every layer read through the unembedding) and direct logit attribution of
+    /// heads and MLPs
+    Lens(attrib::LensArgs),
+    /// Attribution patching, integrated gradients and exact activation patching over clean /
+    /// corrupt prompt pairs
+    Attribute(attrib::AttributeArgs),
     /// Train a small attention-only model on repeated random sequences (optionally with a clamped
     /// previous-token head), export it as a Hugging Face folder and run the head probe on it
     Toy(ToyArgs),
@@ -175,6 +183,8 @@ where
         Command::Directions(a) => probes::directions(&a, &mut session),
         Command::Sae { cmd } => probes::sae(cmd, &mut session),
         Command::Toy(a) => probes::toy(&a, &mut session),
+        Command::Lens(a) => attrib::lens(&a, &mut session),
+        Command::Attribute(a) => attrib::attribute(&a, &mut session),
         Command::Batch(a) => batch::run(&a, &mut session),
     }
 }

@@ -523,7 +523,8 @@ impl Hooks {
                         &Device::Cpu,
                     )?
                     .to_device(x.device())?;
-                    x.index_select(&idx, axis)?
+                    // index_select needs a contiguous tensor (hook_result is a transpose).
+                    x.contiguous()?.index_select(&idx, axis)?
                 }
             };
             self.cache.map.insert(point, kept);

@@ -266,6 +266,28 @@ impl Model {
         self.tokenizer()?.encode(text, true)
     }
 
+    /// The id of `text` as one token (no BOS), for answers and targets; several tokens are an
+    /// error that shows the split (`what` names the flag, e.g. `--answer`).
+    pub fn single_token(&self, text: &str, what: &str) -> Result<u32> {
+        let tok = self.tokenizer()?;
+        let ids = tok.encode(text, false)?;
+        match ids[..] {
+            [id] => Ok(id),
+            [] => Err(Error::msg(format!("{what} {text:?} is no token at all"))),
+            _ => {
+                let pieces: Vec<String> = ids
+                    .iter()
+                    .map(|&i| format!("{:?}", tok.decode(&[i], false).unwrap_or_default()))
+                    .collect();
+                Err(Error::msg(format!(
+                    "{what} {text:?} is {} tokens ({}); give one token (mind the leading space)",
+                    ids.len(),
+                    pieces.join(" + ")
+                )))
+            }
+        }
+    }
+
     /// Encode and left-pad several prompts.
     pub fn batch<S: AsRef<str>>(&self, texts: &[S]) -> Result<Batch> {
         let seqs = texts

@@ -34,6 +34,7 @@ use crate::hooks::{HookPoint, Hooks};
 use crate::Result;
 
 mod attention;
+mod lens;
 pub(crate) mod load;
 mod mlp;
 mod views;
@@ -540,14 +541,7 @@ impl Transformer {
         if opts.logits == LogitsAt::None {
             return Ok(h);
         }
-        let logits = match &self.lm_head_bf16 {
-            Some(p) if !h.track_op() => p.matmul_t(&h)?,
-            _ => linear(&h, &self.lm_head, None)?.to_dtype(DType::F32)?,
-        };
-        match cfg.final_softcap {
-            Some(cap) => softcap(&logits, cap),
-            None => Ok(logits),
-        }
+        self.logits_of_normed(&h)
     }
 
     /// One block: `ResidPre` → attention (adds `attn_out`) → `ResidMid` → MLP (adds `mlp_out`)

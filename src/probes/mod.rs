@@ -16,10 +16,12 @@
 //! Adding a probe: a module here with its `Params`, `Report` and `impl Probe`, a line in
 //! [`NAMES`] and [`step`], and one subcommand in the CLI.
 
+pub mod attribute;
 pub mod cmr;
 pub mod cmr_fit;
 pub mod directions;
 pub mod heads;
+pub mod lens;
 pub mod neurons;
 mod params;
 pub mod sae;
@@ -97,7 +99,7 @@ pub trait Report {
 }
 
 /// Every probe of this build, by name.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 11] = [
     heads::Heads::NAME,
     cmr_fit::CmrFit::NAME,
     toy::Toy::NAME,
@@ -107,6 +109,8 @@ pub const NAMES: [&str; 9] = [
     sae::probe::Train::NAME,
     sae::probe::Eval::NAME,
     sae::probe::Run::NAME,
+    lens::Lens::NAME,
+    attribute::Attribute::NAME,
 ];
 
 /// A probe with its parameters, ready to run (type-erased for suites).
@@ -153,6 +157,8 @@ fn with_probe<V: Visit>(name: &str, v: V) -> Option<V::Out> {
         sae::probe::Train::NAME => v.visit::<sae::probe::Train>(),
         sae::probe::Eval::NAME => v.visit::<sae::probe::Eval>(),
         sae::probe::Run::NAME => v.visit::<sae::probe::Run>(),
+        lens::Lens::NAME => v.visit::<lens::Lens>(),
+        attribute::Attribute::NAME => v.visit::<attribute::Attribute>(),
         _ => return None,
     })
 }

@@ -3,6 +3,7 @@
 //! message, unless ENGRAM_REQUIRE_MODELS=1.
 
 mod batch;
+mod attribute;
 mod breadth;
 mod cli;
 mod cmr;
@@ -14,6 +15,7 @@ mod heads;
 mod heads_reference;
 mod hooks;
 mod hub;
+mod lens;
 mod neurons;
 mod parity;
 mod real_models;

@@ -105,6 +105,18 @@ impl Transformer {
         Ok(self.check_layer(l)?.ln1.as_ref().and_then(|n| n.b.clone()))
     }
 
+    /// The attention output bias `b_O` of layer `l` (GPT-2, GPT-NeoX, Phi-3 have one):
+    /// `[d_model]`. `hook_result` excludes it, as in TransformerLens.
+    pub fn b_o(&self, l: usize) -> Result<Option<Tensor>> {
+        Ok(self.check_layer(l)?.b_o.clone())
+    }
+
+    /// The post-attention norm's effective weight of layer `l` (Gemma 2/3, OLMo-2; an RMSNorm
+    /// of `attn = Σ_h result_h (+ b_O)`, so `attn_out = w ⊙ attn · s(attn)`): `[d_model]`.
+    pub fn post_attn_norm_weight(&self, l: usize) -> Result<Option<Tensor>> {
+        Ok(self.check_layer(l)?.post_attn_ln.as_ref().map(|n| n.w.clone()))
+    }
+
     /// The final norm's effective weight (offset included): `[d_model]`.
     pub fn final_norm_weight(&self) -> &Tensor {
         &self.norm.w
