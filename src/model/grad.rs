@@ -133,6 +133,29 @@ impl Transformer {
         metric: &Metric,
         hooks: &mut Hooks,
     ) -> Result<Gradients> {
+        self.gradients_inner(batch, None, metric, hooks)
+    }
+
+    /// [`Transformer::gradients_with`] of the pass from block `layer` on with `resid` as its
+    /// input ([`Transformer::forward_from`]); gradient points before `layer` get none.
+    pub fn gradients_from(
+        &self,
+        batch: &Batch,
+        layer: usize,
+        resid: &Tensor,
+        metric: &Metric,
+        hooks: &mut Hooks,
+    ) -> Result<Gradients> {
+        self.gradients_inner(batch, Some((layer, resid)), metric, hooks)
+    }
+
+    fn gradients_inner(
+        &self,
+        batch: &Batch,
+        start: Option<(usize, &Tensor)>,
+        metric: &Metric,
+        hooks: &mut Hooks,
+    ) -> Result<Gradients> {
         if self.dtype != DType::F32 {
             crate::bail!(
                 "gradients need an f32 model (this one is {:?}; load with --dtype f32)",
@@ -146,7 +169,11 @@ impl Transformer {
             logits: LogitsAt::Last,
             stop_at_layer: None,
         };
-        let logits = self.forward_with(batch, hooks, opts)?.squeeze(1)?;
+        let logits = match start {
+            Some((l, resid)) => self.forward_from(batch, l, resid, hooks, opts)?,
+            None => self.forward_with(batch, hooks, opts)?,
+        }
+        .squeeze(1)?;
         let m = metric.eval(&logits)?;
         let values = m.to_vec1::<f32>()?;
         let mut map = BTreeMap::new();

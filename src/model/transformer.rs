@@ -432,7 +432,35 @@ impl Transformer {
         hooks: &mut Hooks,
         opts: RunOptions,
     ) -> Result<Tensor> {
-        self.forward_inner(batch, hooks, opts, None)
+        self.forward_inner(batch, hooks, opts, None, None)
+    }
+
+    /// The pass from block `layer` on, with `resid` `[batch, seq, d_model]` as that block's
+    /// residual stream input (TransformerLens `start_at_layer`): `blocks.{layer}.hook_resid_pre`
+    /// and every later hook fire, earlier ones do not. `batch` still gives the padding and the
+    /// positions. Patching a layer's residual stream this way skips the blocks before it.
+    pub fn forward_from(
+        &self,
+        batch: &Batch,
+        layer: usize,
+        resid: &Tensor,
+        hooks: &mut Hooks,
+        opts: RunOptions,
+    ) -> Result<Tensor> {
+        let want = [batch.len(), batch.seq_len, self.cfg.d_model];
+        if layer >= self.cfg.n_layers {
+            return Err(crate::Error::LayerOutOfRange {
+                layer,
+                n_layers: self.cfg.n_layers,
+            });
+        }
+        if resid.dims() != want {
+            crate::bail!(
+                "forward_from: resid is {:?}, the batch needs {want:?}",
+                resid.dims()
+            );
+        }
+        self.forward_inner(batch, hooks, opts, None, Some((layer, resid)))
     }
 
     /// Incremental decoding: run `batch` (new tokens for every row; for the first call the
@@ -451,7 +479,7 @@ impl Transformer {
         } else if batch.len() != cache.pad_left.len() || batch.is_padded() {
             crate::bail!("a KV cache continues the same batch with unpadded new tokens");
         }
-        self.forward_inner(batch, hooks, opts, Some(cache))
+        self.forward_inner(batch, hooks, opts, Some(cache), None)
     }
 
     fn forward_inner(
@@ -460,6 +488,7 @@ impl Transformer {
         hooks: &mut Hooks,
         opts: RunOptions,
         mut cache: Option<&mut KvCache>,
+        start: Option<(usize, &Tensor)>,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         hooks.begin(cfg.n_layers)?;
@@ -488,31 +517,16 @@ impl Transformer {
                 cfg.vocab_size
             );
         }
-        let mut x =
-            self.embed
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((b, t, cfg.d_model))?;
-        if let Some(s) = cfg.embed_scale {
-            // transformers multiplies by the scale rounded to the weights' dtype.
-            let s = Tensor::new(s as f32, &self.device)?.to_dtype(self.dtype)?;
-            x = x.broadcast_mul(&s)?;
-        }
-        x = hooks.apply(HookPoint::Embed, x)?;
-        if let Some(wpe) = &self.pos_embed {
-            // Position ids count real tokens (0 on pads), as for rotary embeddings.
-            let pos: Vec<u32> = pad_left
-                .iter()
-                .flat_map(|&p| (past..past + t).map(move |i| i.saturating_sub(p) as u32))
-                .collect();
-            let pos = Tensor::from_vec(pos, b * t, &self.device)?;
-            let p = wpe.index_select(&pos, 0)?.reshape((b, t, cfg.d_model))?;
-            x = (x + hooks.apply(HookPoint::PosEmbed, p)?)?;
-        }
+        let first = start.map_or(0, |s| s.0);
+        let mut x = match start {
+            Some((_, resid)) => resid.to_dtype(self.dtype)?,
+            None => self.embed_tokens(&ids, &pad_left, past, b, t, hooks)?,
+        };
 
         let ropes = self.rope_tables(&pad_left, past, t)?;
         let mut masks: Vec<(Option<usize>, Tensor)> = vec![];
         let n_run = opts.stop_at_layer.unwrap_or(cfg.n_layers).min(cfg.n_layers);
-        for (l, blk) in self.blocks.iter().enumerate().take(n_run) {
+        for (l, blk) in self.blocks.iter().enumerate().take(n_run).skip(first) {
             let window = cfg.layers[l].sliding_window.filter(|&w| w < past + t);
             let mask = match masks.iter().find(|(w, _)| *w == window) {
                 Some((_, m)) => m.clone(),
@@ -542,6 +556,41 @@ impl Transformer {
             return Ok(h);
         }
         self.logits_of_normed(&h)
+    }
+
+    /// Token embeddings [× scale] → `hook_embed` [+ learned positions → `hook_pos_embed`]:
+    /// the first block's residual stream `[b, t, d_model]`.
+    fn embed_tokens(
+        &self,
+        ids: &Tensor,
+        pad_left: &[usize],
+        past: usize,
+        b: usize,
+        t: usize,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let mut x =
+            self.embed
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, t, cfg.d_model))?;
+        if let Some(s) = cfg.embed_scale {
+            // transformers multiplies by the scale rounded to the weights' dtype.
+            let s = Tensor::new(s as f32, &self.device)?.to_dtype(self.dtype)?;
+            x = x.broadcast_mul(&s)?;
+        }
+        x = hooks.apply(HookPoint::Embed, x)?;
+        if let Some(wpe) = &self.pos_embed {
+            // Position ids count real tokens (0 on pads), as for rotary embeddings.
+            let pos: Vec<u32> = pad_left
+                .iter()
+                .flat_map(|&p| (past..past + t).map(move |i| i.saturating_sub(p) as u32))
+                .collect();
+            let pos = Tensor::from_vec(pos, b * t, &self.device)?;
+            let p = wpe.index_select(&pos, 0)?.reshape((b, t, cfg.d_model))?;
+            x = (x + hooks.apply(HookPoint::PosEmbed, p)?)?;
+        }
+        Ok(x)
     }
 
     /// One block: `ResidPre` → attention (adds `attn_out`) → `ResidMid` → MLP (adds `mlp_out`)

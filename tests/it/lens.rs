@@ -41,15 +41,26 @@ fn lens_final_layer_is_the_models_logits_and_dla_sums_to_the_logit_difference() 
         let n = model.cfg().n_layers;
         let lp = logits_of(&model, &ids);
         let last = raw_logits(&model, &ids).to_vec1::<f32>().unwrap();
-        let target = (0..last.len()).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap() as u32;
-        let baseline = (0..last.len()).min_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap() as u32;
+        let target = (0..last.len())
+            .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+            .unwrap() as u32;
+        let baseline = (0..last.len())
+            .min_by(|&a, &b| last[a].total_cmp(&last[b]))
+            .unwrap() as u32;
         let cells = logit_lens(&model, &ids, target, 3).unwrap();
         assert_eq!(cells.len(), (n + 1) * ids.len(), "{name}");
         for c in cells.iter().filter(|c| c.layer == n) {
             let row = &lp[c.position];
             let want = row[c.next_id as usize] as f64;
-            assert!((c.logprob - want).abs() <= 1e-5, "{name} pos {}: {} vs {want}", c.position, c.logprob);
-            let top = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap() as u32;
+            assert!(
+                (c.logprob - want).abs() <= 1e-5,
+                "{name} pos {}: {} vs {want}",
+                c.position,
+                c.logprob
+            );
+            let top = (0..row.len())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap() as u32;
             assert_eq!(c.top[0].0, top, "{name} pos {}", c.position);
             let rank = 1 + row.iter().filter(|&&x| x > row[c.next_id as usize]).count() as u32;
             assert_eq!(c.rank, rank, "{name}");
@@ -60,7 +71,10 @@ fn lens_final_layer_is_the_models_logits_and_dla_sums_to_the_logit_difference() 
             .filter(|c| c.layer == 0)
             .map(|c| (c.logprob - lp[c.position][c.next_id as usize] as f64).abs())
             .fold(0.0, f64::max);
-        assert!(far > 1e-3, "{name}: layer 0's lens equals the logits ({far})");
+        assert!(
+            far > 1e-3,
+            "{name}: layer 0's lens equals the logits ({far})"
+        );
 
         for base in [Some(baseline), None] {
             let u = logit_direction(&model, target, base).unwrap();
@@ -77,7 +91,10 @@ fn lens_final_layer_is_the_models_logits_and_dla_sums_to_the_logit_difference() 
             if model.cfg().final_softcap.is_none() {
                 let want = match base {
                     Some(b) => (last[target as usize] - last[b as usize]) as f64,
-                    None => last[target as usize] as f64 - last.iter().map(|&x| x as f64).sum::<f64>() / last.len() as f64,
+                    None => {
+                        last[target as usize] as f64
+                            - last.iter().map(|&x| x as f64).sum::<f64>() / last.len() as f64
+                    }
                 };
                 assert!(
                     (dla.logit_diff - want).abs() <= 1e-4 * scale,
@@ -101,8 +118,22 @@ fn lens_command_writes_tables_charts_and_rejects_bad_tokens() {
         out.to_str().unwrap(),
     );
     let (code, stdout, err) = engram(&[
-        "lens", "--quiet", "-m", m, "--tokenizer", t, "-p", "hello world", "-p", "abc", "--target",
-        "x", "--baseline", "y", "-o", o,
+        "lens",
+        "--quiet",
+        "-m",
+        m,
+        "--tokenizer",
+        t,
+        "-p",
+        "hello world",
+        "-p",
+        "abc",
+        "--target",
+        "x",
+        "--baseline",
+        "y",
+        "-o",
+        o,
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("prompt 1 target \"x\""), "{stdout}");
@@ -137,7 +168,19 @@ fn lens_command_writes_tables_charts_and_rejects_bad_tokens() {
     let out2 = tmp.path().join("bad");
     let o2 = out2.to_str().unwrap();
     assert_one_line_error(
-        &["lens", "-m", m, "--tokenizer", t, "-p", "hi", "--target", "xy", "-o", o2],
+        &[
+            "lens",
+            "-m",
+            m,
+            "--tokenizer",
+            t,
+            "-p",
+            "hi",
+            "--target",
+            "xy",
+            "-o",
+            o2,
+        ],
         "--target \"xy\" is 2 tokens",
     );
     assert!(!out2.join("lens.parquet").exists());
@@ -146,15 +189,26 @@ fn lens_command_writes_tables_charts_and_rejects_bad_tokens() {
 
 #[test]
 fn smollm2_lens_finds_paris() {
-    let Some(model) = real_model("smollm2") else { return };
+    let Some(model) = real_model("smollm2") else {
+        return;
+    };
     let ids = model.encode("The Eiffel Tower is in the city of").unwrap();
     let paris = model.single_token(" Paris", "--target").unwrap();
     let n = model.cfg().n_layers;
     let cells = logit_lens(&model, &ids, paris, 5).unwrap();
-    let fin = cells.iter().find(|c| c.layer == n && c.position + 1 == ids.len()).unwrap();
+    let fin = cells
+        .iter()
+        .find(|c| c.layer == n && c.position + 1 == ids.len())
+        .unwrap();
     assert_eq!(fin.rank, 1, "Paris is SmolLM2's top answer");
-    let early = cells.iter().find(|c| c.layer == 1 && c.position + 1 == ids.len()).unwrap();
-    assert!(early.rank > 1, "the lens at layer 1 does not already say Paris");
+    let early = cells
+        .iter()
+        .find(|c| c.layer == 1 && c.position + 1 == ids.len())
+        .unwrap();
+    assert!(
+        early.rank > 1,
+        "the lens at layer 1 does not already say Paris"
+    );
     let u = logit_direction(&model, paris, model.single_token(" London", "x").ok()).unwrap();
     let dla = direct_logit_attribution(&model, &ids, &u).unwrap();
     assert!(dla.logit_diff > 0.0);

@@ -2,8 +2,8 @@
 //! Model tests need `scripts/fetch-models.sh`; without the models they are skipped with a
 //! message, unless ENGRAM_REQUIRE_MODELS=1.
 
-mod batch;
 mod attribute;
+mod batch;
 mod breadth;
 mod cli;
 mod cmr;

@@ -114,7 +114,11 @@ impl Transformer {
     /// The post-attention norm's effective weight of layer `l` (Gemma 2/3, OLMo-2; an RMSNorm
     /// of `attn = Σ_h result_h (+ b_O)`, so `attn_out = w ⊙ attn · s(attn)`): `[d_model]`.
     pub fn post_attn_norm_weight(&self, l: usize) -> Result<Option<Tensor>> {
-        Ok(self.check_layer(l)?.post_attn_ln.as_ref().map(|n| n.w.clone()))
+        Ok(self
+            .check_layer(l)?
+            .post_attn_ln
+            .as_ref()
+            .map(|n| n.w.clone()))
     }
 
     /// The final norm's effective weight (offset included): `[d_model]`.

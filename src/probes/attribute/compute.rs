@@ -100,7 +100,27 @@ fn repeat(ids: &[u32], rows: usize) -> Result<Batch> {
 /// The metric of each row of `batch` under `hooks`.
 fn metric_rows(t: &Transformer, batch: &Batch, m: &Metric, hooks: &mut Hooks) -> Result<Vec<f64>> {
     let logits = t.forward_with(batch, hooks, logits_last())?.squeeze(1)?;
-    Ok(to_vec_f32(&m.eval(&logits)?)?.into_iter().map(f64::from).collect())
+    Ok(to_vec_f32(&m.eval(&logits)?)?
+        .into_iter()
+        .map(f64::from)
+        .collect())
+}
+
+/// The metric of each row of `resid` `[rows, t, d]` run from block `l` on (copies of the clean
+/// prompt), under `hooks`.
+fn metric_from(
+    t: &Transformer,
+    p: &PairIds,
+    l: usize,
+    resid: &Tensor,
+    hooks: &mut Hooks,
+) -> Result<Vec<f64>> {
+    let rows = resid.dim(0)?;
+    let logits = t
+        .forward_from(&repeat(&p.clean, rows)?, l, resid, hooks, logits_last())?
+        .squeeze(1)?;
+    let m = metric(p, rows).eval(&logits)?;
+    Ok(to_vec_f32(&m)?.into_iter().map(f64::from).collect())
 }
 
 /// Attribution of one pair.
@@ -129,9 +149,12 @@ pub fn attribute_pair(t: &Transformer, p: &PairIds, o: &Options) -> Result<PairA
         crate::bail!("nothing to attribute (no hook kinds)");
     }
     let filter = HookFilter::points(&points);
+    // The clean run also keeps every resid_pre: patched runs start from it (forward_from).
+    let mut kept = points.clone();
+    kept.extend((0..n).map(HookPoint::ResidPre));
     let m1 = metric(p, 1);
     let clean = Batch::single(&p.clean)?;
-    let mut hooks = Hooks::capture(filter.clone()).with_grads(filter.clone());
+    let mut hooks = Hooks::capture(HookFilter::points(&kept)).with_grads(filter.clone());
     let g = t.gradients_with(&clean, &m1, &mut hooks)?;
     let clean_acts = hooks.cache;
     let mut hooks = Hooks::capture(filter);
@@ -157,7 +180,15 @@ pub fn attribute_pair(t: &Transformer, p: &PairIds, o: &Options) -> Result<PairA
             let atp = to_vec_f32(&prod(pt)?.sum(2)?)?; // [1, t]
             let ig = match o.ig_steps {
                 0 => None,
-                k => Some(integrated_gradients(t, p, l, &clean_acts, &diff(pt)?, k, o.batch)?),
+                k => Some(integrated_gradients(
+                    t,
+                    p,
+                    l,
+                    &clean_acts,
+                    &diff(pt)?,
+                    k,
+                    o.batch,
+                )?),
             };
             let patch = if o.patch {
                 Some(patch_positions(t, p, l, &clean_acts, &diff(pt)?, o.batch)?)
@@ -196,14 +227,15 @@ pub fn attribute_pair(t: &Transformer, p: &PairIds, o: &Options) -> Result<PairA
         }
         if o.kinds.neurons {
             let atp = to_vec_f32(&prod(HookPoint::MlpPost(l))?.sum(1)?)?; // [1, d_mlp]
-            out.neurons.extend(atp.iter().enumerate().map(|(u, a)| Cell {
-                layer: l,
-                position: None,
-                unit: Some(u),
-                atp: *a as f64,
-                ig: None,
-                patch: None,
-            }));
+            out.neurons
+                .extend(atp.iter().enumerate().map(|(u, a)| Cell {
+                    layer: l,
+                    position: None,
+                    unit: Some(u),
+                    atp: *a as f64,
+                    ig: None,
+                    patch: None,
+                }));
         }
     }
     Ok(out)
@@ -241,8 +273,7 @@ fn patch_positions(
             })
             .collect::<Result<_>>()?;
         let value = rows_with(&base, diff, &masks)?;
-        let mut hooks = Hooks::none().with(Intervention::new(HookPoint::ResidPre(l), Edit::Patch { value }));
-        out.extend(metric_rows(t, &repeat(&p.clean, chunk.len())?, &metric(p, chunk.len()), &mut hooks)?);
+        out.extend(metric_from(t, p, l, &value, &mut Hooks::none())?);
     }
     Ok(out)
 }
@@ -272,7 +303,11 @@ fn patch_heads(
             .collect::<Result<_>>()?;
         let value = rows_with(&base, &diff, &masks)?;
         let mut hooks = Hooks::none().with(Intervention::new(pt, Edit::Patch { value }));
-        out.extend(metric_rows(t, &repeat(&p.clean, chunk.len())?, &metric(p, chunk.len()), &mut hooks)?);
+        let resid = clean.expect(HookPoint::ResidPre(l))?.detach();
+        let resid = resid
+            .broadcast_as((chunk.len(), resid.dim(1)?, resid.dim(2)?))?
+            .contiguous()?;
+        out.extend(metric_from(t, p, l, &resid, &mut hooks)?);
     }
     Ok(out)
 }
@@ -289,7 +324,9 @@ fn integrated_gradients(
 ) -> Result<Vec<f64>> {
     let pt = HookPoint::ResidPre(l);
     let base = clean.expect(pt)?.detach();
-    let alphas: Vec<f64> = (0..steps).map(|k| (k as f64 + 0.5) / steps as f64).collect();
+    let alphas: Vec<f64> = (0..steps)
+        .map(|k| (k as f64 + 0.5) / steps as f64)
+        .collect();
     let mut grad_sum: Option<Tensor> = None;
     for chunk in alphas.chunks(batch.max(1)) {
         let masks: Vec<Tensor> = chunk
@@ -297,10 +334,9 @@ fn integrated_gradients(
             .map(|&a| Ok(Tensor::new(&[a as f32], base.device())?.to_dtype(base.dtype())?))
             .collect::<Result<_>>()?;
         let value = rows_with(&base, diff, &masks)?;
-        let mut hooks = Hooks::none()
-            .with(Intervention::new(pt, Edit::Patch { value }))
-            .with_grads(HookFilter::points(&[pt]));
-        let g = t.gradients_with(&repeat(&p.clean, chunk.len())?, &metric(p, chunk.len()), &mut hooks)?;
+        let mut hooks = Hooks::none().with_grads(HookFilter::points(&[pt]));
+        let batch = repeat(&p.clean, chunk.len())?;
+        let g = t.gradients_from(&batch, l, &value, &metric(p, chunk.len()), &mut hooks)?;
         let s = g.grads.expect(pt)?.sum_keepdim(0)?;
         grad_sum = Some(match grad_sum {
             Some(acc) => (acc + s)?,

@@ -82,7 +82,9 @@ impl AttributeParams {
                 "heads" => k.heads = true,
                 "neurons" => k.neurons = true,
                 "" => {}
-                other => crate::bail!("--hooks: unknown kind `{other}` (known: resid, heads, neurons)"),
+                other => {
+                    crate::bail!("--hooks: unknown kind `{other}` (known: resid, heads, neurons)")
+                }
             }
         }
         if !(k.resid || k.heads || k.neurons) {
@@ -237,7 +239,11 @@ pub fn pearson(xy: &[(f64, f64)]) -> Option<f64> {
 
 impl AttributeReport {
     /// (estimate, exact patch) over every pair's cells of `cells`, for `est` = AtP or IG.
-    fn pooled(&self, cells: impl Fn(&PairAttribution) -> &[Cell], est: impl Fn(&Cell) -> Option<f64>) -> Vec<(f64, f64)> {
+    fn pooled(
+        &self,
+        cells: impl Fn(&PairAttribution) -> &[Cell],
+        est: impl Fn(&Cell) -> Option<f64>,
+    ) -> Vec<(f64, f64)> {
         self.results
             .iter()
             .flat_map(|r| cells(r).iter())
@@ -249,9 +255,15 @@ impl AttributeReport {
     /// on the heads (pooled over pairs).
     pub fn correlations(&self) -> [(&'static str, Option<f64>); 3] {
         [
-            ("resid_atp", pearson(&self.pooled(|r| &r.resid, |c| Some(c.atp)))),
+            (
+                "resid_atp",
+                pearson(&self.pooled(|r| &r.resid, |c| Some(c.atp))),
+            ),
             ("resid_ig", pearson(&self.pooled(|r| &r.resid, |c| c.ig))),
-            ("heads_atp", pearson(&self.pooled(|r| &r.heads, |c| Some(c.atp)))),
+            (
+                "heads_atp",
+                pearson(&self.pooled(|r| &r.heads, |c| Some(c.atp))),
+            ),
         ]
     }
 }
@@ -274,7 +286,9 @@ impl Report for AttributeReport {
         }
         for (name, r) in self.correlations() {
             if let Some(r) = r {
-                n.push(format!("pearson r ({name} vs patch, pooled over pairs): {r:.4}"));
+                n.push(format!(
+                    "pearson r ({name} vs patch, pooled over pairs): {r:.4}"
+                ));
             }
         }
         n

@@ -10,7 +10,10 @@ use crate::Result;
 
 pub(super) fn write(r: &AttributeReport, dir: &Path) -> Result<Vec<String>> {
     let mut files = vec![];
-    write_parquet(&mut attribution_table(r).build()?, &dir.join("attribution.parquet"))?;
+    write_parquet(
+        &mut attribution_table(r).build()?,
+        &dir.join("attribution.parquet"),
+    )?;
     files.push("attribution.parquet".to_string());
     write_parquet(&mut metric_table(r).build()?, &dir.join("metric.parquet"))?;
     files.push("metric.parquet".to_string());
@@ -22,12 +25,15 @@ pub(super) fn write(r: &AttributeReport, dir: &Path) -> Result<Vec<String>> {
     Ok(files)
 }
 
+/// Cells, the hook they are of, whether their unit is a head.
+type CellGroup<'a> = (&'a [Cell], fn(usize) -> HookPoint, bool);
+
 fn attribution_table(r: &AttributeReport) -> Table {
     let (mut pair, mut hook, mut layer, mut pos, mut head, mut unit) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut atp, mut ig, mut patch) = (vec![], vec![], vec![]);
     for (i, res) in r.results.iter().enumerate() {
-        let groups: [(&[Cell], fn(usize) -> HookPoint, bool); 3] = [
+        let groups: [CellGroup; 3] = [
             (&res.resid, HookPoint::ResidPre, false),
             (&res.heads, HookPoint::Z, true),
             (&res.neurons, HookPoint::MlpPost, false),
@@ -38,8 +44,16 @@ fn attribution_table(r: &AttributeReport) -> Table {
                 hook.push(point(c.layer).name());
                 layer.push(c.layer as u32);
                 pos.push(c.position.map(|p| p as u32));
-                head.push(if is_head { c.unit.map(|u| u as u32) } else { None });
-                unit.push(if is_head { None } else { c.unit.map(|u| u as u32) });
+                head.push(if is_head {
+                    c.unit.map(|u| u as u32)
+                } else {
+                    None
+                });
+                unit.push(if is_head {
+                    None
+                } else {
+                    c.unit.map(|u| u as u32)
+                });
                 atp.push(c.atp);
                 ig.push(c.ig);
                 patch.push(c.patch);
@@ -67,7 +81,10 @@ fn metric_table(r: &AttributeReport) -> Table {
         .col("corrupt", col(&|i| r.texts[i].corrupt.clone()))
         .col("answer", col(&|i| r.texts[i].answer.clone()))
         .col("wrong", col(&|i| r.texts[i].wrong.clone()))
-        .col("n_tokens", r.tokens.iter().map(|t| t.len() as u32).collect::<Vec<_>>())
+        .col(
+            "n_tokens",
+            r.tokens.iter().map(|t| t.len() as u32).collect::<Vec<_>>(),
+        )
         .col("clean_metric", num(&|p| p.clean_metric))
         .col("corrupt_metric", num(&|p| p.corrupt_metric))
 }
@@ -134,32 +151,83 @@ fn charts(r: &AttributeReport, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     };
     let what = format!("mean over {n_pairs} pair(s)");
     if has_resid && min_len > 0 {
-        let v = mean_grid(r, r.n_layers, min_len, |x| &x.resid, resid_at, |c| Some(c.atp));
-        paths.extend(grid(format!("AtP of resid_pre ({what})"), "position", v, Some(x_labels.clone())).save(dir, "resid_atp_heatmap")?);
+        let v = mean_grid(
+            r,
+            r.n_layers,
+            min_len,
+            |x| &x.resid,
+            resid_at,
+            |c| Some(c.atp),
+        );
+        paths.extend(
+            grid(
+                format!("AtP of resid_pre ({what})"),
+                "position",
+                v,
+                Some(x_labels.clone()),
+            )
+            .save(dir, "resid_atp_heatmap")?,
+        );
         if r.opts.patch {
             let v = mean_grid(r, r.n_layers, min_len, |x| &x.resid, resid_at, |c| c.patch);
-            paths.extend(grid(format!("Activation patching of resid_pre ({what})"), "position", v, Some(x_labels.clone())).save(dir, "resid_patch_heatmap")?);
+            paths.extend(
+                grid(
+                    format!("Activation patching of resid_pre ({what})"),
+                    "position",
+                    v,
+                    Some(x_labels.clone()),
+                )
+                .save(dir, "resid_patch_heatmap")?,
+            );
         }
         if r.opts.ig_steps > 0 {
             let v = mean_grid(r, r.n_layers, min_len, |x| &x.resid, resid_at, |c| c.ig);
-            paths.extend(grid(format!("Integrated gradients of resid_pre ({what})"), "position", v, Some(x_labels)).save(dir, "resid_ig_heatmap")?);
+            paths.extend(
+                grid(
+                    format!("Integrated gradients of resid_pre ({what})"),
+                    "position",
+                    v,
+                    Some(x_labels),
+                )
+                .save(dir, "resid_ig_heatmap")?,
+            );
         }
     }
     if has_heads {
-        let v = mean_grid(r, r.n_layers, r.n_heads, |x| &x.heads, head_at, |c| Some(c.atp));
-        paths.extend(grid(format!("AtP of attn.hook_z per head ({what})"), "head", v, None).save(dir, "heads_atp_heatmap")?);
+        let v = mean_grid(
+            r,
+            r.n_layers,
+            r.n_heads,
+            |x| &x.heads,
+            head_at,
+            |c| Some(c.atp),
+        );
+        paths.extend(
+            grid(
+                format!("AtP of attn.hook_z per head ({what})"),
+                "head",
+                v,
+                None,
+            )
+            .save(dir, "heads_atp_heatmap")?,
+        );
         if r.opts.patch {
             let v = mean_grid(r, r.n_layers, r.n_heads, |x| &x.heads, head_at, |c| c.patch);
-            paths.extend(grid(format!("Activation patching per head ({what})"), "head", v, None).save(dir, "heads_patch_heatmap")?);
+            paths.extend(
+                grid(
+                    format!("Activation patching per head ({what})"),
+                    "head",
+                    v,
+                    None,
+                )
+                .save(dir, "heads_patch_heatmap")?,
+            );
         }
     }
     if r.opts.patch && (has_resid || has_heads) {
         let mut series = vec![];
         let rs = r.correlations();
-        for (name, cells, rr) in [
-            ("resid_pre", 0, rs[0].1),
-            ("heads (z)", 1, rs[2].1),
-        ] {
+        for (name, cells, rr) in [("resid_pre", 0, rs[0].1), ("heads (z)", 1, rs[2].1)] {
             let pts: Vec<(f64, f64)> = r
                 .results
                 .iter()

@@ -165,9 +165,12 @@ pub fn logit_direction(t: &Transformer, target: u32, baseline: Option<u32>) -> R
     let rows = t.unembed_rows();
     let row = |i: u32| -> Result<Vec<f64>> {
         if i as usize >= t.cfg.vocab_size {
-            crate::bail!("token id {i} is out of the vocabulary ({})", t.cfg.vocab_size);
+            crate::bail!(
+                "token id {i} is out of the vocabulary ({})",
+                t.cfg.vocab_size
+            );
         }
-        Ok(f64s(&rows.i(i as usize)?)?)
+        f64s(&rows.i(i as usize)?)
     };
     let a = row(target)?;
     let b = match baseline {
@@ -191,9 +194,17 @@ pub fn direct_logit_attribution(t: &Transformer, ids: &[u32], u: &[f64]) -> Resu
     let cfg = &t.cfg;
     let n = cfg.n_layers;
     if u.len() != cfg.d_model {
-        crate::bail!("the logit direction has {} dims, d_model is {}", u.len(), cfg.d_model);
+        crate::bail!(
+            "the logit direction has {} dims, d_model is {}",
+            u.len(),
+            cfg.d_model
+        );
     }
-    let mut points = vec![HookPoint::Embed, HookPoint::ResidPost(n - 1), HookPoint::LnFinal];
+    let mut points = vec![
+        HookPoint::Embed,
+        HookPoint::ResidPost(n - 1),
+        HookPoint::LnFinal,
+    ];
     if t.w_pos().is_some() {
         points.push(HookPoint::PosEmbed);
     }
@@ -231,7 +242,12 @@ pub fn direct_logit_attribution(t: &Transformer, ids: &[u32], u: &[f64]) -> Resu
         head,
         dla,
     };
-    let mut out = vec![comp(ComponentKind::Embed, None, None, project(&vec_at(HookPoint::Embed)?))];
+    let mut out = vec![comp(
+        ComponentKind::Embed,
+        None,
+        None,
+        project(&vec_at(HookPoint::Embed)?),
+    )];
     if t.w_pos().is_some() {
         let d = project(&vec_at(HookPoint::PosEmbed)?);
         out.push(comp(ComponentKind::PosEmbed, None, None, d));
@@ -263,16 +279,31 @@ pub fn direct_logit_attribution(t: &Transformer, ids: &[u32], u: &[f64]) -> Resu
             }
         };
         for (h, c) in heads.iter().enumerate() {
-            out.push(comp(ComponentKind::Head, Some(l), Some(h), project(&scaled(c))));
+            out.push(comp(
+                ComponentKind::Head,
+                Some(l),
+                Some(h),
+                project(&scaled(c)),
+            ));
         }
         if let Some(b) = &bias {
-            out.push(comp(ComponentKind::AttnBias, Some(l), None, project(&scaled(b))));
+            out.push(comp(
+                ComponentKind::AttnBias,
+                Some(l),
+                None,
+                project(&scaled(b)),
+            ));
         }
         let m = project(&vec_at(HookPoint::MlpOut(l))?);
         out.push(comp(ComponentKind::Mlp, Some(l), None, m));
     }
     if let Some(b) = t.final_norm_bias() {
-        out.push(comp(ComponentKind::FinalBias, None, None, dot(&f64s(b)?, u)));
+        out.push(comp(
+            ComponentKind::FinalBias,
+            None,
+            None,
+            dot(&f64s(b)?, u),
+        ));
     }
     let logit_diff = dot(&vec_at(HookPoint::LnFinal)?, u);
     Ok(Dla {

@@ -125,11 +125,32 @@ fn prompts_table(r: &LensReport) -> Table {
     };
     let mut t = Table::new()
         .col("prompt", (0..n as u32).collect::<Vec<_>>())
-        .col("text", r.prompts.iter().map(|p| p.text.clone()).collect::<Vec<_>>())
-        .col("n_tokens", r.prompts.iter().map(|p| p.ids.len() as u32).collect::<Vec<_>>())
-        .col("target_id", r.prompts.iter().map(|p| p.target).collect::<Vec<_>>())
-        .col("target", r.prompts.iter().map(|p| r.string(p.target)).collect::<Vec<_>>())
-        .col("baseline_id", r.prompts.iter().map(|p| p.baseline).collect::<Vec<_>>())
+        .col(
+            "text",
+            r.prompts.iter().map(|p| p.text.clone()).collect::<Vec<_>>(),
+        )
+        .col(
+            "n_tokens",
+            r.prompts
+                .iter()
+                .map(|p| p.ids.len() as u32)
+                .collect::<Vec<_>>(),
+        )
+        .col(
+            "target_id",
+            r.prompts.iter().map(|p| p.target).collect::<Vec<_>>(),
+        )
+        .col(
+            "target",
+            r.prompts
+                .iter()
+                .map(|p| r.string(p.target))
+                .collect::<Vec<_>>(),
+        )
+        .col(
+            "baseline_id",
+            r.prompts.iter().map(|p| p.baseline).collect::<Vec<_>>(),
+        )
         .col(
             "baseline",
             r.prompts
@@ -138,7 +159,13 @@ fn prompts_table(r: &LensReport) -> Table {
                 .collect::<Vec<_>>(),
         );
     t = t
-        .col("target_rank", r.prompts.iter().map(|p| last(p).map(|c| c.rank)).collect::<Vec<_>>())
+        .col(
+            "target_rank",
+            r.prompts
+                .iter()
+                .map(|p| last(p).map(|c| c.rank))
+                .collect::<Vec<_>>(),
+        )
         .col(
             "target_prob",
             r.prompts
@@ -146,8 +173,17 @@ fn prompts_table(r: &LensReport) -> Table {
                 .map(|p| last(p).map(|c| c.logprob.exp()))
                 .collect::<Vec<_>>(),
         )
-        .col("logit_diff", r.prompts.iter().map(|p| p.dla.logit_diff).collect::<Vec<_>>())
-        .col("dla_sum", r.prompts.iter().map(|p| p.dla.sum()).collect::<Vec<_>>());
+        .col(
+            "logit_diff",
+            r.prompts
+                .iter()
+                .map(|p| p.dla.logit_diff)
+                .collect::<Vec<_>>(),
+        )
+        .col(
+            "dla_sum",
+            r.prompts.iter().map(|p| p.dla.sum()).collect::<Vec<_>>(),
+        );
     t
 }
 
@@ -238,7 +274,8 @@ fn charts(r: &LensReport, dir: &Path) -> Result<Vec<String>> {
     let attn = (0..r.n_layers)
         .map(|l| {
             mean_dla(r, |c| {
-                matches!(c.kind, ComponentKind::Head | ComponentKind::AttnBias) && c.layer == Some(l)
+                matches!(c.kind, ComponentKind::Head | ComponentKind::AttnBias)
+                    && c.layer == Some(l)
             })
         })
         .collect();
@@ -270,7 +307,8 @@ pub(super) fn summary_line(r: &LensReport, i: usize, p: &PromptLens) -> String {
         .collect();
     let fin = last.iter().find(|c| c.layer == r.n_layers);
     // The first layer from which the target stays the top token.
-    let first_top = (0..=r.n_layers).find(|&l| last.iter().filter(|c| c.layer >= l).all(|c| c.rank == 1));
+    let first_top =
+        (0..=r.n_layers).find(|&l| last.iter().filter(|c| c.layer >= l).all(|c| c.rank == 1));
     let mut comps: Vec<_> = p.dla.components.iter().collect();
     comps.sort_by(|a, b| b.dla.abs().total_cmp(&a.dla.abs()));
     let top: Vec<String> = comps
