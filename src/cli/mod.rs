@@ -28,8 +28,9 @@ pub use self::probes::{CmrFitArgs, DirectionsArgs, HeadsArgs, NeuronsArgs, SaeCo
 #[command(
     name = "engram",
     version,
-    about = "Mechanistic interpretability for Llama- and Gemma-family language models",
-    long_about = "engram loads a Llama / Mistral / Qwen2 / Gemma 1-2-3 checkpoint (a .gguf file, a \
+    about = "Mechanistic interpretability for transformer language models",
+    long_about = "engram loads a Llama / Mistral / Qwen2-3 / Gemma 1-3 / GPT-2 / Pythia / Phi-3 / OLMo-2 \
+checkpoint (a .gguf file, a \
 Hugging Face folder, a Hub repo id, or an alias of a model fetched by scripts/fetch-models.sh: \
 smollm2, gemma3, qwen2), runs one hooked forward pass with TransformerLens hook names, and writes \
 Parquet tables, charts and a manifest for each probe."
