@@ -205,3 +205,47 @@ fn bad_requests_are_errors() {
         .unwrap_err();
     assert!(e.to_string().contains("batch of 1"), "{e}");
 }
+
+/// torch autograd on the real models (scripts/reference/real_grads_reference.py): the gradient
+/// of logit(" Paris") − logit(" London") at resid_pre of the first, middle and last layers.
+#[test]
+fn real_model_gradients_match_torch_autograd() {
+    for (alias, stem) in [("smollm2", "smollm2-135m-instruct"), ("gemma3", "gemma-3-270m")] {
+        let Some(model) = real_model(alias) else {
+            continue;
+        };
+        let path = fixture_dir("real").join(format!("{stem}_grads.safetensors"));
+        let r = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        let ids = to_u32(&r["input_ids"].squeeze(0).unwrap());
+        let metric = Metric::LogitDiff {
+            answer: to_u32(&r["answer"]),
+            wrong: to_u32(&r["wrong"]),
+        };
+        let layers: Vec<usize> = r
+            .keys()
+            .filter_map(|k| k.strip_prefix("resid_pre.")?.parse().ok())
+            .collect();
+        assert_eq!(layers.len(), 3, "{alias}");
+        let names: Vec<String> = layers
+            .iter()
+            .map(|l| format!("blocks.{l}.hook_resid_pre"))
+            .collect();
+        let g = model
+            .gradients(&Batch::single(&ids).unwrap(), &metric, &HookFilter::new(&names))
+            .unwrap();
+        let want = r["metric"].to_vec1::<f32>().unwrap()[0];
+        assert!(
+            (g.values[0] - want).abs() <= 1e-3 * want.abs().max(1.0),
+            "{alias}: metric {} vs torch {want}",
+            g.values[0]
+        );
+        for l in layers {
+            let ours = g.grads.get(HookPoint::ResidPre(l)).unwrap();
+            let theirs = &r[&format!("resid_pre.{l}")];
+            let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let err = max_abs_diff(ours, theirs);
+            eprintln!("{alias} resid_pre.{l}: max |Δ| {err:.3e}, max |grad| {scale:.3e}");
+            assert!(err <= 1e-4 * scale, "{alias} layer {l}: {err} vs max {scale}");
+        }
+    }
+}
