@@ -56,10 +56,14 @@
 use crate::{bail, Result};
 
 mod fit;
+mod recall;
+mod rng;
 mod sim;
+mod simd;
 mod table;
 
 pub use fit::*;
+pub use rng::CmrRng;
 pub use sim::*;
 pub use table::*;
 
@@ -230,6 +234,10 @@ mod tests {
         }
     }
 
+    fn rngs_len() -> usize {
+        recall::LANES_PER_START
+    }
+
     #[test]
     fn cmr_fast_path_matches_dense_replica() {
         for &(be, br, g) in &[
@@ -240,12 +248,25 @@ mod tests {
             (0.85, 0.2, 0.9),
         ] {
             for s0 in [0usize, 7, 19] {
-                let a = reference_recall_sequences(be, br, g, 100, s0, 40, 100, 11);
-                let b = fast_recall_sequences(be, br, g, 100, s0, 40, 100, 11);
-                let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
-                // Rounding can flip a draw that lands within ~1e-15 of a CDF boundary; allow
-                // one diverging trial in 40.
-                assert!(same >= 39, "({be},{br},{g}) s0={s0}: {same}/40 identical");
+                for portable in [false, true] {
+                    let (fast, mut rngs) =
+                        fast_recall_sequences(be, br, g, 100, s0, 40, 100, 11, portable);
+                    // Replay each lane's stream through the dense f64 replica.
+                    let lanes: Vec<Vec<Vec<usize>>> = rngs
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(l, rng)| {
+                            let n = (40 - l).div_ceil(rngs_len());
+                            reference_recall_sequences(be, br, g, 100, s0, n, 100, rng)
+                        })
+                        .collect();
+                    let same = (0..40)
+                        .filter(|&i| fast[i] == lanes[i % rngs_len()][i / rngs_len()])
+                        .count();
+                    // f32 rounding can flip a draw that lands within ~1e-7 (relative) of a CDF
+                    // boundary; allow one diverging trial in 40.
+                    assert!(same >= 39, "({be},{br},{g}) s0={s0}: {same}/40 identical");
+                }
             }
         }
     }
