@@ -4,7 +4,9 @@
 
 use super::rng::CmrRng;
 use super::sim::powers;
-use super::simd::{padded_len, Ops};
+#[cfg(target_arch = "x86_64")]
+use super::simd::Avx2x13;
+use super::simd::{padded_len, Kern, Ops};
 
 /// Trials run in lockstep per start (one RNG stream each).
 pub(crate) const LANES_PER_START: usize = 4;
@@ -159,28 +161,50 @@ pub(crate) fn run_lanes<const L: usize, R: Recorder>(
     rec: &mut R,
 ) {
     if k.beta_rec == 0.0 {
-        run_mode::<L, R, FIXED>(k, c0, max_recalls, rngs, trials, rec)
+        run_mode::<L, R, FIXED, Ops>(k, c0, max_recalls, rngs, trials, rec, k.ops)
     } else if k.beta_rec == 1.0 {
-        run_mode::<L, R, MARKOV>(k, c0, max_recalls, rngs, trials, rec)
+        run_mode::<L, R, MARKOV, Ops>(k, c0, max_recalls, rngs, trials, rec, k.ops)
     } else {
-        run_mode::<L, R, DRIFT>(k, c0, max_recalls, rngs, trials, rec)
+        #[cfg(target_arch = "x86_64")]
+        if let Some(kern) = Avx2x13::new(&k.ops) {
+            // SAFETY: `Avx2x13::new` returns `Some` only when the CPU has AVX2.
+            unsafe { run_drift_avx2(k, c0, max_recalls, rngs, trials, rec, kern) };
+            return;
+        }
+        run_mode::<L, R, DRIFT, Ops>(k, c0, max_recalls, rngs, trials, rec, k.ops)
     }
 }
 
-/// [`run_lanes`] for one context mode: `FIXED` (β_rec = 0: the context stays `e_{s0}`, every
-/// draw is from `C₀`), `MARKOV` (β_rec = 1: the context is `t_IN` of the last item, so the
-/// draw is from its precomputed row) or `DRIFT` (`C ← a·C + b·row(f)`, fused with the next
-/// search).
-fn run_mode<const L: usize, R: Recorder, const MODE: u8>(
+/// The drift loop compiled for AVX2 with the 104-lane kernels inlined into it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn run_drift_avx2<const L: usize, R: Recorder>(
     k: &Kernel,
     c0: &[f32],
     max_recalls: usize,
     rngs: [CmrRng; L],
     trials: [usize; L],
     rec: &mut R,
+    kern: Avx2x13,
+) {
+    run_mode::<L, R, DRIFT, Avx2x13>(k, c0, max_recalls, rngs, trials, rec, kern)
+}
+
+/// [`run_lanes`] for one context mode: `FIXED` (β_rec = 0: the context stays `e_{s0}`, every
+/// draw is from `C₀`), `MARKOV` (β_rec = 1: the context is `t_IN` of the last item, so the
+/// draw is from its precomputed row) or `DRIFT` (`C ← a·C + b·row(f)`, fused with the next
+/// search).
+#[inline(always)]
+fn run_mode<const L: usize, R: Recorder, const MODE: u8, K: Kern>(
+    k: &Kernel,
+    c0: &[f32],
+    max_recalls: usize,
+    rngs: [CmrRng; L],
+    trials: [usize; L],
+    rec: &mut R,
+    ops: K,
 ) {
     let last = k.n - 1; // the absorbing state
-    let ops = k.ops;
     let br = k.beta_rec;
     let g = k.gamma_ft;
     let q = k.q;
@@ -212,7 +236,7 @@ fn run_mode<const L: usize, R: Recorder, const MODE: u8>(
             if MODE == DRIFT {
                 cum.copy_from_slice(c0);
             }
-            (ops.count_below)(c0, draw_target(&mut lane.rng, total0))
+            ops.count_below(c0, draw_target(&mut lane.rng, total0))
         } else {
             last
         };
@@ -246,12 +270,12 @@ fn run_mode<const L: usize, R: Recorder, const MODE: u8>(
                 lane.n_rec += 1;
                 if lane.n_rec < max_recalls {
                     lane.f = if MODE == FIXED {
-                        (ops.count_below)(c0, draw_target(&mut lane.rng, total0))
+                        ops.count_below(c0, draw_target(&mut lane.rng, total0))
                     } else if MODE == MARKOV {
                         let row = k.row(f);
                         let total = row[last];
                         if total > 0.0 {
-                            (ops.count_below)(row, draw_target(&mut lane.rng, total))
+                            ops.count_below(row, draw_target(&mut lane.rng, total))
                         } else {
                             last
                         }
@@ -269,7 +293,7 @@ fn run_mode<const L: usize, R: Recorder, const MODE: u8>(
                             let d_f1 = f64::from(cum[f + 1]) - c_f;
                             let dot = ((1.0 - g) * (d_f1 - q * d_f) + g * d_f) * k.inv_norm_in[f];
                             let norm = (norm_base + cross * lane.scale * dot).max(0.0).sqrt();
-                            let next = (ops.update_count)(cum, w, row, target);
+                            let next = ops.update_count(cum, w, row, target);
                             lane.inv_scale *= norm * inv_a_num;
                             lane.scale = 1.0 / lane.inv_scale;
                             if lane.inv_scale > 1e30 {

@@ -1,6 +1,6 @@
 //! The simulation's random stream: xoshiro256++ (Blackman & Vigna 2019) seeded through
 //! SplitMix64, written out here so that the cached table depends on no crate's choice of
-//! generator. About 1 ns per draw, against ~5 ns for `rand`'s ChaCha12 `StdRng`, which was a
+//! generator. A third of the cost per draw of `rand`'s ChaCha12 `StdRng`, whose draws were a
 //! fifth of the cost of a recall step.
 
 /// xoshiro256++ state.

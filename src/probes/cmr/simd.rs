@@ -27,6 +27,55 @@ pub(crate) struct Ops {
     pub update_count: fn(&mut [f32], f32, &[f32], f32) -> usize,
     /// `#{j : c_j < target}`.
     pub count_below: fn(&[f32], f32) -> usize,
+    /// Whether [`Avx2x13`] may be used (AVX2 detected and vectors of 13·8 lanes).
+    pub avx2_13: bool,
+}
+
+/// Static dispatch of the kernels, so that a caller compiled for AVX2 can inline them.
+pub(crate) trait Kern: Copy {
+    /// As [`Ops::update_count`].
+    fn update_count(self, c: &mut [f32], w: f32, r: &[f32], target: f32) -> usize;
+    /// As [`Ops::count_below`].
+    fn count_below(self, c: &[f32], target: f32) -> usize;
+}
+
+impl Kern for Ops {
+    #[inline(always)]
+    fn update_count(self, c: &mut [f32], w: f32, r: &[f32], target: f32) -> usize {
+        (self.update_count)(c, w, r, target)
+    }
+    #[inline(always)]
+    fn count_below(self, c: &[f32], target: f32) -> usize {
+        (self.count_below)(c, target)
+    }
+}
+
+/// The AVX2 kernels for 104-lane vectors as a zero-sized [`Kern`]; only built (by
+/// [`Avx2x13::new`]) when [`Ops::avx2_13`] says the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Avx2x13(());
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2x13 {
+    /// `Some` when `ops` selected AVX2 for 104-lane vectors.
+    pub(crate) fn new(ops: &Ops) -> Option<Self> {
+        ops.avx2_13.then_some(Self(()))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Kern for Avx2x13 {
+    #[inline(always)]
+    fn update_count(self, c: &mut [f32], w: f32, r: &[f32], target: f32) -> usize {
+        // SAFETY: an `Avx2x13` exists only after AVX2 was detected (`Avx2x13::new`).
+        unsafe { update_count_avx2_blocks::<13>(c, w, r, target) }
+    }
+    #[inline(always)]
+    fn count_below(self, c: &[f32], target: f32) -> usize {
+        // SAFETY: as above.
+        unsafe { count_below_avx2_impl(c, target) }
+    }
 }
 
 impl Ops {
@@ -43,6 +92,7 @@ impl Ops {
                         update_count_avx2
                     },
                     count_below: count_below_avx2,
+                    avx2_13: len == 13 * LANES,
                 };
             }
         }
@@ -55,6 +105,7 @@ impl Ops {
         Self {
             update_count: update_count_scalar,
             count_below: count_below_scalar,
+            avx2_13: false,
         }
     }
 }
