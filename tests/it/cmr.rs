@@ -214,13 +214,29 @@ fn cmr_simulation_is_deterministic_and_cached() {
         panic!("must load from cache")
     })
     .unwrap();
-    assert_eq!(a.data, b.data);
+    // Bitwise, so that NaN entries compare equal: with 2 trials a start can see no lag
+    // within ±8 at all (e.g. β_enc = 0.05, where jumps average 20 items), and 0/0 is NaN as
+    // in the reference's normalisation.
+    let bits = |t: &CrpTable| t.data.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a), bits(&b));
     let c = CrpTable::simulate_with(&CmrGrid::paper(), &cfg, 7, |_, _| {}).unwrap();
-    assert_eq!(a.data, c.data, "same seed, different thread schedule");
+    assert_eq!(bits(&a), bits(&c), "same seed, different thread schedule");
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| CrpTable::simulate_with(&CmrGrid::paper(), &cfg, 7, |_, _| {}).unwrap());
+    assert_eq!(bits(&a), bits(&one_thread), "same seed, one thread");
+    let mut n_nan = 0;
     for row in a.data.chunks(N_LAGS) {
+        if row.iter().any(|x| x.is_nan()) {
+            n_nan += 1;
+            continue;
+        }
         let s: f64 = row.iter().sum();
         assert!((s - 1.0).abs() < 1e-9, "row sums to {s}");
     }
+    assert!(n_nan < 50, "{n_nan} NaN rows of {}", a.grid.len());
 }
 
 /// The whole table against the saved one (run with `cargo test --test cmr -- --ignored`).

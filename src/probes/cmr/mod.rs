@@ -36,17 +36,26 @@
 //!   table reproduces the saved one; [`SimConfig::methods_text`] has the 100 of the text.
 //!
 //! Speed: `Mᵀt` is never formed as a matrix product. The simulation keeps `C = cumsum(Mᵀt)`
-//! (what the inverse-CDF draw needs, searched by bisection) and updates it by one length-101
-//! axpy per recall, `C ← a·C + b·cumsum(Mᵀ t_IN(f))`, with the 101 vectors `cumsum(Mᵀ t_IN(f))`
-//! precomputed per grid point by the O(n) recurrence `(Mᵀv)_j = (1−β_enc)(Mᵀv)_{j−1} + v_{j−1}`.
-//! The normalisation uses `‖(1−β_rec)t + β_rec t_IN‖² = (1−β_rec)² + β_rec² +
-//! 2(1−β_rec)β_rec⟨t, t_IN⟩` with `⟨t, M e_f⟩ = (Mᵀt)_f` and `t_f = (Mᵀt)_{f+1} − (1−β_enc)(Mᵀt)_f`,
-//! so `t` itself is never stored. Grid points run in parallel (rayon) with one RNG per grid
-//! point, `StdRng::seed_from_u64(seed ^ flat_index)`, so the table does not depend on thread
-//! scheduling. Cost: ~90 ns per recall step in the dev profile (AVX axpy + bisection), ~0.1 s
-//! per simulated grid point (20 starts × 1000 trials); the full 4620-point table takes
-//! ~3.5 min on 2 idle cores in the dev profile (5–7 min on a loaded machine), hence the
-//! per-machine cache ([`CrpTable::cached_or_simulate`]).
+//! in f32 (what the inverse-CDF draw needs) and updates it by one length-101 axpy per recall,
+//! `C ← a·C + b·cumsum(Mᵀ t_IN(f))`, with the 101 vectors `cumsum(Mᵀ t_IN(f))` precomputed per
+//! grid point by the O(n) recurrence `(Mᵀv)_j = (1−β_enc)(Mᵀv)_{j−1} + v_{j−1}`; the update and
+//! the next draw's search (`#{j : C_j < u·ΣF}`) are one AVX2 pass (`simd.rs`, runtime-detected,
+//! bit-identical portable fallback). The normalisation uses `‖(1−β_rec)t + β_rec t_IN‖² =
+//! (1−β_rec)² + β_rec² + 2(1−β_rec)β_rec⟨t, t_IN⟩` with `⟨t, M e_f⟩ = (Mᵀt)_f` and
+//! `t_f = (Mᵀt)_{f+1} − (1−β_enc)(Mᵀt)_f`, so `t` itself is never stored, and it only rescales
+//! `C` (kept as `scale · cum`), off the update's critical path. Four trials per start run in
+//! lockstep (`recall.rs`) so the core overlaps their dependency chains. Streams: xoshiro256++
+//! (`rng.rs`); grid point `i` is seeded `seed ^ i` and every start and lane gets a stream split
+//! off it in order, so the table does not depend on the number of threads or their schedule.
+//! f32 is enough: the fast path reproduces the f64 dense replica's trajectories
+//! ([`reference_recall_sequences`]) for 13199 of 13200 trials (641k recalls, 11 grid points × 3
+//! starts). Cost on a 2-core AMD EPYC (Zen 2, AVX2): ~20 ns per recall step, ~20 ms per grid
+//! point; the full 4620-point table ~1 min in the release build on 2 idle cores (docs/
+//! performance.md), once per machine ([`CrpTable::cached_or_simulate`], with a progress bar).
+//! Exact closed forms exist beyond the reference's two planes only for β_rec = 0 (i.i.d. draws)
+//! and β_rec = 1 (a Markov chain over items), 440 of the 4620 points and the cheapest ones to
+//! simulate (no context update); they are not used, so that every non-reference entry is the
+//! same Monte-Carlo estimator as the paper's.
 //!
 //! The fit (per head, lags −5..+5): `a' = a − min a`; `c` = the CMR CRP restricted to −5..5 and
 //! renormalised to sum 1, `c' = c − min c`; `s = max a' / max c'` (the inverse temperature);
@@ -56,10 +65,14 @@
 use crate::{bail, Result};
 
 mod fit;
+mod recall;
+mod rng;
 mod sim;
+mod simd;
 mod table;
 
 pub use fit::*;
+pub use rng::CmrRng;
 pub use sim::*;
 pub use table::*;
 
@@ -230,6 +243,10 @@ mod tests {
         }
     }
 
+    fn rngs_len() -> usize {
+        recall::LANES_PER_START
+    }
+
     #[test]
     fn cmr_fast_path_matches_dense_replica() {
         for &(be, br, g) in &[
@@ -240,12 +257,30 @@ mod tests {
             (0.85, 0.2, 0.9),
         ] {
             for s0 in [0usize, 7, 19] {
-                let a = reference_recall_sequences(be, br, g, 100, s0, 40, 100, 11);
-                let b = fast_recall_sequences(be, br, g, 100, s0, 40, 100, 11);
-                let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
-                // Rounding can flip a draw that lands within ~1e-15 of a CDF boundary; allow
-                // one diverging trial in 40.
-                assert!(same >= 39, "({be},{br},{g}) s0={s0}: {same}/40 identical");
+                // The detected (AVX2 where available) and portable kernels give the same
+                // trajectories bit for bit.
+                let simd = fast_recall_sequences(be, br, g, 100, s0, 40, 100, 11, false).0;
+                let portable = fast_recall_sequences(be, br, g, 100, s0, 40, 100, 11, true).0;
+                assert_eq!(simd, portable, "({be},{br},{g}) s0={s0}");
+                for portable in [false, true] {
+                    let (fast, mut rngs) =
+                        fast_recall_sequences(be, br, g, 100, s0, 40, 100, 11, portable);
+                    // Replay each lane's stream through the dense f64 replica.
+                    let lanes: Vec<Vec<Vec<usize>>> = rngs
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(l, rng)| {
+                            let n = (40 - l).div_ceil(rngs_len());
+                            reference_recall_sequences(be, br, g, 100, s0, n, 100, rng)
+                        })
+                        .collect();
+                    let same = (0..40)
+                        .filter(|&i| fast[i] == lanes[i % rngs_len()][i / rngs_len()])
+                        .count();
+                    // f32 rounding can flip a draw that lands within ~1e-7 (relative) of a CDF
+                    // boundary; allow one diverging trial in 40.
+                    assert!(same >= 39, "({be},{br},{g}) s0={s0}: {same}/40 identical");
+                }
             }
         }
     }

@@ -2,9 +2,10 @@
 //! portable fallback), per-point lag-CRPs, and the reference recall sequences.
 
 use crate::{bail, Result};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
+use super::recall::{lane_trials, run_lanes, Kernel, Recorder, LANES_PER_START};
+use super::rng::CmrRng;
+use super::simd::{padded_len, Ops};
 use super::*;
 /// The lag-CRP of one grid point (averaged over start positions) and its Monte-Carlo standard
 /// error.
@@ -113,140 +114,6 @@ pub fn closed_form_crp(
     Some(crp)
 }
 
-/// Per-grid-point precomputation for the fast simulation.
-pub(crate) struct Kernel {
-    n: usize,
-    q: f64,
-    beta_rec: f64,
-    gamma_ft: f64,
-    /// `1 / ‖(1−γ) e_f + γ M e_f‖` per item f.
-    inv_norm_in: Vec<f64>,
-    /// Row f: `cumsum(Mᵀ t_IN(f))` over the n states.
-    cg: Vec<f64>,
-    /// `y += w·x`, the per-recall hot loop (AVX when the CPU has it).
-    axpy: fn(&mut [f64], f64, &[f64]),
-}
-
-/// `y += w·x` (element-wise multiply then add, no FMA, so every path rounds identically).
-pub(crate) fn axpy_scalar(y: &mut [f64], w: f64, x: &[f64]) {
-    for (c, r) in y.iter_mut().zip(x) {
-        *c += w * r;
-    }
-}
-
-/// AVX version of [`axpy_scalar`], bit-identical to it (separate multiply and add). Raw
-/// pointers with `wrapping_add` keep the dev profile's debug checks out of the hot loop.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-pub(crate) unsafe fn axpy_avx_impl(y: &mut [f64], w: f64, x: &[f64]) {
-    use std::arch::x86_64::{
-        _mm256_add_pd, _mm256_loadu_pd, _mm256_mul_pd, _mm256_set1_pd, _mm256_storeu_pd,
-    };
-    let n = y.len().min(x.len());
-    let n8 = n - n % 8;
-    let wv = _mm256_set1_pd(w);
-    let yp = y.as_mut_ptr();
-    let xp = x.as_ptr();
-    let mut i = 0;
-    while i < n8 {
-        // SAFETY: i + 8 ≤ n ≤ the length of both slices; unaligned loads and stores.
-        unsafe {
-            let x0 = _mm256_loadu_pd(xp.wrapping_add(i));
-            let x1 = _mm256_loadu_pd(xp.wrapping_add(i + 4));
-            let y0 = _mm256_loadu_pd(yp.wrapping_add(i));
-            let y1 = _mm256_loadu_pd(yp.wrapping_add(i + 4));
-            _mm256_storeu_pd(yp.wrapping_add(i), _mm256_add_pd(y0, _mm256_mul_pd(wv, x0)));
-            _mm256_storeu_pd(
-                yp.wrapping_add(i + 4),
-                _mm256_add_pd(y1, _mm256_mul_pd(wv, x1)),
-            );
-        }
-        i += 8;
-    }
-    axpy_scalar(&mut y[n8..n], w, &x[n8..n]);
-}
-
-/// Index of the first element `≥ target` in the nondecreasing `c` (`c.len()` if none):
-/// a branch-free bisection.
-pub(crate) fn first_at_least(c: &[f64], target: f64) -> usize {
-    let mut base = 0usize;
-    let mut len = c.len();
-    while len > 1 {
-        let half = len / 2;
-        if c[base + half - 1] < target {
-            base += half;
-        }
-        len -= half;
-    }
-    if len == 1 && c[base] < target {
-        base + 1
-    } else {
-        base
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn axpy_avx(y: &mut [f64], w: f64, x: &[f64]) {
-    // SAFETY: only selected by `pick_axpy` after the CPU was detected to support AVX.
-    unsafe { axpy_avx_impl(y, w, x) }
-}
-
-pub(crate) fn pick_axpy() -> fn(&mut [f64], f64, &[f64]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx") {
-            return axpy_avx;
-        }
-    }
-    axpy_scalar
-}
-
-impl Kernel {
-    fn new(n_items: usize, beta_enc: f64, beta_rec: f64, gamma_ft: f64) -> Self {
-        let n = n_items + 1;
-        let q = 1.0 - beta_enc;
-        let pw = powers(q, n + 1);
-        let mut inv_norm_in = vec![0.0; n_items];
-        let mut cg = vec![0.0; n_items * n];
-        let mut v = vec![0.0; n];
-        let mut sq = 0.0; // Σ_{m<f} q^(2m)
-        for f in 0..n_items {
-            if f > 0 {
-                sq += pw[f - 1] * pw[f - 1];
-            }
-            let norm = ((1.0 - gamma_ft).powi(2) + gamma_ft * gamma_ft * sq).sqrt();
-            // f = 0 with γ = 1 has t_IN = 0/0 (as in the reference); item 0 is never drawn
-            // (column 0 of M is zero), so its row is left at 0.
-            let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-            inv_norm_in[f] = inv;
-            // v = t_IN(f): (1−γ)/‖·‖ at f, γ q^(f−i−1)/‖·‖ at i < f.
-            v.iter_mut().for_each(|x| *x = 0.0);
-            v[f] = (1.0 - gamma_ft) * inv;
-            for (i, vi) in v.iter_mut().enumerate().take(f) {
-                *vi = gamma_ft * pw[f - i - 1] * inv;
-            }
-            // (Mᵀv)_0 = 0, (Mᵀv)_j = q (Mᵀv)_{j−1} + v_{j−1}; then the cumulative sum.
-            let row = &mut cg[f * n..(f + 1) * n];
-            let mut g = 0.0;
-            let mut c = 0.0;
-            for j in 1..n {
-                g = q * g + v[j - 1];
-                c += g;
-                row[j] = c;
-            }
-        }
-        Self {
-            n,
-            q,
-            beta_rec,
-            gamma_ft,
-            inv_norm_in,
-            cg,
-            axpy: pick_axpy(),
-        }
-    }
-}
-
 /// Accumulates one start position's per-trial lag histograms.
 pub(crate) struct StartAcc {
     sum: [f64; N_LAGS],
@@ -299,109 +166,68 @@ impl StartAcc {
     }
 }
 
-/// `cumsum(Mᵀ e_{s0})`, the cumulative of row `s0` of `M`: the starting `C` of a trial.
-pub(crate) fn initial_cum(k: &Kernel, s0: usize) -> Vec<f64> {
-    let pw = powers(k.q, k.n + 1);
-    let mut c0 = vec![0.0; k.n];
-    let mut c = 0.0;
-    for (j, cj) in c0.iter_mut().enumerate().skip(s0 + 1) {
-        c += pw[j - s0 - 1];
-        *cj = c;
-    }
-    c0
+/// Per-lane lag histograms of the trials in progress, accumulated into a [`StartAcc`].
+struct LagCounter<'a> {
+    s0: i64,
+    prev: [i64; LANES_PER_START],
+    counts: [[u32; N_LAGS]; LANES_PER_START],
+    acc: &'a mut StartAcc,
 }
 
-/// One CMR free-recall trial from start `s0`; `cum` must hold [`initial_cum`]. Calls
-/// `on_recall(item)` for every recalled item and returns the number of recalls.
-pub(crate) fn run_trial(
-    k: &Kernel,
-    cum: &mut [f64],
-    max_recalls: usize,
-    rng: &mut StdRng,
-    mut on_recall: impl FnMut(usize),
-) -> usize {
-    let n = k.n;
-    let last = n - 1; // the absorbing state
-    let br = k.beta_rec;
-    let g = k.gamma_ft;
-    let mut scale = 1.0; // true C = scale · cum
-    let mut n_rec = 0usize;
-    while n_rec < max_recalls {
-        let total = cum[last];
-        if total.is_nan() || total <= 0.0 {
-            break; // no mass anywhere (cannot happen for valid parameters)
+impl Recorder for LagCounter<'_> {
+    #[inline]
+    fn recall(&mut self, lane: usize, item: usize) {
+        let lag = item as i64 - self.prev[lane];
+        if lag.unsigned_abs() as usize <= MAX_LAG {
+            self.counts[lane][(lag + MAX_LAG as i64) as usize] += 1;
         }
-        let u: f64 = rng.random();
-        // First j with u·ΣF ≤ C_j (the reference's `rand() <= cumsum(P)`); the floor skips
-        // leading zero-probability states in case u = 0.
-        let target = (u * total).max(f64::MIN_POSITIVE);
-        let f = first_at_least(cum, target);
-        if f >= last {
-            break; // absorbing state: recall ends
-        }
-        on_recall(f);
-        n_rec += 1;
-        if n_rec == max_recalls || br == 0.0 {
-            continue; // no update needed (β_rec = 0 leaves t unchanged)
-        }
-        // ⟨t, t_IN(f)⟩ from F = Mᵀt: F_f = C_f − C_{f−1}, t_f = F_{f+1} − q F_f.
-        let c_fm1 = if f > 0 { cum[f - 1] } else { 0.0 };
-        let f_f = scale * (cum[f] - c_fm1);
-        let f_f1 = scale * (cum[f + 1] - cum[f]);
-        let t_f = f_f1 - k.q * f_f;
-        let dot = ((1.0 - g) * t_f + g * f_f) * k.inv_norm_in[f];
-        let norm2 = (1.0 - br) * (1.0 - br) + br * br + 2.0 * (1.0 - br) * br * dot;
-        let norm = norm2.max(0.0).sqrt();
-        let a = (1.0 - br) / norm;
-        let b = br / norm;
-        let row = &k.cg[f * n..(f + 1) * n];
-        if a == 0.0 {
-            for (c, r) in cum.iter_mut().zip(row) {
-                *c = b * r;
-            }
-            scale = 1.0;
-        } else {
-            scale *= a;
-            (k.axpy)(cum, b / scale, row);
-            if scale < 1e-100 {
-                cum.iter_mut().for_each(|c| *c *= scale);
-                scale = 1.0;
-            }
-        }
+        self.prev[lane] = item as i64;
     }
-    n_rec
+
+    fn end(&mut self, lane: usize, n_recalls: usize) {
+        self.acc.push_trial(&self.counts[lane], n_recalls);
+        self.counts[lane] = [0; N_LAGS];
+        self.prev[lane] = self.s0;
+    }
 }
 
-/// Runs `cfg.trials` trials from start `s0` and accumulates their lag histograms.
+/// Runs `cfg.trials` trials from start `s0` ([`LANES_PER_START`] lanes in lockstep, lane `l`
+/// on `rngs[l]`) and accumulates their lag histograms.
 pub(crate) fn run_start(
     k: &Kernel,
     cfg: &SimConfig,
     s0: usize,
-    rng: &mut StdRng,
+    rngs: [CmrRng; LANES_PER_START],
     acc: &mut StartAcc,
 ) {
-    let c0 = initial_cum(k, s0);
-    let mut cum = c0.clone();
-    for _ in 0..cfg.trials {
-        cum.copy_from_slice(&c0);
-        let mut counts = [0u32; N_LAGS];
-        let mut prev = s0 as i64;
-        let n_rec = run_trial(k, &mut cum, cfg.max_recalls, rng, |f| {
-            let lag = f as i64 - prev;
-            if lag.unsigned_abs() as usize <= MAX_LAG {
-                counts[(lag + MAX_LAG as i64) as usize] += 1;
-            }
-            prev = f as i64;
-        });
-        acc.push_trial(&counts, n_rec);
-    }
+    let c0 = k.initial_cum(s0);
+    let mut rec = LagCounter {
+        s0: s0 as i64,
+        prev: [s0 as i64; LANES_PER_START],
+        counts: [[0; N_LAGS]; LANES_PER_START],
+        acc,
+    };
+    run_lanes(
+        k,
+        &c0,
+        cfg.max_recalls,
+        rngs,
+        lane_trials::<LANES_PER_START>(cfg.trials),
+        &mut rec,
+    );
+}
+
+/// The lane streams of one start, split off the grid point's stream in order.
+pub(crate) fn lane_rngs(point_rng: &mut CmrRng) -> [CmrRng; LANES_PER_START] {
+    std::array::from_fn(|_| point_rng.split())
 }
 
 /// Lag-CRP of one grid point, averaged over starts `0..cfg.n_starts`.
 ///
 /// With `cfg.closed_forms` the `(β_rec, γ_FT) = (1, 0)` and `(0, 0)` points use
-/// [`closed_form_crp`] (zero standard error); otherwise the Monte-Carlo simulation runs with
-/// `StdRng::seed_from_u64(seed)` (one stream for all starts, in order).
+/// [`closed_form_crp`] (zero standard error); otherwise the Monte-Carlo simulation runs from
+/// `CmrRng::seed_from_u64(seed)`: for each start in order, [`LANES_PER_START`] lane streams
+/// are split off it ([`CmrRng::split`]) and lane `l` runs trials `l, l + L, …` of that start.
 pub fn simulate_point(
     beta_enc: f64,
     beta_rec: f64,
@@ -436,10 +262,10 @@ pub fn simulate_point(
         });
     }
     let kernel = Kernel::new(cfg.n_items, beta_enc, beta_rec, gamma_ft);
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = CmrRng::seed_from_u64(seed);
     for s0 in 0..cfg.n_starts {
         let mut acc = StartAcc::new();
-        run_start(&kernel, cfg, s0, &mut rng, &mut acc);
+        run_start(&kernel, cfg, s0, lane_rngs(&mut rng), &mut acc);
         let (c, se) = acc.finish();
         for l in 0..N_LAGS {
             crp[l] += c[l] / ns;
@@ -458,8 +284,9 @@ pub fn simulate_point(
 }
 
 /// Straightforward O(n²)-per-step replica of the reference's `recall` loop (dense `Mᵀt`,
-/// explicit `t`), drawing from the same RNG stream as the fast path. Returns the recalled item
-/// sequences of `trials` trials from `s0`. For tests of the fast simulation.
+/// explicit `t`, f64), drawing one uniform per draw from `rng` like the fast path. Returns the
+/// recalled item sequences of `trials` consecutive trials from `s0`. For tests of the fast
+/// simulation.
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
 pub fn reference_recall_sequences(
@@ -470,13 +297,12 @@ pub fn reference_recall_sequences(
     s0: usize,
     trials: usize,
     max_recalls: usize,
-    seed: u64,
+    rng: &mut CmrRng,
 ) -> Vec<Vec<usize>> {
     let n = n_items + 1;
     let q = 1.0 - beta_enc;
     let pw = powers(q, n + 1);
     let m = |i: usize, j: usize| if j > i { pw[j - i - 1] } else { 0.0 };
-    let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::with_capacity(trials);
     for _ in 0..trials {
         let mut t = vec![0.0; n];
@@ -487,7 +313,7 @@ pub fn reference_recall_sequences(
                 .map(|j| (0..n).map(|i| m(i, j) * t[i]).sum())
                 .collect();
             let tot: f64 = fv.iter().sum();
-            let u: f64 = rng.random();
+            let u = rng.uniform();
             let mut c = 0.0;
             let mut pick = n - 1;
             for (j, x) in fv.iter().enumerate() {
@@ -520,7 +346,11 @@ pub fn reference_recall_sequences(
     out
 }
 
-/// The same sequences from the fast path (for tests).
+/// The fast path's recall sequences of `trials` trials from `s0` with the lane streams split
+/// off `CmrRng::seed_from_u64(seed)` as for one start of [`simulate_point`], in trial order
+/// (trial `i` ran on lane `i % L`), with the lane streams returned in their starting state so
+/// that a test can replay each lane with [`reference_recall_sequences`]. `portable` forces the
+/// portable (non-SIMD) kernels.
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
 pub fn fast_recall_sequences(
@@ -532,16 +362,38 @@ pub fn fast_recall_sequences(
     trials: usize,
     max_recalls: usize,
     seed: u64,
-) -> Vec<Vec<usize>> {
-    let k = Kernel::new(n_items, beta_enc, beta_rec, gamma_ft);
-    let c0 = initial_cum(&k, s0);
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..trials)
-        .map(|_| {
-            let mut cum = c0.clone();
-            let mut seq = Vec::new();
-            run_trial(&k, &mut cum, max_recalls, &mut rng, |f| seq.push(f));
-            seq
-        })
-        .collect()
+    portable: bool,
+) -> (Vec<Vec<usize>>, Vec<CmrRng>) {
+    struct Seqs {
+        cur: Vec<Vec<usize>>,
+        done: Vec<Vec<Vec<usize>>>,
+    }
+    impl Recorder for Seqs {
+        fn recall(&mut self, lane: usize, item: usize) {
+            self.cur[lane].push(item);
+        }
+        fn end(&mut self, lane: usize, _: usize) {
+            let seq = std::mem::take(&mut self.cur[lane]);
+            self.done[lane].push(seq);
+        }
+    }
+    let ops = if portable {
+        Ops::portable()
+    } else {
+        Ops::detect(padded_len(n_items + 1))
+    };
+    let k = Kernel::with_ops(n_items, beta_enc, beta_rec, gamma_ft, ops);
+    let c0 = k.initial_cum(s0);
+    let rngs = lane_rngs(&mut CmrRng::seed_from_u64(seed));
+    let start = rngs.to_vec();
+    let mut rec = Seqs {
+        cur: vec![Vec::new(); LANES_PER_START],
+        done: vec![Vec::new(); LANES_PER_START],
+    };
+    let lanes = lane_trials::<LANES_PER_START>(trials);
+    run_lanes(&k, &c0, max_recalls, rngs, lanes, &mut rec);
+    let seqs = (0..trials)
+        .map(|i| std::mem::take(&mut rec.done[i % LANES_PER_START][i / LANES_PER_START]))
+        .collect();
+    (seqs, start)
 }

@@ -62,8 +62,10 @@ impl CrpTable {
         Self::simulate_with(&CmrGrid::paper(), &cfg, seed, progress)
     }
 
-    /// Simulates any grid with any configuration. Grid point `i` (flat C-order index) uses
-    /// `StdRng::seed_from_u64(seed ^ i)`, so the result is independent of thread scheduling.
+    /// Simulates any grid with any configuration, grid points in parallel (rayon). Grid point
+    /// `i` (flat C-order index) uses its own stream, `CmrRng::seed_from_u64(seed ^ i)` (see
+    /// [`simulate_point`]), so the result is independent of the number of threads and of
+    /// their scheduling.
     pub fn simulate_with<P>(grid: &CmrGrid, cfg: &SimConfig, seed: u64, progress: P) -> Result<Self>
     where
         P: Fn(usize, usize) + Sync,
@@ -120,10 +122,11 @@ impl CrpTable {
     }
 
     /// The cache file name for a configuration and seed (encodes trials, seed, max recalls and
-    /// whether closed forms were used, plus a format version).
+    /// whether closed forms were used, plus a version of the simulation: v2 is the f32 lockstep
+    /// simulation on xoshiro256++ streams, whose draws differ from v1's ChaCha12 `StdRng`).
     pub fn cache_file_name(cfg: &SimConfig, seed: u64) -> String {
         format!(
-            "cmr_crp_v1_items{}_trials{}_recalls{}_starts{}_{}_seed{:x}.npy",
+            "cmr_crp_v2_items{}_trials{}_recalls{}_starts{}_{}_seed{:x}.npy",
             cfg.n_items,
             cfg.trials,
             cfg.max_recalls,
