@@ -210,7 +210,10 @@ fn bad_requests_are_errors() {
 /// of logit(" Paris") − logit(" London") at resid_pre of the first, middle and last layers.
 #[test]
 fn real_model_gradients_match_torch_autograd() {
-    for (alias, stem) in [("smollm2", "smollm2-135m-instruct"), ("gemma3", "gemma-3-270m")] {
+    for (alias, stem) in [
+        ("smollm2", "smollm2-135m-instruct"),
+        ("gemma3", "gemma-3-270m"),
+    ] {
         let Some(model) = real_model(alias) else {
             continue;
         };
@@ -231,7 +234,11 @@ fn real_model_gradients_match_torch_autograd() {
             .map(|l| format!("blocks.{l}.hook_resid_pre"))
             .collect();
         let g = model
-            .gradients(&Batch::single(&ids).unwrap(), &metric, &HookFilter::new(&names))
+            .gradients(
+                &Batch::single(&ids).unwrap(),
+                &metric,
+                &HookFilter::new(&names),
+            )
             .unwrap();
         let want = r["metric"].to_vec1::<f32>().unwrap()[0];
         assert!(
@@ -242,10 +249,19 @@ fn real_model_gradients_match_torch_autograd() {
         for l in layers {
             let ours = g.grads.get(HookPoint::ResidPre(l)).unwrap();
             let theirs = &r[&format!("resid_pre.{l}")];
-            let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale = theirs
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             let err = max_abs_diff(ours, theirs);
             eprintln!("{alias} resid_pre.{l}: max |Δ| {err:.3e}, max |grad| {scale:.3e}");
-            assert!(err <= 1e-4 * scale, "{alias} layer {l}: {err} vs max {scale}");
+            assert!(
+                err <= 1e-4 * scale,
+                "{alias} layer {l}: {err} vs max {scale}"
+            );
         }
     }
 }

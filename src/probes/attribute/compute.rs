@@ -125,6 +125,16 @@ fn metric_from(
 
 /// Attribution of one pair.
 pub fn attribute_pair(t: &Transformer, p: &PairIds, o: &Options) -> Result<PairAttribution> {
+    attribute_pair_with(t, p, o, &mut || {})
+}
+
+/// [`attribute_pair`], calling `layer_done` after each layer's patching / IG (for progress).
+pub fn attribute_pair_with(
+    t: &Transformer,
+    p: &PairIds,
+    o: &Options,
+    layer_done: &mut dyn FnMut(),
+) -> Result<PairAttribution> {
     let n = t.cfg.n_layers;
     if p.clean.len() != p.corrupt.len() {
         crate::bail!(
@@ -237,6 +247,7 @@ pub fn attribute_pair(t: &Transformer, p: &PairIds, o: &Options) -> Result<PairA
                     patch: None,
                 }));
         }
+        layer_done();
     }
     Ok(out)
 }

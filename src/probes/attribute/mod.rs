@@ -184,11 +184,18 @@ impl Probe for Attribute {
             }
             ids.push(pair);
         }
-        let bar = cx.progress.bar(ids.len() as u64, "attribute");
+        let n_layers = model.cfg().n_layers;
+        let bar = cx
+            .progress
+            .bar((ids.len() * n_layers) as u64, "attribute (pairs × layers)");
         let mut results = vec![];
         for pair in &ids {
-            results.push(compute::attribute_pair(&model, pair, &opts)?);
-            bar.inc(1);
+            results.push(compute::attribute_pair_with(
+                &model,
+                pair,
+                &opts,
+                &mut || bar.inc(1),
+            )?);
         }
         bar.finish();
         let tok = model.tokenizer()?;
