@@ -30,11 +30,13 @@ fn main() -> engram::Result<()> {
         max_pairs: n,
         ..Default::default()
     };
+    // KINDS=resid,heads (default all three) for profiling one kind at a time.
+    let kinds = std::env::var("KINDS").unwrap_or_else(|_| "resid,heads,neurons".into());
     let opts = Options {
         kinds: Kinds {
-            resid: true,
-            heads: true,
-            neurons: true,
+            resid: kinds.contains("resid"),
+            heads: kinds.contains("heads"),
+            neurons: kinds.contains("neurons"),
         },
         ig_steps: 0,
         patch: false,

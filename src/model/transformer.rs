@@ -38,6 +38,7 @@ mod lens;
 pub(crate) mod load;
 mod mlp;
 mod views;
+mod xlinear;
 
 pub use load::{hf_name, Slot};
 
@@ -261,7 +262,14 @@ impl Linear {
 
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (bsz, t, d) = x.dims3()?;
-    let y = x.reshape((bsz * t, d))?.matmul(&w.t()?)?;
+    let x2 = x.reshape((bsz * t, d))?;
+    let y = if xlinear::applies(x, w) {
+        // Differentiable: a backward for x only (weights are constants).
+        x2.contiguous()?
+            .apply_op1(xlinear::XLinear { w: w.contiguous()? })?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,
