@@ -120,7 +120,8 @@ pub struct AttributeArgs {
     /// What gets AtP, comma separated: resid, heads, neurons
     #[arg(long, value_delimiter = ',', default_values_t = AttributeParams::default().hooks)]
     pub hooks: Vec<String>,
-    /// Integrated-gradient steps on the residual stream (0: off; 20 is plenty)
+    /// Integrated-gradient steps on the residual stream (0: off); check completeness: a layer's IG
+    /// summed over positions should be close to metric(corrupt) − metric(clean)
     #[arg(long, default_value_t = AttributeParams::default().ig_steps)]
     pub ig_steps: usize,
     /// Skip exact activation patching (AtP only: three passes per pair)

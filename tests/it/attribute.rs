@@ -124,6 +124,7 @@ fn attribute_command_writes_the_tables_and_rejects_bad_pairs() {
     let (code, stdout, err) = engram(&args);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("pearson r vs exact patching"), "{stdout}");
+    assert!(stdout.contains("IG completeness"), "{stdout}");
     let df = engram::report::table::read_parquet(&out.join("attribution.parquet")).unwrap();
     let cols: Vec<String> = df
         .get_column_names()

@@ -87,6 +87,26 @@ fn metric_table(r: &AttributeReport) -> Table {
         )
         .col("clean_metric", num(&|p| p.clean_metric))
         .col("corrupt_metric", num(&|p| p.corrupt_metric))
+        .col(
+            "ig_completeness_error",
+            r.results
+                .iter()
+                .map(ig_completeness_error)
+                .collect::<Vec<_>>(),
+        )
+}
+
+/// The largest |Σ_positions IG − (corrupt − clean)| / |corrupt − clean| over layers (IG's
+/// completeness: near 0 when `--ig-steps` is enough); `None` without IG.
+pub(super) fn ig_completeness_error(p: &PairAttribution) -> Option<f64> {
+    let gap = p.corrupt_metric - p.clean_metric;
+    let mut sums = std::collections::BTreeMap::<usize, f64>::new();
+    for c in &p.resid {
+        *sums.entry(c.layer).or_default() += c.ig?;
+    }
+    sums.values()
+        .map(|s| (s - gap).abs() / gap.abs().max(1e-9))
+        .reduce(f64::max)
 }
 
 /// The mean over pairs of `value` on a `rows × cols` grid, cells placed by `at`; with prompts
@@ -272,6 +292,18 @@ pub(super) fn summary(r: &AttributeReport) -> Vec<String> {
         .collect();
     if !rs.is_empty() {
         lines.push(format!("pearson r vs exact patching: {}", rs.join(", ")));
+    }
+    if let Some(e) = r
+        .results
+        .iter()
+        .filter_map(ig_completeness_error)
+        .reduce(f64::max)
+    {
+        lines.push(format!(
+            "IG completeness: Σ IG over positions is within {:.1}% of the metric gap at every layer{}",
+            100.0 * e,
+            if e > 0.05 { " (raise --ig-steps)" } else { "" }
+        ));
     }
     // The strongest heads by mean |AtP|.
     let mut heads: std::collections::BTreeMap<(usize, usize), f64> = Default::default();
