@@ -446,6 +446,13 @@ impl ModelConfig {
         let d_model = need_usize(v, key("hidden_size"))?;
         let n_heads = need_usize(v, key("num_attention_heads"))?;
         let n_layers = need_usize(v, key("num_hidden_layers"))?;
+        check_dims(
+            "config.json",
+            d_model,
+            n_heads,
+            n_layers,
+            get_usize(v, "head_dim"),
+        )?;
         let d_head = get_usize(v, "head_dim").unwrap_or(d_model / n_heads);
         let n_kv_heads = get_usize(v, "num_key_value_heads").unwrap_or(n_heads);
         let d_mlp = match arch {
@@ -648,6 +655,19 @@ impl ModelConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        check_dims(
+            "config",
+            self.d_model,
+            self.n_heads,
+            self.n_layers,
+            Some(self.d_head),
+        )?;
+        if self.vocab_size == 0 || self.d_mlp == 0 {
+            return Err(Error::msg(format!(
+                "config: vocabulary size {} and MLP width {} must be positive",
+                self.vocab_size, self.d_mlp
+            )));
+        }
         if self.n_heads == 0
             || self.n_kv_heads == 0
             || !self.n_heads.is_multiple_of(self.n_kv_heads)
@@ -709,6 +729,36 @@ impl ModelConfig {
     }
 }
 
+/// The sizes the rest of the config is derived from, checked before any division by them:
+/// positive widths, heads and layers, and (without an explicit head width) a model width that
+/// the heads divide. `src` names the file kind in the error.
+pub(crate) fn check_dims(
+    src: &str,
+    d_model: usize,
+    n_heads: usize,
+    n_layers: usize,
+    d_head: Option<usize>,
+) -> Result<()> {
+    let bad = |what: String| Err(Error::msg(format!("{src}: {what}")));
+    if n_heads == 0 {
+        return bad("0 attention heads".into());
+    }
+    if n_layers == 0 {
+        return bad("0 layers".into());
+    }
+    if d_model == 0 || d_head == Some(0) {
+        return bad(format!(
+            "zero width (hidden size {d_model}, head dim {d_head:?})"
+        ));
+    }
+    if d_head.is_none() && !d_model.is_multiple_of(n_heads) {
+        return bad(format!(
+            "hidden size {d_model} is not a multiple of {n_heads} attention heads (and no head dim is given)"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -731,6 +781,39 @@ mod tests {
         let (a, b) = (r.inv_freq(128), plain.inv_freq(128));
         assert_eq!(a[0], b[0]);
         assert!((a[63] - b[63] / 8.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn absurd_sizes_are_one_line_errors_not_panics() {
+        let base: Value = serde_json::json!({
+            "model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 100
+        });
+        assert!(ModelConfig::from_hf_json(&base).is_ok());
+        let cases: [(&str, Value, &str); 6] = [
+            ("num_attention_heads", 0.into(), "0 attention heads"),
+            ("num_hidden_layers", 0.into(), "0 layers"),
+            ("hidden_size", 0.into(), "zero width"),
+            (
+                "hidden_size",
+                66.into(),
+                "not a multiple of 4 attention heads",
+            ),
+            ("vocab_size", 0.into(), "must be positive"),
+            ("intermediate_size", 0.into(), "must be positive"),
+        ];
+        for (k, v, needle) in cases {
+            let mut c = base.clone();
+            c[k] = v;
+            let e = ModelConfig::from_hf_json(&c).unwrap_err().to_string();
+            assert!(e.contains(needle), "{k}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        // Zero heads even with head_dim given.
+        let mut c = base.clone();
+        c["num_attention_heads"] = 0.into();
+        c["head_dim"] = 16.into();
+        assert!(ModelConfig::from_hf_json(&c).is_err());
     }
 
     #[test]

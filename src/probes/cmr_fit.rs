@@ -38,9 +38,11 @@ impl Probe for CmrFit {
         if p.crp.as_os_str().is_empty() {
             crate::bail!("cmr-fit: give --crp FILE.npy");
         }
-        crate::data::require_file(&p.crp, "crp")?;
+        let crp = crate::data::require_file(&p.crp, "crp")?;
+        crate::probes::cmr::table::check_npy_size(&crp)?;
         if let Some(t) = &p.table {
-            crate::data::require_file(t, "table")?;
+            let t = crate::data::require_file(t, "table")?;
+            crate::probes::cmr::table::check_npy_size(&t)?;
         }
         Ok(())
     }

@@ -3,6 +3,84 @@
 
 use crate::common::*;
 
+/// Issue-25 defects that panicked: zero heads in a config, an `.npy` whose shape overflows or
+/// outgrows its file, `sae train --batch-size 0`.
+#[test]
+fn absurd_sizes_give_one_line_errors_not_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let zero = d.join("zero-heads");
+    std::fs::create_dir_all(&zero).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir("llama").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["num_attention_heads"] = 0.into();
+    std::fs::write(zero.join("config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(
+        fixture_dir("llama").join("model.safetensors"),
+        zero.join("model.safetensors"),
+    )
+    .unwrap();
+    assert_one_line_error(
+        &["info", "--model", zero.to_str().unwrap()],
+        "0 attention heads",
+    );
+    let npy = |name: &str, shape: &str, data: usize| {
+        let header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({shape}), }}");
+        let mut h = header.into_bytes();
+        while (10 + h.len() + 1) % 64 != 0 {
+            h.push(b' ');
+        }
+        h.push(b'\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend((h.len() as u16).to_le_bytes());
+        bytes.extend(h);
+        bytes.extend(vec![0u8; data]);
+        let p = d.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let out = d.join("out");
+    let o = out.to_str().unwrap();
+    let huge = npy("huge.npy", "4294967296, 4294967296, 16", 64);
+    assert_one_line_error(
+        &["cmr-fit", "--crp", huge.to_str().unwrap(), "-o", o],
+        "overflows",
+    );
+    let short = npy("short.npy", "12, 16, 16", 64);
+    assert_one_line_error(
+        &["cmr-fit", "--crp", short.to_str().unwrap(), "-o", o],
+        "needs 24576 bytes",
+    );
+    assert_one_line_error(
+        &[
+            "sae",
+            "train",
+            "--store",
+            d.to_str().unwrap(),
+            "--batch-size",
+            "0",
+            "-o",
+            o,
+        ],
+        "--batch-size must be at least 1",
+    );
+    assert_one_line_error(
+        &[
+            "sae",
+            "train",
+            "--store",
+            d.to_str().unwrap(),
+            "--lr",
+            "NaN",
+            "-o",
+            o,
+        ],
+        "--lr must be a positive number",
+    );
+}
+
 #[test]
 fn bad_input_gives_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();

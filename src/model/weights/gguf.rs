@@ -235,9 +235,9 @@ pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig> {
     let n_kv_heads = md_u64(ct, &a("attention.head_count_kv"))
         .map(|v| v as usize)
         .unwrap_or(n_heads);
-    let d_head = md_u64(ct, &a("attention.key_length"))
-        .map(|v| v as usize)
-        .unwrap_or(d_model / n_heads);
+    let key_length = md_u64(ct, &a("attention.key_length")).map(|v| v as usize);
+    crate::model::config::check_dims("GGUF", d_model, n_heads, n_layers, key_length)?;
+    let d_head = key_length.unwrap_or(d_model / n_heads);
     let vocab_size = match md_u64(ct, &a("vocab_size")) {
         Some(v) => v as usize,
         None => ct

@@ -69,7 +69,7 @@ mod recall;
 mod rng;
 mod sim;
 mod simd;
-mod table;
+pub(crate) mod table;
 
 pub use fit::*;
 pub use rng::CmrRng;

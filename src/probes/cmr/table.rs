@@ -214,6 +214,7 @@ pub fn default_cache_dir() -> Result<PathBuf> {
 /// Reads a `.npy` file as float64 (any dtype candle reads is converted): `(shape, values)`.
 pub fn read_npy_f64(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f64>)> {
     let path = path.as_ref();
+    check_npy_size(path)?;
     let t = Tensor::read_npy(path).ctx(|| format!("reading {}", path.display()))?;
     let shape = t.dims().to_vec();
     let v = t
@@ -221,4 +222,77 @@ pub fn read_npy_f64(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f64>)> {
         .flatten_all()?
         .to_vec1::<f64>()?;
     Ok((shape, v))
+}
+
+/// The `.npy` header's shape and dtype against the file's size, with overflow-checked
+/// arithmetic, before anything is allocated: a shape whose product overflows or needs more bytes
+/// than the file holds is a one-line error (candle's reader would panic or allocate it).
+pub fn check_npy_size(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let bad = |what: String| crate::Error::msg(format!("{}: {what}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(|e| crate::Error::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| crate::Error::io(path, e))?.len();
+    let mut pre = [0u8; 12];
+    let n = f.read(&mut pre).map_err(|e| crate::Error::io(path, e))?;
+    if n < 10 || &pre[..6] != b"\x93NUMPY" {
+        return Err(bad("not a .npy file (no \\x93NUMPY magic)".into()));
+    }
+    let (hlen, start) = match pre[6] {
+        1 => (u16::from_le_bytes([pre[8], pre[9]]) as u64, 10u64),
+        2 | 3 if n >= 12 => (
+            u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]) as u64,
+            12,
+        ),
+        v => return Err(bad(format!("unsupported .npy version {v}"))),
+    };
+    if start + hlen > file_len || hlen > 1 << 20 {
+        return Err(bad(format!("header of {hlen} bytes does not fit the file")));
+    }
+    let mut header = vec![0u8; hlen as usize];
+    let mut f = std::fs::File::open(path).map_err(|e| crate::Error::io(path, e))?;
+    let mut skip = vec![0u8; start as usize];
+    f.read_exact(&mut skip)
+        .map_err(|e| crate::Error::io(path, e))?;
+    f.read_exact(&mut header)
+        .map_err(|e| crate::Error::io(path, e))?;
+    let h = String::from_utf8_lossy(&header);
+    let shape_txt = h
+        .split("'shape':")
+        .nth(1)
+        .and_then(|r| r.split('(').nth(1))
+        .and_then(|r| r.split(')').next())
+        .ok_or_else(|| bad("no shape in the .npy header".into()))?;
+    let mut count: u64 = 1;
+    for d in shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        let d: u64 = d.parse().map_err(|_| {
+            bad(format!(
+                "bad dimension `{d}` in the .npy shape ({shape_txt})"
+            ))
+        })?;
+        count = count
+            .checked_mul(d)
+            .ok_or_else(|| bad(format!("the .npy shape ({shape_txt}) overflows")))?;
+    }
+    let item: u64 = h
+        .split("'descr':")
+        .nth(1)
+        .and_then(|r| r.split('\'').nth(1))
+        .map(|d| d.trim_start_matches(['<', '>', '|', '=']))
+        .and_then(|d| d.get(1..))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let need = count
+        .checked_mul(item)
+        .ok_or_else(|| bad(format!("the .npy shape ({shape_txt}) overflows")))?;
+    if need > file_len - start - hlen {
+        return Err(bad(format!(
+            "the .npy shape ({shape_txt}) needs {need} bytes of data, the file has {}",
+            file_len - start - hlen
+        )));
+    }
+    Ok(())
 }

@@ -117,6 +117,40 @@ impl Default for TrainOpts {
 }
 
 impl TrainOpts {
+    /// One-line errors for settings that would panic or train nothing (a zero batch, zero
+    /// steps, a non-finite or non-positive learning rate, an empty dictionary).
+    pub fn check(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            crate::bail!("--batch-size must be at least 1");
+        }
+        if self.steps == 0 {
+            crate::bail!("--steps must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            crate::bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        if self.dict_size == Some(0) || self.expansion == 0 {
+            crate::bail!("the dictionary must have at least one latent (--dict-size, --expansion)");
+        }
+        if !(self.bandwidth.is_finite() && self.bandwidth > 0.0) {
+            crate::bail!(
+                "--bandwidth must be a positive number, got {}",
+                self.bandwidth
+            );
+        }
+        for (name, v) in [
+            ("--l0-coeff", self.l0_coeff),
+            ("--l1-coeff", self.l1_coeff),
+            ("--init-threshold", self.init_threshold),
+            ("--threshold-lr-mult", self.threshold_lr_mult),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                crate::bail!("{name} must be a finite non-negative number, got {v}");
+            }
+        }
+        Ok(())
+    }
+
     pub fn params(&self, kind: SaeKind) -> TrainParams {
         TrainParams {
             kind,
@@ -284,6 +318,7 @@ impl Probe for Train {
 
     fn check(p: &TrainArgs) -> Result<()> {
         p.kind.parse::<SaeKind>()?;
+        p.train.check()?;
         if p.store.as_os_str().is_empty() {
             crate::bail!("sae train: give --store DIR (a `sae collect` output)");
         }
@@ -436,6 +471,7 @@ impl Probe for Run {
         if p.kinds.is_empty() {
             crate::bail!("sae run: --kinds is empty");
         }
+        p.train.check()?;
         if p.sweep.is_empty() || p.sweep.iter().any(|&s| !(s.is_finite() && s > 0.0)) {
             crate::bail!("--sweep needs positive multipliers, got {:?}", p.sweep);
         }
