@@ -1,4 +1,4 @@
-//! Allocator policy. The engram binary (and the benchmarks) run on mimalloc with page purging
+//! Allocator policy, and the machine's memory ([`physical_memory_bytes`], for size guards). The engram binary (and the benchmarks) run on mimalloc with page purging
 //! off: the forward pass frees and re-allocates the same large temporaries every layer, and
 //! handing their pages back to the OS costs a page fault per 4 KiB on the next use (the forward
 //! pass ran 1.8× slower with `MIMALLOC_PURGE_DELAY=0`). Memory that will not be reused — the
@@ -32,4 +32,16 @@ pub fn purging<R>(f: impl FnOnce() -> R) -> R {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay);
     }
     r
+}
+
+/// Physical memory in bytes (`MemTotal` of /proc/meminfo), or 8 GB where that cannot be read.
+pub fn physical_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        })
+        .unwrap_or(8 << 30)
 }

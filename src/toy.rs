@@ -115,7 +115,40 @@ impl ToyConfig {
                 crate::bail!("toy: clamped head L{l}H{h} does not exist");
             }
         }
+        let need = self.training_bytes();
+        let have = crate::alloc::physical_memory_bytes();
+        if need > have / 2 {
+            crate::bail!(
+                "toy: this configuration needs about {:.1} GB to train (logits batch × {} × vocab {}, attention batch × heads × {}², weights and Adam state), more than half of this machine's {:.1} GB; lower --vocab, --seq-len or --batch",
+                need as f64 / 1e9,
+                2 * self.seq_len + 1,
+                self.vocab,
+                2 * self.seq_len + 1,
+                have as f64 / 1e9
+            );
+        }
         Ok(())
+    }
+
+    /// A rough upper estimate of training memory (f32): a few copies of the logits and of every
+    /// layer's attention scores (forward values and gradients), plus weights, gradients and two
+    /// Adam moments. Saturating, so absurd sizes do not overflow.
+    pub fn training_bytes(&self) -> u64 {
+        let t = 2 * self.seq_len as u64 + 1;
+        let (b, v, d) = (self.batch as u64, self.vocab as u64, self.d_model as u64);
+        let logits = b.saturating_mul(t).saturating_mul(v).saturating_mul(4);
+        let attn = (self.n_layers as u64)
+            .saturating_mul(b)
+            .saturating_mul(self.n_heads as u64)
+            .saturating_mul(t.saturating_mul(t))
+            .saturating_mul(6);
+        let weights = (2 * v + 4 * d * self.n_layers as u64)
+            .saturating_mul(d)
+            .saturating_mul(4);
+        logits
+            .saturating_add(attn)
+            .saturating_add(weights)
+            .saturating_mul(4)
     }
 
     /// The engram config of the exported model (arch Llama, rope θ 10000, bos 0).

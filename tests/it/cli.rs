@@ -79,6 +79,10 @@ fn absurd_sizes_give_one_line_errors_not_panics() {
         ],
         "--lr must be a positive number",
     );
+    // Toy sizes that would be OOM-killed are refused up front.
+    assert_one_line_error(&["toy", "--seq-len", "5000", "-o", o], "needs about");
+    assert_one_line_error(&["toy", "--vocab", "100000000", "-o", o], "needs about");
+    assert!(!out.join("manifest.json").exists());
 }
 
 #[test]
