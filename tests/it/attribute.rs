@@ -95,15 +95,8 @@ fn patching_the_changed_token_is_the_corrupt_run_and_ig_is_complete() {
 
 #[test]
 fn attribute_command_writes_the_tables_and_rejects_bad_pairs() {
-    let tmp = tempfile::tempdir().unwrap();
-    let tok = write_char_tokenizer(&tmp.path().join("tok"));
-    let fixture = fixture_dir("gpt2");
-    let out = tmp.path().join("out");
-    let (m, t, o) = (
-        fixture.to_str().unwrap(),
-        tok.to_str().unwrap(),
-        out.to_str().unwrap(),
-    );
+    let (tmp, m, t, out) = cli_fixture("gpt2");
+    let (m, t, o) = (m.as_str(), t.as_str(), out.to_str().unwrap());
     let base = ["attribute", "--quiet", "-m", m, "--tokenizer", t];
     let pair = [
         "--clean",
@@ -179,6 +172,21 @@ fn attribute_command_writes_the_tables_and_rejects_bad_pairs() {
         assert_one_line_error(&args, needle);
         assert!(!bad.join("attribution.parquet").exists());
     };
+    // A valid three-token pair with `answer`, plus `extra` flags.
+    let abc = |answer: &'static str, extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v = vec![
+            "--clean",
+            "abc",
+            "--corrupt",
+            "abd",
+            "--answer",
+            answer,
+            "--wrong",
+            "h",
+        ];
+        v.extend(extra);
+        v
+    };
     run(
         &[
             "--clean",
@@ -192,53 +200,13 @@ fn attribute_command_writes_the_tables_and_rejects_bad_pairs() {
         ],
         "different lengths",
     );
-    run(
-        &[
-            "--clean",
-            "abc",
-            "--corrupt",
-            "abd",
-            "--answer",
-            "gh",
-            "--wrong",
-            "h",
-        ],
-        "answer \"gh\" is 2 tokens",
-    );
+    run(&abc("gh", &[]), "answer \"gh\" is 2 tokens");
     run(
         &["--clean", "abc", "--corrupt", "abd", "--answer", "g"],
         "needs all of",
     );
-    run(
-        &[
-            "--clean",
-            "abc",
-            "--corrupt",
-            "abd",
-            "--answer",
-            "g",
-            "--wrong",
-            "h",
-            "--hooks",
-            "resid,mlp",
-        ],
-        "unknown kind `mlp`",
-    );
-    run(
-        &[
-            "--clean",
-            "abc",
-            "--corrupt",
-            "abd",
-            "--answer",
-            "g",
-            "--wrong",
-            "h",
-            "--dtype",
-            "bf16",
-        ],
-        "f32",
-    );
+    run(&abc("g", &["--hooks", "resid,mlp"]), "unknown kind `mlp`");
+    run(&abc("g", &["--dtype", "bf16"]), "f32");
 }
 
 #[test]

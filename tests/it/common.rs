@@ -192,3 +192,13 @@ pub fn write_char_tokenizer(dir: &Path) -> PathBuf {
     .unwrap();
     path
 }
+
+/// A temporary directory with the char tokenizer in it, for running the binary on fixture
+/// `name`: (the directory, `-m` value, `--tokenizer` value, an `out` path inside it).
+pub fn cli_fixture(name: &str) -> (tempfile::TempDir, String, String, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = write_char_tokenizer(&tmp.path().join("tok"));
+    let out = tmp.path().join("out");
+    let m = fixture_dir(name).to_str().unwrap().to_string();
+    (tmp, m, tok.to_str().unwrap().to_string(), out)
+}

@@ -108,15 +108,8 @@ fn lens_final_layer_is_the_models_logits_and_dla_sums_to_the_logit_difference() 
 
 #[test]
 fn lens_command_writes_tables_charts_and_rejects_bad_tokens() {
-    let tmp = tempfile::tempdir().unwrap();
-    let tok = write_char_tokenizer(&tmp.path().join("tok"));
-    let fixture = fixture_dir("gpt2");
-    let out = tmp.path().join("out");
-    let (m, t, o) = (
-        fixture.to_str().unwrap(),
-        tok.to_str().unwrap(),
-        out.to_str().unwrap(),
-    );
+    let (tmp, m, t, out) = cli_fixture("gpt2");
+    let (m, t, o) = (m.as_str(), t.as_str(), out.to_str().unwrap());
     let (code, stdout, err) = engram(&[
         "lens",
         "--quiet",
