@@ -47,7 +47,13 @@ fn lens_final_layer_is_the_models_logits_and_dla_sums_to_the_logit_difference() 
         let baseline = (0..last.len())
             .min_by(|&a, &b| last[a].total_cmp(&last[b]))
             .unwrap() as u32;
-        let cells = logit_lens(&model, &ids, target, 3).unwrap();
+        let own = logit_lens(&model, &ids, None, 1).unwrap();
+        assert_eq!(
+            own.last().unwrap().next_id,
+            target,
+            "{name}: default target = top-1"
+        );
+        let cells = logit_lens(&model, &ids, Some(target), 3).unwrap();
         assert_eq!(cells.len(), (n + 1) * ids.len(), "{name}");
         for c in cells.iter().filter(|c| c.layer == n) {
             let row = &lp[c.position];
@@ -188,7 +194,7 @@ fn smollm2_lens_finds_paris() {
     let ids = model.encode("The Eiffel Tower is in the city of").unwrap();
     let paris = model.single_token(" Paris", "--target").unwrap();
     let n = model.cfg().n_layers;
-    let cells = logit_lens(&model, &ids, paris, 5).unwrap();
+    let cells = logit_lens(&model, &ids, Some(paris), 5).unwrap();
     let fin = cells
         .iter()
         .find(|c| c.layer == n && c.position + 1 == ids.len())

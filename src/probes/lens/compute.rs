@@ -46,8 +46,14 @@ pub fn lens_hook(layer: usize, n_layers: usize) -> String {
 }
 
 /// The logit lens of `ids` (one prompt): `n_layers + 1` layers × `ids.len()` positions, the
-/// next token at each position (and `target` at the last one), the top `k` tokens.
-pub fn logit_lens(t: &Transformer, ids: &[u32], target: u32, k: usize) -> Result<Vec<LensCell>> {
+/// next token at each position (and at the last one `target`, or without one the model's own
+/// top prediction), the top `k` tokens. The target is the last cell's `next_id`.
+pub fn logit_lens(
+    t: &Transformer,
+    ids: &[u32],
+    target: Option<u32>,
+    k: usize,
+) -> Result<Vec<LensCell>> {
     let n = t.cfg.n_layers;
     let mut points: Vec<HookPoint> = (0..n).map(HookPoint::ResidPre).collect();
     points.push(HookPoint::ResidPost(n - 1));
@@ -57,13 +63,23 @@ pub fn logit_lens(t: &Transformer, ids: &[u32], target: u32, k: usize) -> Result
         stop_at_layer: None,
     };
     t.forward_with(&Batch::single(ids)?, &mut hooks, opts)?;
+    // Log-probabilities `[t][vocab]` of one layer's residual stream.
+    let lens = |p: HookPoint| -> Result<Vec<Vec<f32>>> {
+        let x = hooks.cache.expect(p)?;
+        let lp = crate::model::transformer::log_softmax(&t.unembed(x)?.i(0)?)?;
+        Ok(lp.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    };
+    // The final layer first: it is the model's own prediction, the default target.
+    let last = lens(points[n])?;
+    let target = match target {
+        Some(id) => id,
+        None => top_k(&last[ids.len() - 1], 1)[0].0,
+    };
     let mut next: Vec<u32> = ids[1..].to_vec();
     next.push(target);
     let mut cells = Vec::with_capacity((n + 1) * ids.len());
     for (layer, p) in points.iter().enumerate() {
-        let x = hooks.cache.expect(*p)?;
-        let lp = crate::model::transformer::log_softmax(&t.unembed(x)?.i(0)?)?; // [t, vocab]
-        let lp = lp.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let lp = if layer == n { last.clone() } else { lens(*p)? };
         for (position, row) in lp.iter().enumerate() {
             let id = next[position];
             let v = row[id as usize];

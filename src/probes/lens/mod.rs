@@ -121,11 +121,8 @@ impl Probe for Lens {
             if ids.is_empty() {
                 crate::bail!("prompt {text:?} has no tokens");
             }
-            let target = match target {
-                Some(t) => t,
-                None => own_top(&model, &ids)?,
-            };
             let cells = compute::logit_lens(&model, &ids, target, p.top_k)?;
+            let target = cells.last().map_or(0, |c| c.next_id);
             let u = compute::logit_direction(&model, target, baseline)?;
             let dla = compute::direct_logit_attribution(&model, &ids, &u)?;
             let tokens = ids
@@ -168,20 +165,6 @@ impl Probe for Lens {
             strings,
         })
     }
-}
-
-/// The model's most likely next token after `ids`.
-fn own_top(model: &crate::model::Model, ids: &[u32]) -> Result<u32> {
-    let opts = crate::model::RunOptions {
-        logits: crate::model::LogitsAt::Last,
-        stop_at_layer: None,
-    };
-    let logits = model.forward_with(
-        &crate::model::Batch::single(ids)?,
-        &mut crate::hooks::Hooks::none(),
-        opts,
-    )?;
-    Ok(logits.flatten_all()?.argmax(0)?.to_scalar::<u32>()?)
 }
 
 /// What `engram lens` found.
