@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::record::{complete_manifest, BatchRecord, StepRecord, StepStatus};
 use super::suite::{Step, Suite};
-use super::{safe_name, BATCH_FILE, INDEX_FILE, SUITE_COPY};
+use super::{safe_name, BATCH_FILE, INDEX_FILE, SHARDS_DIR, SUITE_COPY};
 use crate::report::manifest::{Manifest, MANIFEST_FILE};
 use crate::report::write_atomic;
 use crate::Result;
@@ -80,8 +80,11 @@ fn step_section(root: &Path, rec: &StepRecord, html: &mut String) {
     );
     let _ = write!(
         html,
-        "<p class=\"cmd\"><code>engram {}</code></p>",
-        esc(&rec.command.join(" "))
+        "<p class=\"cmd\"><code>engram {}</code>{}</p>",
+        esc(&rec.command.join(" ")),
+        rec.shard
+            .as_ref()
+            .map_or(String::new(), |s| format!(" (shard {})", esc(s)))
     );
     if let Some(e) = &rec.error {
         let _ = write!(html, "<p class=\"err\">error: {}</p>", esc(e));
@@ -211,6 +214,29 @@ pub fn write_index(root: &Path, suite: &Suite, record: &BatchRecord) -> Result<P
             String::new()
         }
     );
+    if !record.shards.is_empty() {
+        html.push_str("<table><tr><th>shard</th><th>host</th><th>Slurm job</th><th>started</th><th>finished</th><th>seconds</th><th>record</th></tr>");
+        for sh in &record.shards {
+            let rec_file = sh
+                .shard
+                .parse::<super::Shard>()
+                .map(|s| format!("{SHARDS_DIR}/{}", s.record_name()))
+                .ok()
+                .filter(|f| root.join(f).is_file());
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td></tr>",
+                esc(&sh.shard),
+                esc(&sh.host),
+                esc(sh.slurm.get("SLURM_JOB_ID").map_or("–", String::as_str)),
+                esc(&sh.started),
+                esc(sh.finished.as_deref().unwrap_or("–")),
+                sh.seconds,
+                rec_file.map_or("–".to_string(), |f| format!("<a href=\"{}\">json</a>", rel_url(&f)))
+            );
+        }
+        html.push_str("</table>\n");
+    }
     // Overview: rows = models (+ model-free), columns = steps.
     let cell = |id: &str| -> String {
         match record.steps.iter().find(|s| s.id == id) {

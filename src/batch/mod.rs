@@ -41,15 +41,19 @@
 //!   `batch.json`. [`run`]: the runner and the run's manifest. [`html`]: `index.html`.
 
 pub mod html;
+pub mod merge;
 pub mod plan;
 pub mod record;
 pub mod run;
+pub mod shard;
 pub mod suite;
 
 pub use html::write_index;
 pub use plan::{plan, PlannedStep, Substitutions};
 pub use record::{complete_manifest, BatchRecord, StepRecord, StepStatus};
+pub use merge::merge_run;
 pub use run::{run_suite, BatchOptions};
+pub use shard::{Shard, ShardInfo};
 pub use suite::{load_suite, model_dir_name, parse_suite, ModelEntry, Step, Suite};
 
 /// The status record at the run root.
@@ -58,6 +62,10 @@ pub const BATCH_FILE: &str = "batch.json";
 pub const INDEX_FILE: &str = "index.html";
 /// The copy of the suite at the run root.
 pub const SUITE_COPY: &str = "suite.toml";
+/// The run directory's lock (held exclusively by a whole run or a merge, shared by shards).
+pub const RUN_LOCK: &str = ".engram-batch.lock";
+/// The shards' records, under the run root.
+pub const SHARDS_DIR: &str = "shards";
 /// Suffix of the hidden directory a step writes into before it is renamed into place.
 pub const PARTIAL_SUFFIX: &str = ".partial";
 

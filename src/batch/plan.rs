@@ -37,6 +37,10 @@ pub struct PlannedStep {
     pub spec: Option<ModelSpec>,
     /// The probe's parameters as the suite gives them (substitutions applied, model keys out).
     pub params: ParamMap,
+    /// Ids of the planned steps this one needs (from the suite's `after`).
+    pub after: Vec<String>,
+    /// Relative run time (the suite's `cost`), to balance shards.
+    pub cost: f64,
 }
 
 impl PlannedStep {
@@ -52,6 +56,16 @@ impl PlannedStep {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         dir.with_file_name(format!(".{name}{PARTIAL_SUFFIX}"))
+    }
+
+    /// The lock a process holds while it runs the step (hidden, beside the step's directory).
+    pub fn lock_path(&self, root: &Path) -> PathBuf {
+        let dir = self.dir(root);
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        dir.with_file_name(format!(".{name}.lock"))
     }
 
     /// The equivalent command line (after `engram`) writing into `out`.
@@ -186,12 +200,26 @@ pub fn plan(suite: &Suite, root: &Path) -> Result<Vec<PlannedStep>> {
                 let id = format!("{}/{}", m.name, step.name);
                 let (spec, params) = split_args(&table, Some(m), &subs)
                     .map_err(|e| crate::Error::msg(format!("step `{id}`: {e}")))?;
+                // The suite checked that `after` names earlier per-model steps.
+                let mut after = vec![];
+                for a in &step.after {
+                    let dep = format!("{}/{a}", m.name);
+                    if !out.iter().any(|p: &PlannedStep| p.id == dep) {
+                        crate::bail!(
+                            "step `{id}` runs after `{a}`, which does not run on model `{}`",
+                            m.name
+                        );
+                    }
+                    after.push(dep);
+                }
                 out.push(PlannedStep {
                     id,
                     model: Some(m.clone()),
                     probe: step.probe.clone(),
                     spec,
                     params,
+                    after,
+                    cost: step.cost,
                 });
             }
         } else {
@@ -201,12 +229,23 @@ pub fn plan(suite: &Suite, root: &Path) -> Result<Vec<PlannedStep>> {
             };
             let (spec, params) = split_args(&step.args, None, &subs)
                 .map_err(|e| crate::Error::msg(format!("step `{}`: {e}", step.name)))?;
+            // A model-free step after a per-model step needs it on every model.
+            let mut after = vec![];
+            for a in &step.after {
+                after.extend(
+                    out.iter()
+                        .filter(|p| p.id == *a || p.id.rsplit_once('/').is_some_and(|(_, s)| s == a))
+                        .map(|p| p.id.clone()),
+                );
+            }
             out.push(PlannedStep {
                 id: step.name.clone(),
                 model: None,
                 probe: step.probe.clone(),
                 spec,
                 params,
+                after,
+                cost: step.cost,
             });
         }
     }

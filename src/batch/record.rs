@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::shard::ShardInfo;
 use super::BATCH_FILE;
 use crate::report::manifest::{Manifest, MANIFEST_FILE};
 use crate::report::write_atomic;
@@ -54,6 +55,9 @@ pub struct StepRecord {
     pub seconds: Option<f64>,
     /// The one-line error of a failed step.
     pub error: Option<String>,
+    /// The shard (`I/N`) the step belongs to, in sharded runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 /// `batch.json`.
@@ -68,6 +72,10 @@ pub struct BatchRecord {
     pub finished: Option<String>,
     pub seconds: f64,
     pub steps: Vec<StepRecord>,
+    /// Sharded runs: where each shard ran (one entry in a shard's own record, every shard's in
+    /// the merged `batch.json`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardInfo>,
 }
 
 impl BatchRecord {
@@ -80,11 +88,17 @@ impl BatchRecord {
         serde_json::from_str(&text).map_err(|e| Error::msg(format!("{}: {e}", path.display())))
     }
 
+    /// Write `root/batch.json`.
     pub fn write(&self, root: &Path) -> Result<()> {
+        self.write_to(&root.join(BATCH_FILE))
+    }
+
+    /// Write the record to `path` (a shard's record under `RUN/shards/`).
+    pub fn write_to(&self, path: &Path) -> Result<()> {
         let mut json = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::msg(format!("serializing {BATCH_FILE}: {e}")))?;
+            .map_err(|e| Error::msg(format!("serializing {}: {e}", path.display())))?;
         json.push('\n');
-        write_atomic(&root.join(BATCH_FILE), json.as_bytes())
+        write_atomic(path, json.as_bytes())
     }
 }
 

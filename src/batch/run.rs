@@ -6,8 +6,12 @@ use std::time::Instant;
 
 use super::plan::{plan, PlannedStep};
 use super::record::{complete_manifest, BatchRecord, StepRecord, StepStatus};
+use super::shard::{assign, Shard, ShardInfo};
 use super::suite::{load_suite, Suite};
-use super::{one_line, safe_name, write_index, BATCH_FILE, INDEX_FILE, SUITE_COPY};
+use super::{
+    one_line, safe_name, write_index, BATCH_FILE, INDEX_FILE, RUN_LOCK, SHARDS_DIR, SUITE_COPY,
+};
+use crate::report::lock::Lock;
 use crate::probes::{self, ModelUse, Session};
 use crate::report::manifest::{Manifest, MANIFEST_FILE};
 use crate::report::{now_rfc3339, write_atomic};
@@ -20,6 +24,8 @@ pub struct BatchOptions {
     /// Run root; default `runs/<suite name>`.
     pub out: Option<PathBuf>,
     pub only_model: Option<String>,
+    /// Run only this shard's steps (Slurm array tasks), recording them in `RUN/shards/`.
+    pub shard: Option<Shard>,
 }
 
 impl BatchOptions {
@@ -64,6 +70,8 @@ fn run_step(
 ) -> Result<()> {
     let dir = step.dir(root);
     let partial = step.partial_dir(root);
+    // One process per step, whatever the shards or reruns do.
+    let _lock = Lock::exclusive(&step.lock_path(root), &format!("step `{}`", step.id))?;
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     }
@@ -101,7 +109,7 @@ fn run_step(
 }
 
 /// The record of a plan before anything runs: complete steps are `Skipped`.
-fn initial_record(
+pub(super) fn initial_record(
     suite: &Suite,
     opts: &BatchOptions,
     steps: &[PlannedStep],
@@ -133,13 +141,15 @@ fn initial_record(
                 },
                 seconds: None,
                 error: None,
+                shard: None,
             })
             .collect(),
+        shards: vec![],
     }
 }
 
 /// The suite, its root and its plan; an error for an unknown `--only-model`.
-fn prepare(opts: &BatchOptions) -> Result<(Suite, PathBuf, Vec<PlannedStep>)> {
+pub(super) fn prepare(opts: &BatchOptions) -> Result<(Suite, PathBuf, Vec<PlannedStep>)> {
     let suite = load_suite(&opts.suite)?;
     let root = opts.root(&suite);
     if let Some(m) = &opts.only_model {
@@ -167,10 +177,23 @@ fn selected(opts: &BatchOptions, s: &PlannedStep) -> bool {
     }
 }
 
+/// Mark the steps of other shards `Deselected` and note every step's shard.
+fn mark_shards(record: &mut BatchRecord, steps: &[PlannedStep], shard: Option<Shard>) {
+    let Some(shard) = shard else { return };
+    for (r, of) in record.steps.iter_mut().zip(assign(steps, shard.count)) {
+        r.shard = Some(format!("{of}/{}", shard.count));
+        if of != shard.index {
+            r.status = StepStatus::Deselected;
+        }
+    }
+}
+
 /// One line of a dry run: what would happen to a step, its id and its command line.
 pub struct PlanLine {
     pub action: &'static str,
     pub id: String,
+    /// `I/N` in a sharded dry run.
+    pub shard: Option<String>,
     pub command: Vec<String>,
 }
 
@@ -178,7 +201,8 @@ pub struct PlanLine {
 /// invalid steps.
 pub fn check_suite(opts: &BatchOptions) -> Result<Vec<PlanLine>> {
     let (suite, root, steps) = prepare(opts)?;
-    let record = initial_record(&suite, opts, &steps, &root);
+    let mut record = initial_record(&suite, opts, &steps, &root);
+    mark_shards(&mut record, &steps, opts.shard);
     let mut invalid = vec![];
     let mut lines = vec![];
     for (s, r) in steps.iter().zip(&record.steps) {
@@ -187,6 +211,8 @@ pub fn check_suite(opts: &BatchOptions) -> Result<Vec<PlanLine>> {
             "INVALID"
         } else if r.status == StepStatus::Skipped {
             "skip (complete)"
+        } else if r.status == StepStatus::Deselected {
+            "other shard"
         } else if !selected(opts, s) {
             "not selected"
         } else {
@@ -195,6 +221,7 @@ pub fn check_suite(opts: &BatchOptions) -> Result<Vec<PlanLine>> {
         lines.push(PlanLine {
             action,
             id: s.id.clone(),
+            shard: r.shard.clone(),
             command: r.command.clone(),
         });
     }
@@ -246,16 +273,32 @@ pub fn run_suite(
         })
         .collect::<Result<Vec<_>>>()?;
     let t0 = Instant::now();
+    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    // A whole run excludes every other writer of the directory; shards exclude whole runs and
+    // merges but not each other (each step has its own lock).
+    let what = format!("run directory {}", root.display());
+    let _run_lock = match opts.shard {
+        None => Lock::exclusive(&root.join(RUN_LOCK), &what)?,
+        Some(_) => Lock::shared(&root.join(RUN_LOCK), &what)?,
+    };
     let mut record = initial_record(&suite, opts, &steps, &root);
+    mark_shards(&mut record, &steps, opts.shard);
     for (s, r) in steps.iter().zip(record.steps.iter_mut()) {
         if r.status == StepStatus::Pending && !selected(opts, s) {
             r.status = StepStatus::Deselected;
         }
     }
-    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    // Where this process records its steps: the run's batch.json, or the shard's own record.
+    let record_path = match opts.shard {
+        None => root.join(BATCH_FILE),
+        Some(sh) => {
+            record.shards = vec![ShardInfo::this_process(sh, record.started.clone())];
+            root.join(SHARDS_DIR).join(sh.record_name())
+        }
+    };
     let suite_text = std::fs::read(&opts.suite).map_err(|e| Error::io(&opts.suite, e))?;
     write_atomic(&root.join(SUITE_COPY), &suite_text)?;
-    record.write(&root)?;
+    record.write_to(&record_path)?;
     let order: Vec<usize> = run_order(&suite, &steps)
         .into_iter()
         .filter(|&i| record.steps[i].status != StepStatus::Deselected)
@@ -277,7 +320,17 @@ pub fn run_suite(
             last_model = step.model.clone();
         }
         let t = Instant::now();
-        let r = run_step(step, probes[i].as_ref(), &root, &suite.name, session);
+        // What the step needs ran before it (in this shard: units keep them together).
+        let missing = step
+            .after
+            .iter()
+            .find(|d| complete_manifest(&root.join(d)).is_none());
+        let r = match missing {
+            Some(d) => Err(Error::msg(format!(
+                "needs step `{d}`, which is not complete (it failed or has not run)"
+            ))),
+            None => run_step(step, probes[i].as_ref(), &root, &suite.name, session),
+        };
         let rec = &mut record.steps[i];
         rec.seconds = Some(t.elapsed().as_secs_f64());
         match r {
@@ -289,60 +342,106 @@ pub fn run_suite(
         }
         on_step(done + 1, n, rec);
         record.seconds = t0.elapsed().as_secs_f64();
-        record.write(&root)?;
-        // The page shows the run so far (rewritten after every step).
-        write_index(&root, &suite, &record)?;
+        if let Some(info) = record.shards.first_mut() {
+            info.seconds = record.seconds;
+        }
+        record.write_to(&record_path)?;
+        if opts.shard.is_none() {
+            // The page shows the run so far (rewritten after every step).
+            write_index(&root, &suite, &record)?;
+        }
     }
     session.release();
     record.finished = Some(now_rfc3339());
     record.seconds = t0.elapsed().as_secs_f64();
-    record.write(&root)?;
-    write_root_manifest(&root, &suite, &record, opts)?;
-    write_index(&root, &suite, &record)?;
+    if let Some(info) = record.shards.first_mut() {
+        info.finished = record.finished.clone();
+        info.seconds = record.seconds;
+    }
+    record.write_to(&record_path)?;
+    if opts.shard.is_none() {
+        write_root_manifest(&root, &suite, &record, opts)?;
+        write_index(&root, &suite, &record)?;
+    }
     Ok(record)
 }
 
-/// The one-line error of a finished run with failed steps, naming them.
-pub fn failure(record: &BatchRecord, root: &Path) -> Option<String> {
-    let failed: Vec<&str> = record
+fn labels(record: &BatchRecord, status: StepStatus) -> Vec<String> {
+    record
         .steps
         .iter()
-        .filter(|s| s.status == StepStatus::Failed)
-        .map(|s| s.id.as_str())
-        .collect();
-    (!failed.is_empty()).then(|| {
-        format!(
-            "batch `{}`: {} of {} steps failed ({}); see {}",
-            record.suite,
-            failed.len(),
-            record.steps.len(),
-            failed.join(", "),
-            root.join(BATCH_FILE).display()
-        )
-    })
+        .filter(|s| s.status == status)
+        .map(|s| match &s.shard {
+            Some(sh) => format!("{} (shard {sh})", s.id),
+            None => s.id.clone(),
+        })
+        .collect()
 }
 
-/// The closing line of a run.
-pub fn summary_line(record: &BatchRecord, root: &Path) -> String {
-    format!(
-        "batch `{}`: {} ok, {} skipped, {} failed, {} pending{} in {:.1}s → {}",
+/// The one-line error of a finished run (or merge) with failed steps, naming them (with their
+/// shards); a merge also fails for steps that no shard finished. `record_file` is where the
+/// details are.
+pub fn failure(record: &BatchRecord, record_file: &Path) -> Option<String> {
+    let failed = labels(record, StepStatus::Failed);
+    let pending = if record.shards.len() > 1 {
+        labels(record, StepStatus::Pending)
+    } else {
+        vec![]
+    };
+    if failed.is_empty() && pending.is_empty() {
+        return None;
+    }
+    let mut parts = vec![];
+    if !failed.is_empty() {
+        parts.push(format!(
+            "{} of {} steps failed ({})",
+            failed.len(),
+            record.steps.len(),
+            failed.join(", ")
+        ));
+    }
+    if !pending.is_empty() {
+        parts.push(format!(
+            "{} not run by any shard ({})",
+            pending.len(),
+            pending.join(", ")
+        ));
+    }
+    Some(format!(
+        "batch `{}`: {}; see {}",
         record.suite,
+        parts.join("; "),
+        record_file.display()
+    ))
+}
+
+/// The closing line of a run: the counts and `target` (the page, or a shard's record).
+pub fn summary_line(record: &BatchRecord, target: &Path) -> String {
+    format!(
+        "batch `{}`{}: {} ok, {} skipped, {} failed, {} pending{} in {:.1}s → {}",
+        record.suite,
+        match (record.shards.as_slice(), record.shards.len()) {
+            ([one], 1) => format!(" shard {}", one.shard),
+            (_, 0) => String::new(),
+            (_, n) => format!(" ({n} shard runs merged)"),
+        },
         record.count(StepStatus::Ok),
         record.count(StepStatus::Skipped),
         record.count(StepStatus::Failed),
         record.count(StepStatus::Pending),
         match record.count(StepStatus::Deselected) {
             0 => String::new(),
+            d if record.shards.len() == 1 => format!(", {d} in other shards or not selected"),
             d => format!(", {d} not selected"),
         },
         record.seconds,
-        root.join(INDEX_FILE).display()
+        target.display()
     )
 }
 
 /// `RUN/manifest.json`: the batch itself (suite, build, per-step timings of this invocation,
 /// the files at the root and every complete step's manifest).
-fn write_root_manifest(
+pub(super) fn write_root_manifest(
     root: &Path,
     suite: &Suite,
     record: &BatchRecord,
@@ -355,7 +454,8 @@ fn write_root_manifest(
             "suite_file": opts.suite.display().to_string(),
             "models": suite.models.iter().map(|m| serde_json::json!({"name": m.name, "model": m.spec})).collect::<Vec<_>>(),
             "only_model": opts.only_model,
-            "steps": record.steps.iter().map(|s| serde_json::json!({"id": s.id, "command": s.command})).collect::<Vec<_>>(),
+            "steps": record.steps.iter().map(|s| serde_json::json!({"id": s.id, "command": s.command, "shard": s.shard})).collect::<Vec<_>>(),
+            "shards": record.shards,
         }),
     );
     m.started = record.started.clone();
@@ -369,6 +469,24 @@ fn write_root_manifest(
     m.add_file(SUITE_COPY);
     m.add_file(BATCH_FILE);
     m.add_file(INDEX_FILE);
+    for sh in &record.shards {
+        m.record_timing(&format!("shard {}", sh.shard), sh.seconds);
+        m.note(format!(
+            "shard {} ran on {} (pid {}{}) from {} to {}: {}",
+            sh.shard,
+            sh.host,
+            sh.pid,
+            sh.slurm
+                .get("SLURM_JOB_ID")
+                .map_or(String::new(), |j| format!(", Slurm job {j}")),
+            sh.started,
+            sh.finished.as_deref().unwrap_or("(not finished)"),
+            sh.command.join(" ")
+        ));
+        if let Some(name) = shard_record_name(&sh.shard) {
+            m.add_file(format!("{SHARDS_DIR}/{name}"));
+        }
+    }
     for s in &record.steps {
         if complete_manifest(&root.join(&s.dir)).is_some() {
             m.add_file(format!("{}/{MANIFEST_FILE}", s.dir));
@@ -388,11 +506,19 @@ fn write_root_manifest(
         .filter(|s| s.status == StepStatus::Failed)
     {
         m.note(format!(
-            "failed: {}: {}",
+            "failed: {}{}: {}",
             s.id,
+            s.shard
+                .as_ref()
+                .map_or(String::new(), |sh| format!(" (shard {sh})")),
             s.error.as_deref().unwrap_or("")
         ));
     }
     m.write(root)?;
     Ok(())
+}
+
+/// `shard-I-of-N.json` for `I/N`.
+fn shard_record_name(label: &str) -> Option<String> {
+    label.parse::<Shard>().ok().map(|s| s.record_name())
 }

@@ -38,6 +38,12 @@ pub struct Step {
     /// Restrict a per-model step to these model names.
     pub models: Option<Vec<String>>,
     pub args: toml::Table,
+    /// Names of earlier steps this one needs (`sae eval` after `sae train`): a per-model step
+    /// depends on that step of the same model, a model-free step on it for every model. A step
+    /// runs in the same shard as everything it needs.
+    pub after: Vec<String>,
+    /// Relative run time, to balance shards (default 1).
+    pub cost: f64,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +79,30 @@ struct RawStep {
     models: Option<Vec<String>>,
     #[serde(default)]
     args: toml::Table,
+    #[serde(default)]
+    after: StepNames,
+    #[serde(default)]
+    cost: Option<f64>,
+}
+
+/// `after = "a"` or `after = ["a", "b"]`.
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum StepNames {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StepNames {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            StepNames::None => vec![],
+            StepNames::One(s) => vec![s],
+            StepNames::Many(v) => v,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -158,12 +188,43 @@ pub fn parse_suite(text: &str) -> Result<Suite> {
                 );
             }
         }
+        let cost = s.cost.unwrap_or(1.0);
+        if !(cost.is_finite() && cost > 0.0) {
+            crate::bail!(
+                "suite `{}`: step `{name}`: cost must be a positive number, got {cost}",
+                raw.name
+            );
+        }
+        let after = s.after.into_vec();
+        for a in &after {
+            let a = safe_name(a);
+            let earlier: Vec<&Step> = steps.iter().filter(|x: &&Step| x.name == a).collect();
+            match earlier.as_slice() {
+                [] => crate::bail!(
+                    "suite `{}`: step `{name}` runs after `{a}`, which is not an earlier step",
+                    raw.name
+                ),
+                [x] if s.per_model && !x.per_model => crate::bail!(
+                    "suite `{}`: per-model step `{name}` cannot run after model-free step `{a}` \
+                     (model-free steps run after every model's steps)",
+                    raw.name
+                ),
+                [_] => {}
+                _ => crate::bail!(
+                    "suite `{}`: step `{name}` runs after `{a}`, which names both a per-model \
+                     and a model-free step (rename one)",
+                    raw.name
+                ),
+            }
+        }
         steps.push(Step {
             probe: words.join(" "),
             name,
             per_model: s.per_model,
             models: s.models,
             args: s.args,
+            after: after.iter().map(|a| safe_name(a)).collect(),
+            cost,
         });
     }
     if steps.is_empty() {

@@ -5,6 +5,7 @@
 //! a reader never sees a half-written file, and a crash leaves at most a hidden `.*.tmp*` file.
 
 pub mod chart;
+pub mod lock;
 pub mod manifest;
 pub mod table;
 
