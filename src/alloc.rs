@@ -45,3 +45,12 @@ pub fn physical_memory_bytes() -> u64 {
         })
         .unwrap_or(8 << 30)
 }
+
+/// This process's peak resident set size in bytes so far (`VmHWM` of /proc/self/status), where
+/// the platform reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

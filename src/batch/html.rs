@@ -215,7 +215,7 @@ pub fn write_index(root: &Path, suite: &Suite, record: &BatchRecord) -> Result<P
         }
     );
     if !record.shards.is_empty() {
-        html.push_str("<table><tr><th>shard</th><th>host</th><th>Slurm job</th><th>started</th><th>finished</th><th>seconds</th><th>record</th></tr>");
+        html.push_str("<table><tr><th>shard</th><th>host</th><th>Slurm job</th><th>started</th><th>finished</th><th>seconds</th><th>peak RSS</th><th>record</th></tr>");
         for sh in &record.shards {
             let rec_file = sh
                 .shard
@@ -225,13 +225,14 @@ pub fn write_index(root: &Path, suite: &Suite, record: &BatchRecord) -> Result<P
                 .filter(|f| root.join(f).is_file());
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
                 esc(&sh.shard),
                 esc(&sh.host),
                 esc(sh.slurm.get("SLURM_JOB_ID").map_or("–", String::as_str)),
                 esc(&sh.started),
                 esc(sh.finished.as_deref().unwrap_or("–")),
                 sh.seconds,
+                sh.peak_rss_mb.map_or("–".to_string(), |m| format!("{m:.0} MB")),
                 rec_file.map_or("–".to_string(), |f| format!("<a href=\"{}\">json</a>", rel_url(&f)))
             );
         }

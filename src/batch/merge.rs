@@ -10,6 +10,7 @@
 use std::path::Path;
 
 use super::record::{complete_manifest, BatchRecord, StepStatus};
+use super::shard::{assign, Shard};
 use super::run::{initial_record, prepare, write_root_manifest, BatchOptions};
 use super::{write_index, RUN_LOCK, SHARDS_DIR};
 use crate::report::lock::Lock;
@@ -67,7 +68,13 @@ pub fn merge_run(opts: &BatchOptions) -> Result<BatchRecord> {
         }
     }
     let mut record = initial_record(&suite, opts, &steps, &root);
-    for rec in record.steps.iter_mut() {
+    // Steps no record owns are labelled with their shard under the newest shard count.
+    let count = shards
+        .last()
+        .and_then(|r| r.shards.first())
+        .and_then(|i| Shard::count_of(&i.shard));
+    let planned = count.map(|n| assign(&steps, n));
+    for (i, rec) in record.steps.iter_mut().enumerate() {
         // The newest record whose shard owned the step.
         let owned = shards.iter().rev().find_map(|r| {
             r.steps
@@ -90,6 +97,9 @@ pub fn merge_run(opts: &BatchOptions) -> Result<BatchRecord> {
                 };
             }
             None => {
+                if let (Some(n), Some(p)) = (count, &planned) {
+                    rec.shard = Some(format!("{}/{n}", p[i]));
+                }
                 rec.status = if complete {
                     StepStatus::Skipped
                 } else {

@@ -343,7 +343,7 @@ pub fn run_suite(
         on_step(done + 1, n, rec);
         record.seconds = t0.elapsed().as_secs_f64();
         if let Some(info) = record.shards.first_mut() {
-            info.seconds = record.seconds;
+            info.end(None, record.seconds);
         }
         record.write_to(&record_path)?;
         if opts.shard.is_none() {
@@ -355,8 +355,7 @@ pub fn run_suite(
     record.finished = Some(now_rfc3339());
     record.seconds = t0.elapsed().as_secs_f64();
     if let Some(info) = record.shards.first_mut() {
-        info.finished = record.finished.clone();
-        info.seconds = record.seconds;
+        info.end(record.finished.clone(), record.seconds);
     }
     record.write_to(&record_path)?;
     if opts.shard.is_none() {
@@ -379,11 +378,11 @@ fn labels(record: &BatchRecord, status: StepStatus) -> Vec<String> {
 }
 
 /// The one-line error of a finished run (or merge) with failed steps, naming them (with their
-/// shards); a merge also fails for steps that no shard finished. `record_file` is where the
-/// details are.
-pub fn failure(record: &BatchRecord, record_file: &Path) -> Option<String> {
+/// shards); a merge (`merged`) also fails for steps that no shard finished. `record_file` is
+/// where the details are.
+pub fn failure(record: &BatchRecord, record_file: &Path, merged: bool) -> Option<String> {
     let failed = labels(record, StepStatus::Failed);
-    let pending = if record.shards.len() > 1 {
+    let pending = if merged {
         labels(record, StepStatus::Pending)
     } else {
         vec![]
@@ -415,15 +414,16 @@ pub fn failure(record: &BatchRecord, record_file: &Path) -> Option<String> {
     ))
 }
 
-/// The closing line of a run: the counts and `target` (the page, or a shard's record).
-pub fn summary_line(record: &BatchRecord, target: &Path) -> String {
+/// The closing line of a run (or a merge: `merged`): the counts and `target` (the page, or a
+/// shard's record).
+pub fn summary_line(record: &BatchRecord, target: &Path, merged: bool) -> String {
     format!(
         "batch `{}`{}: {} ok, {} skipped, {} failed, {} pending{} in {:.1}s → {}",
         record.suite,
-        match (record.shards.as_slice(), record.shards.len()) {
-            ([one], 1) => format!(" shard {}", one.shard),
-            (_, 0) => String::new(),
-            (_, n) => format!(" ({n} shard runs merged)"),
+        match (record.shards.as_slice(), merged) {
+            (_, true) => format!(" ({} shard runs merged)", record.shards.len()),
+            ([one], false) => format!(" shard {}", one.shard),
+            _ => String::new(),
         },
         record.count(StepStatus::Ok),
         record.count(StepStatus::Skipped),
@@ -431,7 +431,9 @@ pub fn summary_line(record: &BatchRecord, target: &Path) -> String {
         record.count(StepStatus::Pending),
         match record.count(StepStatus::Deselected) {
             0 => String::new(),
-            d if record.shards.len() == 1 => format!(", {d} in other shards or not selected"),
+            d if record.shards.len() == 1 && !merged => {
+                format!(", {d} in other shards or not selected")
+            }
             d => format!(", {d} not selected"),
         },
         record.seconds,
@@ -472,13 +474,15 @@ pub(super) fn write_root_manifest(
     for sh in &record.shards {
         m.record_timing(&format!("shard {}", sh.shard), sh.seconds);
         m.note(format!(
-            "shard {} ran on {} (pid {}{}) from {} to {}: {}",
+            "shard {} ran on {} (pid {}{}{}) from {} to {}: {}",
             sh.shard,
             sh.host,
             sh.pid,
             sh.slurm
                 .get("SLURM_JOB_ID")
                 .map_or(String::new(), |j| format!(", Slurm job {j}")),
+            sh.peak_rss_mb
+                .map_or(String::new(), |m| format!(", peak RSS {m:.0} MB")),
             sh.started,
             sh.finished.as_deref().unwrap_or("(not finished)"),
             sh.command.join(" ")

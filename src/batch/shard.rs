@@ -43,6 +43,11 @@ impl Shard {
         Ok(Shard { index, count })
     }
 
+    /// The count of a record's `I/N` label.
+    pub fn count_of(label: &str) -> Option<usize> {
+        label.parse::<Shard>().ok().map(|s| s.count)
+    }
+
     /// The file name of the shard's record under `RUN/shards/`.
     pub fn record_name(&self) -> String {
         format!("shard-{}-of-{}.json", self.index, self.count)
@@ -90,7 +95,12 @@ impl FromStr for Shard {
                 .parse::<usize>()
                 .map_err(|_| Error::msg(format!("--shard {s}: expected I/N, e.g. 2/3")))
         };
-        Shard::new(parse(i)?, parse(n)?).map_err(|e| Error::msg(format!("--shard {s}: {e}")))
+        let (i, n) = (parse(i)?, parse(n)?);
+        Shard::new(i, n).map_err(|_| {
+            Error::msg(format!(
+                "--shard {s}: the index counts from 1 to the shard count"
+            ))
+        })
     }
 }
 
@@ -166,12 +176,23 @@ pub struct ShardInfo {
     pub started: String,
     pub finished: Option<String>,
     pub seconds: f64,
+    /// The process's peak resident set size (MB) when the shard ended: what its Slurm task's
+    /// `--mem` must cover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
     /// The Slurm job's variables (`SLURM_JOB_ID`, `SLURM_ARRAY_JOB_ID`, ...) when there are any.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub slurm: BTreeMap<String, String>,
 }
 
 impl ShardInfo {
+    /// Mark the shard ended now, `seconds` after it started.
+    pub fn end(&mut self, finished: Option<String>, seconds: f64) {
+        self.finished = finished;
+        self.seconds = seconds;
+        self.peak_rss_mb = crate::alloc::peak_rss_bytes().map(|b| b as f64 / 1e6);
+    }
+
     /// This process as shard `shard`, started now.
     pub fn this_process(shard: Shard, started: String) -> Self {
         let slurm = [
@@ -194,6 +215,7 @@ impl ShardInfo {
             started,
             finished: None,
             seconds: 0.0,
+            peak_rss_mb: None,
             slurm,
         }
     }
@@ -237,14 +259,13 @@ mod tests {
 
     #[test]
     fn slurm_environment_gives_the_shard() {
-        let env = |vars: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
+        fn s(vars: &[(&str, &str)]) -> Result<Option<Shard>> {
+            Shard::from_slurm_env(&|k| {
                 vars.iter()
                     .find(|(n, _)| *n == k)
                     .map(|(_, v)| v.to_string())
-            }
-        };
-        let s = |vars| Shard::from_slurm_env(&env(vars));
+            })
+        }
         assert_eq!(s(&[]).unwrap(), None);
         let zero_based = [
             ("SLURM_ARRAY_TASK_ID", "0"),

@@ -84,9 +84,9 @@ pub fn run(a: &BatchArgs, session: &mut Session) -> Result<()> {
         let root = opts.root(&batch::load_suite(&opts.suite)?);
         println!(
             "{}",
-            run::summary_line(&record, &root.join(batch::INDEX_FILE))
+            run::summary_line(&record, &root.join(batch::INDEX_FILE), true)
         );
-        return match run::failure(&record, &root.join(batch::BATCH_FILE)) {
+        return match run::failure(&record, &root.join(batch::BATCH_FILE), true) {
             Some(e) => Err(crate::Error::msg(e)),
             None => Ok(()),
         };
@@ -119,8 +119,8 @@ pub fn run(a: &BatchArgs, session: &mut Session) -> Result<()> {
         Some(_) => record_file.clone(),
         None => root.join(batch::INDEX_FILE),
     };
-    println!("{}", run::summary_line(&record, &target));
-    match run::failure(&record, &record_file) {
+    println!("{}", run::summary_line(&record, &target, false));
+    match run::failure(&record, &record_file, false) {
         Some(e) => Err(crate::Error::msg(e)),
         None => Ok(()),
     }

@@ -62,9 +62,18 @@ args = {{ steps = {toy_steps}, seed = 1, cmr-table = '{table}' }}
     )
 }
 
-fn engram() -> Command {
+/// The binary, quiet, in the repository root, outside any Slurm array job (whose variables
+/// would shard a batch).
+pub(crate) fn engram() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_engram"));
     c.current_dir(root()).arg("--quiet");
+    for v in [
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_COUNT",
+        "SLURM_ARRAY_TASK_MIN",
+    ] {
+        c.env_remove(v);
+    }
     c
 }
 
@@ -86,7 +95,7 @@ fn percent_decode(s: &str) -> String {
 
 /// Every `href`/`src` of `RUN/index.html` is relative and resolves: a file under the run
 /// directory or an `id` of the page. Returns the number of links checked.
-fn check_links(run: &Path) -> usize {
+pub(crate) fn check_links(run: &Path) -> usize {
     let html = std::fs::read_to_string(run.join("index.html")).unwrap();
     let mut n = 0;
     for attr in ["href=\"", "src=\""] {
@@ -112,7 +121,7 @@ fn check_links(run: &Path) -> usize {
     n
 }
 
-fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) {
+pub(crate) fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() {
@@ -124,7 +133,7 @@ fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) {
     out.sort();
 }
 
-fn partial_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+pub(crate) fn partial_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() {
@@ -166,6 +175,18 @@ fn suite_errors_are_one_line() {
             "chooses the output directory",
         ),
         ("name = \"x\"\nmodels = [\"a\"]\n[[step]]\nprobe = \"  \"\n", "empty probe"),
+        (
+            "name = \"x\"\nmodels = [\"a\"]\n[[step]]\nprobe = \"heads\"\nafter = \"toy\"\n",
+            "runs after `toy`, which is not an earlier step",
+        ),
+        (
+            "name = \"x\"\nmodels = [\"a\"]\n[[step]]\nprobe = \"toy\"\nper_model = false\n[[step]]\nprobe = \"heads\"\nafter = [\"toy\"]\n",
+            "cannot run after model-free step `toy`",
+        ),
+        (
+            "name = \"x\"\nmodels = [\"a\"]\n[[step]]\nprobe = \"heads\"\ncost = 0\n",
+            "cost must be a positive number",
+        ),
         ("models = [\"a\"]\n[[step]]\nprobe = \"heads\"\n", "name"),
         ("name = \"x\"\nmodels = [\"a\"\n", "suite"),
     ];
@@ -180,6 +201,13 @@ fn suite_errors_are_one_line() {
     )
     .unwrap();
     assert!(batch::plan(&s, Path::new("r")).is_err());
+    // `after` a step that does not run on this model.
+    let s = batch::parse_suite(
+        "name = \"x\"\nmodels = [\"a\", \"b\"]\n[[step]]\nprobe = \"heads\"\nmodels = [\"a\"]\n[[step]]\nprobe = \"lens\"\nafter = \"heads\"\n",
+    )
+    .unwrap();
+    let e = batch::plan(&s, Path::new("r")).unwrap_err().to_string();
+    assert!(e.contains("step `b/lens` runs after `heads`, which does not run on model `b`"), "{e}");
     // Parameters: `-` → `_`, model keys apart, substitutions; the equivalent command line.
     let s = batch::parse_suite(
         "name = \"x\"\nmodels = [{ name = \"m\", model = \"dir/m1\" }]\nmodel_args = { dtype = \"bf16\" }\n[[step]]\nprobe = \"sae run\"\nargs = { no-chat = true, skip = false, kinds = [\"topk\", \"relu\"], tag = \"{model}-{model_spec}\" }\n",

@@ -20,5 +20,6 @@ mod neurons;
 mod parity;
 mod real_models;
 mod sae;
+mod shard;
 mod tokenizer;
 mod toy_induction;
