@@ -9,6 +9,7 @@ pub mod cli;
 pub mod data;
 pub mod error;
 pub mod hooks;
+pub mod interrupt;
 pub mod model;
 pub mod probes;
 pub mod progress;

@@ -58,7 +58,7 @@ mem=$(awk '/MemTotal/ { printf "%d", $2 / 1024 * 0.9 }' /proc/meminfo)
 mkdir -p "$dir/state" "$dir/spool" "$dir/log"
 cat > "$conf" <<CONF
 ClusterName=engram-local
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -81,12 +81,12 @@ SchedulerType=sched/backfill
 MinJobAge=3600
 KillWait=5
 InactiveLimit=0
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 down
 slurmctld -f "$conf" -c -i
-slurmd -f "$conf" -c
+slurmd -f "$conf" -c -N "$host"
 for _ in $(seq 100); do
     if sinfo -h -o %T 2> /dev/null | grep -q idle; then
         echo "local Slurm cluster up: SLURM_CONF=$conf ($host, $cpus CPUs, ${mem} MB)"

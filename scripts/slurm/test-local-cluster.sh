@@ -6,8 +6,10 @@
 # SUITE defaults to tests/fixtures/suites/cluster.toml (tiny fixtures, ~1 min in all; what
 # .ci/run runs); probes/smoke.toml is the full smoke suite (minutes; needs
 # scripts/fetch-models.sh). SHARDS defaults to 3. Needs root (installs Debian's slurm-wlm and
-# munge if missing and starts munged, slurmctld and slurmd). ENGRAM is the binary (default:
-# target/release/engram, else target/debug/engram). Checks:
+# munge if missing and starts munged, slurmctld and slurmd); without root it prints SKIPPED and
+# exits 0 (1 with ENGRAM_REQUIRE_SLURM=1). ENGRAM is the binary (default: the newer of
+# target/release/engram and target/debug/engram); KILL_STEP the model-free step phase 3 kills
+# (default: the costliest, the last of equals). Checks:
 #   1. a single-process run of the suite (the reference);
 #   2. the suite as an array of SHARDS tasks plus the dependent merge: every step ran exactly
 #      once (one shard record says `ok`), the merge succeeded, every Parquet file is
@@ -21,7 +23,11 @@ repo=$PWD
 suite=${1:-tests/fixtures/suites/cluster.toml}
 n=${2:-3}
 if [ -z "${ENGRAM:-}" ]; then
-    if [ -x target/release/engram ]; then ENGRAM=$repo/target/release/engram; else ENGRAM=$repo/target/debug/engram; fi
+    # The newer of the release and the test build (`cargo test` builds target/debug/engram).
+    ENGRAM=$repo/target/debug/engram
+    if [ -x target/release/engram ] && { [ ! -x "$ENGRAM" ] || [ target/release/engram -nt "$ENGRAM" ]; }; then
+        ENGRAM=$repo/target/release/engram
+    fi
 fi
 if [ "$(id -u)" != 0 ]; then
     [ "${ENGRAM_REQUIRE_SLURM:-0}" = 1 ] && fail_early=1 || fail_early=0

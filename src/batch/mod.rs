@@ -35,10 +35,20 @@
 //!
 //! Steps are recorded (in `batch.json` and on the page) in suite order, and run model by model:
 //! every step of the first model, then of the second, ..., then the model-free steps. A failed
-//! step is recorded with its one-line error (panics are caught) and the others continue.
+//! step is recorded with its one-line error (panics are caught) and the others continue. A step
+//! may name earlier steps it needs (`after = "heads"` or a list: for a per-model step the same
+//! model's step, for a model-free step that step of every model); it fails, naming them, when
+//! they are not complete.
+//!
+//! Shards (cluster runs, [`shard`]): `--shard I/N` runs only shard I's steps (steps joined by
+//! `after` stay together; `cost = 3` on a step weighs it when balancing) and records them in
+//! `RUN/shards/shard-I-of-N.json`; `--merge` ([`merge`]) writes `batch.json`, the manifest and
+//! the page over all shards. Locks: a whole run or a merge holds `RUN/.engram-batch.lock`
+//! exclusively, shards hold it shared, and every step is run under its own `.<step>.lock`.
 //!
 //! - [`suite`]: parsing. [`plan`]: steps with their parameters and model. [`record`]:
 //!   `batch.json`. [`run`]: the runner and the run's manifest. [`html`]: `index.html`.
+//!   [`shard`]: the assignment of steps to shards. [`merge`]: the merge.
 
 pub mod html;
 pub mod merge;

@@ -76,6 +76,8 @@ fn run_step(
         std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     }
     std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    // SIGINT / SIGTERM remove it (crate::interrupt).
+    let _guard = crate::interrupt::Guard::new(&partial);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         probe.run(session, step.spec.as_ref(), &partial)
     }));

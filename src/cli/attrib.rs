@@ -70,7 +70,7 @@ impl LensArgs {
 }
 
 pub fn lens(a: &LensArgs, session: &mut Session) -> Result<()> {
-    run::<Lens>(session, Some(a.model.spec()), &a.params(), &a.out.out)
+    run::<Lens>(session, Some(a.model.spec()), &a.params(), &a.out)
 }
 
 /// `engram attribute`.
@@ -150,5 +150,5 @@ impl AttributeArgs {
 }
 
 pub fn attribute(a: &AttributeArgs, session: &mut Session) -> Result<()> {
-    run::<Attribute>(session, Some(a.model.spec()), &a.params(), &a.out.out)
+    run::<Attribute>(session, Some(a.model.spec()), &a.params(), &a.out)
 }

@@ -171,6 +171,8 @@ where
     } else {
         ProgressMode::auto()
     });
+    // SIGINT / SIGTERM remove partial outputs (src/interrupt.rs).
+    crate::interrupt::install();
     let mut session = Session::new(progress);
     match cli.command {
         Command::Info { model, hooks } => tools::info(&model, hooks),

@@ -14,29 +14,45 @@ use crate::probes::neurons::{Neurons, NeuronsParams};
 use crate::probes::sae::probe::{self as sae, CollectOpts, EvalOpts, TrainOpts};
 use crate::probes::toy::{Toy, ToyParams};
 use crate::probes::{self, ParamMap, Probe, Session};
+use crate::report::outdir::OutDir;
 use crate::Result;
 
-/// Run probe `P` into `out` and print its summary.
+/// Run probe `P` into `out` and print its summary. The parameters are checked first; then
+/// `--out` is taken as a unit ([`OutDir`]: locked, a finished run replaced only with
+/// `--force`, outputs renamed into place on success) or, for probes that resume their own
+/// output, in place.
 pub fn run<P: Probe>(
     session: &mut Session,
     spec: Option<ModelSpec>,
     params: &P::Params,
-    out: &std::path::Path,
+    out: &OutArg,
 ) -> Result<()> {
-    let outcome = probes::run::<P>(session, spec.as_ref(), params, out)?;
+    P::check(params)?;
+    let dir = if P::RESUMES_OUTPUT {
+        OutDir::in_place(&out.out)?
+    } else {
+        OutDir::begin(&out.out, out.force)?
+    };
+    let outcome = probes::run::<P>(session, spec.as_ref(), params, dir.path())?;
+    dir.commit()?;
     for line in &outcome.summary {
         println!("{line}");
     }
-    println!("wrote {}", out.display());
+    println!("wrote {}", out.out.display());
     Ok(())
 }
 
 /// The output directory every probe takes.
 #[derive(Args, Debug, Clone)]
 pub struct OutArg {
-    /// Output directory (created; files are written atomically, manifest.json last)
+    /// Output directory (created; written as a unit: into a hidden .DIR.partial beside it,
+    /// renamed into place when the command succeeds)
     #[arg(long, short = 'o', value_name = "DIR")]
     pub out: PathBuf,
+    /// Replace the engram run DIR already holds (without it, a finished run is never
+    /// overwritten; a directory that is not an engram run is never replaced)
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn heads_defaults() -> HeadsParams {
@@ -484,6 +500,9 @@ manifest.json. Columns: docs/outputs.md."
         /// Output directory (default: <first SAE>/eval)
         #[arg(long, short = 'o', value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Replace the evaluation already in the output directory
+        #[arg(long)]
+        force: bool,
     },
     /// collect → train each kind (threshold, topk, relu; same data and budget) → eval
     #[command(
@@ -674,7 +693,7 @@ pub fn sae(cmd: SaeCommand, session: &mut Session) -> Result<()> {
                 hook,
                 collect: collect.opts(),
             };
-            run::<sae::Collect>(session, Some(model.spec()), &p, &out.out)
+            run::<sae::Collect>(session, Some(model.spec()), &p, &out)
         }
         SaeCommand::Train {
             store,
@@ -687,7 +706,7 @@ pub fn sae(cmd: SaeCommand, session: &mut Session) -> Result<()> {
                 kind,
                 train: train.opts(),
             };
-            run::<sae::Train>(session, None, &p, &out.out)
+            run::<sae::Train>(session, None, &p, &out)
         }
         SaeCommand::Eval {
             sae: dirs,
@@ -696,8 +715,12 @@ pub fn sae(cmd: SaeCommand, session: &mut Session) -> Result<()> {
             corpus,
             eval,
             out,
+            force,
         } => {
-            let out = out.unwrap_or_else(|| dirs[0].join("eval"));
+            let out = OutArg {
+                out: out.unwrap_or_else(|| dirs[0].join("eval")),
+                force,
+            };
             let p = sae::EvalArgs {
                 sae: dirs,
                 store,
@@ -726,29 +749,29 @@ pub fn sae(cmd: SaeCommand, session: &mut Session) -> Result<()> {
                 kinds,
                 sweep,
             };
-            run::<sae::Run>(session, Some(model.spec()), &p, &out.out)
+            run::<sae::Run>(session, Some(model.spec()), &p, &out)
         }
     }
 }
 
 /// Run `engram heads | cmr-fit | toy | neurons | directions`.
 pub fn heads(a: &HeadsArgs, session: &mut Session) -> Result<()> {
-    run::<Heads>(session, Some(a.model.spec()), &a.params(), &a.out.out)
+    run::<Heads>(session, Some(a.model.spec()), &a.params(), &a.out)
 }
 
 pub fn cmr_fit(a: &CmrFitArgs, session: &mut Session) -> Result<()> {
-    run::<CmrFit>(session, None, &a.params(), &a.out.out)
+    run::<CmrFit>(session, None, &a.params(), &a.out)
 }
 
 pub fn toy(a: &ToyArgs, session: &mut Session) -> Result<()> {
-    run::<Toy>(session, None, &a.params(), &a.out.out)
+    run::<Toy>(session, None, &a.params(), &a.out)
 }
 
 pub fn neurons(a: &NeuronsArgs, session: &mut Session) -> Result<()> {
-    run::<Neurons>(session, Some(a.model.spec()), &a.params(), &a.out.out)
+    run::<Neurons>(session, Some(a.model.spec()), &a.params(), &a.out)
 }
 
 pub fn directions(a: &DirectionsArgs, session: &mut Session) -> Result<()> {
     let p = a.params()?;
-    run::<Directions>(session, Some(a.model.spec()), &p, &a.out.out)
+    run::<Directions>(session, Some(a.model.spec()), &p, &a.out)
 }

@@ -245,9 +245,12 @@ pub struct CacheArgs {
     /// Keep only the last N positions of each captured tensor
     #[arg(long, value_name = "N")]
     pub last: Option<usize>,
-    /// Output directory
+    /// Output directory (written as a unit, like a probe's)
     #[arg(long, short = 'o', value_name = "DIR")]
     pub out: PathBuf,
+    /// Replace the engram run the output directory already holds
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn read_prompts(prompt: Option<String>, file: Option<PathBuf>) -> Result<Vec<String>> {
@@ -270,8 +273,10 @@ fn read_prompts(prompt: Option<String>, file: Option<PathBuf>) -> Result<Vec<Str
 }
 
 pub fn cache(a: &CacheArgs) -> Result<()> {
-    let (patterns, last, out) = (&a.hooks, a.last, a.out.as_path());
+    let (patterns, last) = (&a.hooks, a.last);
     let prompts = read_prompts(a.prompt.clone(), a.prompts.clone())?;
+    let dir = crate::report::outdir::OutDir::begin(&a.out, a.force)?;
+    let out = dir.path();
     let m = a.model.load()?;
     let filter = HookFilter::new(patterns);
     let points = filter.resolve(m.cfg().n_layers)?;
@@ -335,6 +340,7 @@ pub fn cache(a: &CacheArgs) -> Result<()> {
     crate::report::table::write_parquet(&mut df, &out.join("tokens.parquet"))?;
     manifest.add_file("tokens.parquet");
     manifest.write(out)?;
+    dir.commit()?;
     println!(
         "{} tensors ({} hook point{}, {} prompt{} × {} positions) → {}",
         tensors.len(),
@@ -343,7 +349,7 @@ pub fn cache(a: &CacheArgs) -> Result<()> {
         batch.len(),
         if batch.len() == 1 { "" } else { "s" },
         batch.seq_len,
-        path.display()
+        a.out.join("activations.safetensors").display()
     );
     Ok(())
 }

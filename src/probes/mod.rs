@@ -60,6 +60,11 @@ pub trait Probe {
     /// What `run` returns: it writes the tables and charts.
     type Report: Report;
 
+    /// The probe continues an incomplete output of its own when rerun into it (an activation
+    /// store): the command line writes its `--out` in place instead of as a unit
+    /// ([`crate::report::outdir`]).
+    const RESUMES_OUTPUT: bool = false;
+
     /// Whether these parameters need a model.
     fn model_use(_params: &Self::Params) -> ModelUse {
         ModelUse::Required

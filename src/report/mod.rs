@@ -6,6 +6,7 @@
 
 pub mod chart;
 pub mod lock;
+pub mod outdir;
 pub mod manifest;
 pub mod table;
 
@@ -90,6 +91,8 @@ where
 {
     ensure_parent(path)?;
     let tmp = temp_path_for(path)?;
+    // Removed if the process is interrupted mid-write.
+    let _guard = crate::interrupt::Guard::new(&tmp);
     let result = f(&tmp).and_then(|()| {
         if !tmp.is_file() {
             return Err(Error::msg(format!(

@@ -361,7 +361,7 @@ fn every_option_has_help_and_probe_flags_are_parameters() {
         };
         for a in c.get_arguments() {
             let id = a.get_id().as_str();
-            let skip = ["help", "version", "quiet", "json_progress", "out", "model"];
+            let skip = ["help", "version", "quiet", "json_progress", "out", "force", "model"];
             if skip.contains(&id) || engram::model::ModelSpec::KEYS.contains(&id) {
                 continue;
             }

@@ -240,6 +240,7 @@ pub struct Collect;
 
 impl Probe for Collect {
     const NAME: &'static str = "sae collect";
+    const RESUMES_OUTPUT: bool = true;
     type Params = CollectArgs;
     type Report = Written;
 
@@ -457,6 +458,7 @@ pub struct Run;
 
 impl Probe for Run {
     const NAME: &'static str = "sae run";
+    const RESUMES_OUTPUT: bool = true;
     type Params = RunArgs;
     type Report = Written;
 
