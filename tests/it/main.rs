@@ -15,6 +15,7 @@ mod heads;
 mod heads_reference;
 mod hooks;
 mod hub;
+mod interrupt;
 mod lens;
 mod neurons;
 mod parity;
