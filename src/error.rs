@@ -68,3 +68,36 @@ impl<T> Context<T> for Option<T> {
         self.ok_or_else(|| Error::Msg(f()))
     }
 }
+
+/// An error's text as the one line the binary prints: lines joined by spaces, and a backtrace
+/// (candle appends one when `RUST_BACKTRACE` is set) left out.
+pub fn one_line_message(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .take_while(|l| {
+            let t = l.trim_start();
+            !(t.starts_with("0:")
+                || t.starts_with("stack backtrace")
+                || t.starts_with("Stack backtrace"))
+        })
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join(" ")
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    use super::one_line_message;
+
+    #[test]
+    fn backtraces_are_left_out() {
+        let candle = "shape mismatch in matmul, lhs: [4, 576], rhs: [640, 2304]\n   0: candle_core::error::Error::bt\n             at /x/error.rs:245:25\n   1: candle_core::tensor::Tensor::matmul";
+        assert_eq!(
+            one_line_message(candle),
+            "shape mismatch in matmul, lhs: [4, 576], rhs: [640, 2304]"
+        );
+        assert_eq!(one_line_message("a\nb"), "a b");
+        assert_eq!(one_line_message("bad\nstack backtrace:\n   0: main"), "bad");
+    }
+}

@@ -10,7 +10,7 @@ fn main() {
     // Freed pages stay mapped (see engram::alloc).
     engram::alloc::keep_freed_pages();
     if let Err(e) = engram::cli::run(std::env::args_os()) {
-        let msg = e.to_string().replace('\n', " ");
+        let msg = engram::error::one_line_message(&e.to_string());
         eprintln!("error: {msg}");
         std::process::exit(1);
     }

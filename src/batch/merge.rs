@@ -10,8 +10,8 @@
 use std::path::Path;
 
 use super::record::{complete_manifest, BatchRecord, StepStatus};
-use super::shard::{assign, Shard};
 use super::run::{initial_record, prepare, write_root_manifest, BatchOptions};
+use super::shard::{assign, Shard};
 use super::{write_index, RUN_LOCK, SHARDS_DIR};
 use crate::report::lock::Lock;
 use crate::report::now_rfc3339;
@@ -46,7 +46,10 @@ pub fn merge_run(opts: &BatchOptions) -> Result<BatchRecord> {
     }
     let _lock = Lock::exclusive(
         &root.join(RUN_LOCK),
-        &format!("run directory {} (is a shard still running?)", root.display()),
+        &format!(
+            "run directory {} (is a shard still running?)",
+            root.display()
+        ),
     )?;
     let shards = shard_records(&root)?;
     if shards.is_empty() {

@@ -59,9 +59,9 @@ pub mod shard;
 pub mod suite;
 
 pub use html::write_index;
+pub use merge::merge_run;
 pub use plan::{plan, PlannedStep, Substitutions};
 pub use record::{complete_manifest, BatchRecord, StepRecord, StepStatus};
-pub use merge::merge_run;
 pub use run::{run_suite, BatchOptions};
 pub use shard::{Shard, ShardInfo};
 pub use suite::{load_suite, model_dir_name, parse_suite, ModelEntry, Step, Suite};

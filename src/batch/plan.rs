@@ -234,7 +234,9 @@ pub fn plan(suite: &Suite, root: &Path) -> Result<Vec<PlannedStep>> {
             for a in &step.after {
                 after.extend(
                     out.iter()
-                        .filter(|p| p.id == *a || p.id.rsplit_once('/').is_some_and(|(_, s)| s == a))
+                        .filter(|p| {
+                            p.id == *a || p.id.rsplit_once('/').is_some_and(|(_, s)| s == a)
+                        })
                         .map(|p| p.id.clone()),
                 );
             }

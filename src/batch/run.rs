@@ -11,8 +11,8 @@ use super::suite::{load_suite, Suite};
 use super::{
     one_line, safe_name, write_index, BATCH_FILE, INDEX_FILE, RUN_LOCK, SHARDS_DIR, SUITE_COPY,
 };
-use crate::report::lock::Lock;
 use crate::probes::{self, ModelUse, Session};
+use crate::report::lock::Lock;
 use crate::report::manifest::{Manifest, MANIFEST_FILE};
 use crate::report::{now_rfc3339, write_atomic};
 use crate::{Error, Result};

@@ -67,7 +67,9 @@ impl Shard {
         };
         let id = num("SLURM_ARRAY_TASK_ID", &id)?;
         let count = env("SLURM_ARRAY_TASK_COUNT").ok_or_else(|| {
-            Error::msg("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not: pass --shard I/N")
+            Error::msg(
+                "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not: pass --shard I/N",
+            )
         })?;
         let count = num("SLURM_ARRAY_TASK_COUNT", &count)?;
         let min = match env("SLURM_ARRAY_TASK_MIN") {
@@ -250,7 +252,10 @@ mod tests {
 
     #[test]
     fn shard_parses_and_rejects() {
-        assert_eq!("2/3".parse::<Shard>().unwrap(), Shard { index: 2, count: 3 });
+        assert_eq!(
+            "2/3".parse::<Shard>().unwrap(),
+            Shard { index: 2, count: 3 }
+        );
         for bad in ["0/3", "4/3", "1/0", "x/3", "3", "-1/2", ""] {
             let e = bad.parse::<Shard>().unwrap_err().to_string();
             assert!(e.contains("--shard"), "{bad}: {e}");

@@ -174,6 +174,16 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
     let m = a.model.load()?;
     let tok = m.tokenizer()?;
     let ids = prompt_ids(tok, &a.prompt, a.chat, true)?;
+    let ctx = m.cfg().max_position_embeddings;
+    if ids.len() + a.max_new > ctx {
+        crate::bail!(
+            "the prompt ({} tokens) plus -n {} new tokens exceeds the model's context ({ctx}); \
+             lower -n to at most {}",
+            ids.len(),
+            a.max_new,
+            ctx.saturating_sub(ids.len())
+        );
+    }
     let sampling = model::Sampling {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -274,12 +284,26 @@ fn read_prompts(prompt: Option<String>, file: Option<PathBuf>) -> Result<Vec<Str
 
 pub fn cache(a: &CacheArgs) -> Result<()> {
     let (patterns, last) = (&a.hooks, a.last);
+    if last == Some(0) {
+        crate::bail!("--last 0 keeps no positions; give at least 1");
+    }
+    if patterns.iter().all(|p| p.trim().is_empty()) {
+        crate::bail!(
+            "--hooks is empty; give hook names or patterns (engram info --hooks lists them)"
+        );
+    }
     let prompts = read_prompts(a.prompt.clone(), a.prompts.clone())?;
     let dir = crate::report::outdir::OutDir::begin(&a.out, a.force)?;
     let out = dir.path();
     let m = a.model.load()?;
     let filter = HookFilter::new(patterns);
     let points = filter.resolve(m.cfg().n_layers)?;
+    if points.is_empty() {
+        crate::bail!(
+            "--hooks {} matches no hook point of this model (engram info --hooks lists them)",
+            patterns.join(",")
+        );
+    }
     let batch = m.batch(&prompts)?;
     let mut manifest = Manifest::new(
         "cache",

@@ -168,6 +168,9 @@ pub struct Model {
     pub source: ResolvedSource,
     /// Seconds spent loading.
     pub load_seconds: f64,
+    /// The weight files as they were when the load opened them (size, mtime, inode): the
+    /// manifest's sha256 is refused if they changed since ([`record`]).
+    pub weight_stamps: Vec<record::FileStamp>,
 }
 
 impl Deref for Model {
@@ -189,6 +192,8 @@ impl Model {
         if let Some(t) = &opts.tokenizer {
             source.tokenizer = Some(t.clone());
         }
+        // Before anything is opened: a file replaced during the load then fails the hash.
+        let weight_stamps = record::stamps(&source.path);
         // The tokenizer is built on one thread while the weights load (dequantize) on the others.
         let (transformer, tokenizer) = match source.kind {
             SourceKind::Gguf => {
@@ -225,6 +230,7 @@ impl Model {
             tokenizer,
             source,
             load_seconds: t0.elapsed().as_secs_f64(),
+            weight_stamps,
         })
     }
 
@@ -234,7 +240,9 @@ impl Model {
         tokenizer: Option<Tokenizer>,
         source: ResolvedSource,
     ) -> Model {
+        let weight_stamps = record::stamps(&source.path);
         Model {
+            weight_stamps,
             transformer,
             tokenizer,
             source,

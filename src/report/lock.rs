@@ -106,7 +106,10 @@ mod tests {
         let p = dir.path().join(".lock");
         let a = Lock::exclusive(&p, "run x").unwrap();
         let e = Lock::exclusive(&p, "run x").unwrap_err().to_string();
-        assert!(e.starts_with("run x is in use by another engram process (pid "), "{e}");
+        assert!(
+            e.starts_with("run x is in use by another engram process (pid "),
+            "{e}"
+        );
         assert!(Lock::shared(&p, "run x").is_err());
         drop(a);
         let s1 = Lock::shared(&p, "run x").unwrap();

@@ -6,8 +6,8 @@
 
 pub mod chart;
 pub mod lock;
-pub mod outdir;
 pub mod manifest;
+pub mod outdir;
 pub mod table;
 
 pub use chart::{BarChart, Colormap, Heatmap, Histogram, LineChart, Scatter, Series};

@@ -207,7 +207,10 @@ fn suite_errors_are_one_line() {
     )
     .unwrap();
     let e = batch::plan(&s, Path::new("r")).unwrap_err().to_string();
-    assert!(e.contains("step `b/lens` runs after `heads`, which does not run on model `b`"), "{e}");
+    assert!(
+        e.contains("step `b/lens` runs after `heads`, which does not run on model `b`"),
+        "{e}"
+    );
     // Parameters: `-` → `_`, model keys apart, substitutions; the equivalent command line.
     let s = batch::parse_suite(
         "name = \"x\"\nmodels = [{ name = \"m\", model = \"dir/m1\" }]\nmodel_args = { dtype = \"bf16\" }\n[[step]]\nprobe = \"sae run\"\nargs = { no-chat = true, skip = false, kinds = [\"topk\", \"relu\"], tag = \"{model}-{model_spec}\" }\n",

@@ -82,7 +82,123 @@ fn absurd_sizes_give_one_line_errors_not_panics() {
     // Toy sizes that would be OOM-killed are refused up front.
     assert_one_line_error(&["toy", "--seq-len", "5000", "-o", o], "needs about");
     assert_one_line_error(&["toy", "--vocab", "100000000", "-o", o], "needs about");
-    assert!(!out.join("manifest.json").exists());
+    // Sizes that gave empty or degenerate outputs with rc 0.
+    let m = fixture_dir("llama2");
+    let m = m.to_str().unwrap();
+    let (_tok_dir, _, tok, _) = super::common::cli_fixture("llama2");
+    let tok = tok.as_str();
+    for (args, needle) in [
+        (
+            vec![
+                "sae",
+                "collect",
+                "-m",
+                m,
+                "--hook",
+                "blocks.0.hook_resid_post",
+                "--tokens",
+                "0",
+            ],
+            "--tokens must be at least 1",
+        ),
+        (
+            vec![
+                "sae",
+                "collect",
+                "-m",
+                m,
+                "--hook",
+                "blocks.0.hook_resid_post",
+                "--shard-size",
+                "0",
+            ],
+            "--shard-size must be at least 1",
+        ),
+        (
+            vec![
+                "sae",
+                "collect",
+                "-m",
+                m,
+                "--hook",
+                "blocks.0.hook_resid_post",
+                "--tokens",
+                "100000",
+                "--shard-size",
+                "2",
+            ],
+            "would write 50000 shards",
+        ),
+        (
+            vec!["neurons", "-m", m, "--eval-per-relation", "0"],
+            "--eval-per-relation must be at least 1",
+        ),
+        (
+            vec![
+                "cache",
+                "-m",
+                m,
+                "--tokenizer",
+                tok,
+                "-p",
+                "ab",
+                "--hooks",
+                "blocks.0.hook_resid_post",
+                "--last",
+                "0",
+            ],
+            "--last 0 keeps no positions",
+        ),
+        (
+            vec![
+                "cache",
+                "-m",
+                m,
+                "--tokenizer",
+                tok,
+                "-p",
+                "ab",
+                "--hooks",
+                "",
+            ],
+            "--hooks is empty",
+        ),
+        (
+            vec![
+                "cache",
+                "-m",
+                m,
+                "--tokenizer",
+                tok,
+                "-p",
+                "ab",
+                "--hooks",
+                "blocks.99.hook_resid_post",
+            ],
+            "layer 99 is out of range",
+        ),
+    ] {
+        let mut a = args.clone();
+        a.extend(["-o", o]);
+        assert_one_line_error(&a, needle);
+    }
+    assert!(!out.exists(), "a refused command wrote {}", out.display());
+    // Generation past the context is an error, not a silent truncation (fixture context 64).
+    let long = "x".repeat(60);
+    assert_one_line_error(
+        &[
+            "generate",
+            "-m",
+            m,
+            "--tokenizer",
+            tok,
+            "-p",
+            &long,
+            "-n",
+            "20",
+        ],
+        "exceeds the model's context (64)",
+    );
 }
 
 #[test]
@@ -361,7 +477,15 @@ fn every_option_has_help_and_probe_flags_are_parameters() {
         };
         for a in c.get_arguments() {
             let id = a.get_id().as_str();
-            let skip = ["help", "version", "quiet", "json_progress", "out", "force", "model"];
+            let skip = [
+                "help",
+                "version",
+                "quiet",
+                "json_progress",
+                "out",
+                "force",
+                "model",
+            ];
             if skip.contains(&id) || engram::model::ModelSpec::KEYS.contains(&id) {
                 continue;
             }

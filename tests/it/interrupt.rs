@@ -49,11 +49,18 @@ fn interrupt(mut child: Child, path: &Path, signal: &str) -> Option<i32> {
             "the command ended before {} appeared",
             path.display()
         );
-        assert!(t0.elapsed() < Duration::from_secs(60), "{} never appeared", path.display());
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert!(child.try_wait().unwrap().is_none(), "finished before the signal");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "finished before the signal"
+    );
     let ok = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
@@ -86,16 +93,25 @@ fn heads_out_is_a_unit_refused_locked_and_cleaned_on_sigint() {
     let s = heads_cmd(&m, &tok, &out, 2).output().unwrap();
     let err = String::from_utf8_lossy(&s.stderr);
     assert_eq!(s.status.code(), Some(1));
-    assert!(err.contains("already holds a finished `heads` run") && err.contains("--force"), "{err}");
+    assert!(
+        err.contains("already holds a finished `heads` run") && err.contains("--force"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), manifest);
 
     // Another process holds the directory: refused, naming it.
     let parent = out.parent().unwrap();
     let lock = Lock::exclusive(&parent.join(".out.lock"), "test").unwrap();
-    let s = heads_cmd(&m, &tok, &out, 2).arg("--force").output().unwrap();
+    let s = heads_cmd(&m, &tok, &out, 2)
+        .arg("--force")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&s.stderr);
-    assert!(!s.status.success() && err.contains("is in use by another engram process"), "{err}");
+    assert!(
+        !s.status.success() && err.contains("is in use by another engram process"),
+        "{err}"
+    );
     drop(lock);
 
     // A forced rerun interrupted by SIGINT: the old run intact, nothing partial left.
@@ -114,15 +130,34 @@ fn heads_out_is_a_unit_refused_locked_and_cleaned_on_sigint() {
 
     // A forced rerun that fails (bad CMR table) leaves the old run intact too.
     let s = engram()
-        .args(["heads", "-m", &m, "--tokenizer", &tok, "--seq-len", "30", "--batch", "2"])
-        .args(["--cmr-table", tok.as_str(), "--force", "--out", out.to_str().unwrap()])
+        .args([
+            "heads",
+            "-m",
+            &m,
+            "--tokenizer",
+            &tok,
+            "--seq-len",
+            "30",
+            "--batch",
+            "2",
+        ])
+        .args([
+            "--cmr-table",
+            tok.as_str(),
+            "--force",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!s.status.success());
     assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), manifest);
 
     // A forced rerun that succeeds replaces the run whole: the old ablation files are gone.
-    let s = heads_cmd(&m, &tok, &out, 2).arg("--force").output().unwrap();
+    let s = heads_cmd(&m, &tok, &out, 2)
+        .arg("--force")
+        .output()
+        .unwrap();
     assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
     assert!(!out.join("ablation.parquet").exists());
     assert!(out.join("heads.parquet").is_file());
@@ -134,9 +169,15 @@ fn heads_out_is_a_unit_refused_locked_and_cleaned_on_sigint() {
     let mine = tmp.path().join("mine");
     std::fs::create_dir_all(&mine).unwrap();
     std::fs::write(mine.join("notes.txt"), b"keep").unwrap();
-    let s = heads_cmd(&m, &tok, &mine, 2).arg("--force").output().unwrap();
+    let s = heads_cmd(&m, &tok, &mine, 2)
+        .arg("--force")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&s.stderr);
-    assert!(!s.status.success() && err.contains("is not an engram run"), "{err}");
+    assert!(
+        !s.status.success() && err.contains("is not an engram run"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(mine.join("notes.txt")).unwrap(), b"keep");
 }
 
@@ -149,7 +190,12 @@ fn cache_interrupted_by_sigterm_leaves_nothing() {
     let child = engram()
         .args(["cache", "-m", &m, "--tokenizer", &tok])
         .args(["--prompts", prompts.to_str().unwrap()])
-        .args(["--hooks", "blocks.*.hook_resid_post", "--out", out.to_str().unwrap()])
+        .args([
+            "--hooks",
+            "blocks.*.hook_resid_post",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -64,7 +64,13 @@ fn three_shards_side_by_side_merge_into_the_single_process_run() {
     // Before the merge there is no run-level record or page.
     assert!(!sharded.join("batch.json").exists());
     assert!(!sharded.join("index.html").exists());
-    let out = run_ok(&["batch", SUITE, "--out", sharded.to_str().unwrap(), "--merge"]);
+    let out = run_ok(&[
+        "batch",
+        SUITE,
+        "--out",
+        sharded.to_str().unwrap(),
+        "--merge",
+    ]);
     assert!(out.contains("10 ok"), "{out}");
 
     // Every step ran once: in exactly one shard record, as `ok`, in the shard the plan gives.
@@ -115,8 +121,18 @@ fn three_shards_side_by_side_merge_into_the_single_process_run() {
     }
 
     // A rerun of a shard skips its finished steps.
-    let out = run_ok(&["batch", SUITE, "--out", sharded.to_str().unwrap(), "--shard", "2/3"]);
-    assert!(out.contains(" 0 ok, ") && !out.contains(" 0 skipped"), "{out}");
+    let out = run_ok(&[
+        "batch",
+        SUITE,
+        "--out",
+        sharded.to_str().unwrap(),
+        "--shard",
+        "2/3",
+    ]);
+    assert!(
+        out.contains(" 0 ok, ") && !out.contains(" 0 skipped"),
+        "{out}"
+    );
     let mut partial = vec![];
     partial_dirs(&sharded, &mut partial);
     assert!(partial.is_empty(), "{partial:?}");
@@ -152,7 +168,10 @@ fn slurm_array_environment_chooses_the_shard() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("shard 2/3 (from SLURM_ARRAY_TASK_ID"));
     // A bad shard is one line, before anything is written.
     for (args, msg) in [
-        (vec!["--shard", "4/3"], "--shard 4/3: the index counts from 1"),
+        (
+            vec!["--shard", "4/3"],
+            "--shard 4/3: the index counts from 1",
+        ),
         (vec!["--shard", "two"], "--shard two: expected I/N"),
     ] {
         let out = engram()
@@ -243,11 +262,18 @@ fn merge_names_steps_no_shard_finished_and_dependents_of_failures_fail() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("not run by any shard") && err.contains("(shard 2/2)"), "{err}");
+    assert!(
+        err.contains("not run by any shard") && err.contains("(shard 2/2)"),
+        "{err}"
+    );
     let merged = BatchRecord::read(&run.join("batch.json")).unwrap();
     let assignment = batch::shard::assign(&suite_steps(), 2);
     for (s, of) in merged.steps.iter().zip(assignment) {
-        let want = if of == 1 { StepStatus::Ok } else { StepStatus::Pending };
+        let want = if of == 1 {
+            StepStatus::Ok
+        } else {
+            StepStatus::Pending
+        };
         assert_eq!(s.status, want, "{s:?}");
     }
     assert!(check_links(&run) > 10);
@@ -261,7 +287,12 @@ fn merge_names_steps_no_shard_finished_and_dependents_of_failures_fail() {
     std::fs::write(&suite, text).unwrap();
     let run2 = tmp2.path().join("run");
     let out = engram()
-        .args(["batch", suite.to_str().unwrap(), "--out", run2.to_str().unwrap()])
+        .args([
+            "batch",
+            suite.to_str().unwrap(),
+            "--out",
+            run2.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

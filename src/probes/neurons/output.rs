@@ -506,6 +506,11 @@ impl Probe for Neurons {
         if p.batch_size == 0 || p.max_new_tokens == 0 || p.neg_ratio == 0 {
             crate::bail!("--batch-size, --max-new-tokens and --neg-ratio must be at least 1");
         }
+        if p.eval_per_relation == 0 {
+            crate::bail!(
+                "--eval-per-relation must be at least 1 (the ablation drops are measured on them)"
+            );
+        }
         if let Some(f) = p.k_multiples.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
             crate::bail!("--k-multiples must be positive numbers, got {f}");
         }

@@ -51,6 +51,34 @@ impl Default for CollectOpts {
 }
 
 impl CollectOpts {
+    /// Sizes that would give an empty or degenerate store.
+    pub fn check(&self) -> Result<()> {
+        for (flag, v) in [
+            ("--tokens", self.tokens),
+            ("--shard-size", self.shard_size),
+            ("--shards-per-round", self.shards_per_round),
+            ("--forward-batch", self.forward_batch),
+        ] {
+            if v == 0 {
+                crate::bail!("{flag} must be at least 1");
+            }
+        }
+        if self.context < 2 {
+            crate::bail!(
+                "--context must be at least 2 (BOS and one token), got {}",
+                self.context
+            );
+        }
+        if self.shard_size < 64 && self.tokens > 64 * self.shard_size {
+            crate::bail!(
+                "--shard-size {} would write {} shards; give at least 64 activations per shard",
+                self.shard_size,
+                self.tokens.div_ceil(self.shard_size)
+            );
+        }
+        Ok(())
+    }
+
     pub fn params(&self, hook: String) -> CollectParams {
         CollectParams {
             hook,
@@ -252,6 +280,7 @@ impl Probe for Collect {
         if p.hook.trim().is_empty() {
             crate::bail!("sae collect: give --hook (e.g. blocks.15.hook_resid_post)");
         }
+        p.collect.check()?;
         crate::data::require_file(&p.collect.corpus, "corpus")?;
         Ok(())
     }
@@ -474,6 +503,7 @@ impl Probe for Run {
             crate::bail!("sae run: --kinds is empty");
         }
         p.train.check()?;
+        p.collect.check()?;
         if p.sweep.is_empty() || p.sweep.iter().any(|&s| !(s.is_finite() && s > 0.0)) {
             crate::bail!("--sweep needs positive multipliers, got {:?}", p.sweep);
         }
