@@ -129,7 +129,7 @@ mod tests {
         assert!(!pending().contains(&f));
         assert!(pending().contains(&a));
         // (Not remove_pending: other tests' writes are registered too.)
-        let removed = remove_paths(&[a.clone()]);
+        let removed = remove_paths(std::slice::from_ref(&a));
         assert!(removed.contains(&a) && !a.exists());
         assert!(f.exists(), "an unregistered file stays");
         drop(ga);
