@@ -101,3 +101,41 @@ mod one_line_tests {
         assert_eq!(one_line_message("bad\nstack backtrace:\n   0: main"), "bad");
     }
 }
+
+thread_local! {
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f`, turning a panic inside it into `Err(message)` without the panic being printed: for
+/// calls into libraries that panic on malformed input (the `tokenizers` crate's decoder
+/// deserialisation `expect`s). Panics elsewhere print as before.
+pub fn catch_quiet<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let was = QUIET_PANICS.with(|q| q.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(was));
+    r.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".to_string())
+    })
+}
+
+#[cfg(test)]
+mod catch_tests {
+    #[test]
+    fn panics_become_errors() {
+        assert_eq!(super::catch_quiet(|| 3), Ok(3));
+        let e = super::catch_quiet(|| -> u8 { panic!("bad {}", 1) }).unwrap_err();
+        assert_eq!(e, "bad 1");
+    }
+}

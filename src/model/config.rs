@@ -668,6 +668,18 @@ impl ModelConfig {
                 self.vocab_size, self.d_mlp
             )));
         }
+        for (what, v, max) in [
+            ("vocabulary size", self.vocab_size, MAX_VOCAB),
+            ("MLP width", self.d_mlp, MAX_WIDTH),
+            ("kv heads", self.n_kv_heads, MAX_HEADS),
+            ("context length", self.max_position_embeddings, MAX_CONTEXT),
+        ] {
+            if v > max {
+                return Err(Error::msg(format!(
+                    "config: {what} {v} is beyond any real model (at most {max}): a corrupt config?"
+                )));
+            }
+        }
         if self.n_heads == 0
             || self.n_kv_heads == 0
             || !self.n_heads.is_multiple_of(self.n_kv_heads)
@@ -756,8 +768,28 @@ pub(crate) fn check_dims(
             "hidden size {d_model} is not a multiple of {n_heads} attention heads (and no head dim is given)"
         ));
     }
+    for (what, v, max) in [
+        ("layers", n_layers, MAX_LAYERS),
+        ("attention heads", n_heads, MAX_HEADS),
+        ("hidden size", d_model, MAX_WIDTH),
+        ("head dim", d_head.unwrap_or(0), MAX_WIDTH),
+    ] {
+        if v > max {
+            return bad(format!(
+                "{v} {what} is beyond any real model (at most {max}): a corrupt config?"
+            ));
+        }
+    }
     Ok(())
 }
+
+/// Sizes beyond any real model: a config asking for more is corrupt, and is refused before
+/// anything per layer, head or position is allocated.
+pub const MAX_LAYERS: usize = 1 << 12;
+pub const MAX_HEADS: usize = 1 << 12;
+pub const MAX_WIDTH: usize = 1 << 20;
+pub const MAX_VOCAB: usize = 1 << 24;
+pub const MAX_CONTEXT: usize = 1 << 24;
 
 #[cfg(test)]
 mod tests;

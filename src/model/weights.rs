@@ -15,7 +15,7 @@ use crate::{Context, Error, Result};
 
 mod gguf;
 
-pub use gguf::{config_from_gguf, unpermute_rows, GgufWeights};
+pub use gguf::{config_from_gguf, read_content, unpermute_rows, GgufWeights};
 
 /// A source of named tensors (Hugging Face names, e.g. `model.layers.0.self_attn.q_proj.weight`).
 pub trait WeightSource: Send + Sync {

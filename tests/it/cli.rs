@@ -183,6 +183,34 @@ fn absurd_sizes_give_one_line_errors_not_panics() {
         assert_one_line_error(&a, needle);
     }
     assert!(!out.exists(), "a refused command wrote {}", out.display());
+    // Found by examples/fuzz.rs (docs/reliability.md), kept as regressions:
+    // a layer count beyond any model (was a 1e11-element allocation, an abort);
+    let huge = d.join("huge-layers");
+    std::fs::create_dir_all(&huge).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir("llama").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["num_hidden_layers"] = 99_999_999_999u64.into();
+    std::fs::write(huge.join("config.json"), cfg.to_string()).unwrap();
+    assert_one_line_error(&["info", "--model", huge.to_str().unwrap()], "beyond any real model");
+    // a tokenizer.json whose decoder makes the tokenizers crate panic;
+    let badtok = d.join("badtok");
+    std::fs::create_dir_all(&badtok).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture_dir("llama").join(f), badtok.join(f)).unwrap();
+    }
+    std::fs::copy(
+        fixture_dir("fuzz").join("tokenizer_decoder_panic.json"),
+        badtok.join("tokenizer.json"),
+    )
+    .unwrap();
+    assert_one_line_error(&["info", "--model", badtok.to_str().unwrap()], "malformed tokenizer");
+    // a GGUF whose last tensor starts inside the file but ends past it.
+    let gguf = std::fs::read(fixture_dir("qwen3").join("model.gguf")).unwrap();
+    let cut = d.join("cut.gguf");
+    std::fs::write(&cut, &gguf[..gguf.len() - 100]).unwrap();
+    assert_one_line_error(&["info", "--model", cut.to_str().unwrap()], "runs past the end");
     // Generation past the context is an error, not a silent truncation (fixture context 64).
     let long = "x".repeat(60);
     assert_one_line_error(

@@ -130,7 +130,14 @@ impl Tokenizer {
     /// Load the tokenizer file `tok_path` (any name), reading the configs named in
     /// [`Tokenizer::from_hf_dir`] from `dir`.
     pub fn from_hf_files(tok_path: &Path, dir: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(tok_path)
+        // The tokenizers crate panics on some malformed decoders: an error here instead.
+        let inner = crate::error::catch_quiet(|| tokenizers::Tokenizer::from_file(tok_path))
+            .map_err(|p| {
+                Error::msg(format!(
+                    "loading {}: malformed tokenizer ({p})",
+                    tok_path.display()
+                ))
+            })?
             .ctx(|| format!("loading {}", tok_path.display()))?;
         let config = read_json_opt(&dir.join("tokenizer_config.json"))?;
         let gen_config = read_json_opt(&dir.join("generation_config.json"))?;

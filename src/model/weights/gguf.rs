@@ -32,6 +32,51 @@ enum Fix {
     Transpose,
 }
 
+/// Read a GGUF header (metadata + tensor table) from `r`, a file of `len` bytes, and check every
+/// tensor's data against the file's end with overflow-checked arithmetic (a tensor whose
+/// declared size runs past the end is an error here, before anything is allocated for it).
+pub fn read_content<R: std::io::Read + std::io::Seek>(
+    r: &mut R,
+    len: u64,
+) -> Result<gguf_file::Content> {
+    let content = gguf_file::Content::read(r)
+        .map_err(|e| Error::msg(format!("not a readable GGUF file: {e}")))?;
+    for (name, info) in &content.tensor_infos {
+        let (block, bytes) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
+        let elems = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        let size = elems.and_then(|n| {
+            if block == 0 || n % block as u64 != 0 {
+                None
+            } else {
+                (n / block as u64).checked_mul(bytes as u64)
+            }
+        });
+        let Some(size) = size else {
+            crate::bail!(
+                "tensor `{name}` has an impossible shape {:?} for {:?}",
+                info.shape.dims(),
+                info.ggml_dtype
+            );
+        };
+        let end = content
+            .tensor_data_offset
+            .checked_add(info.offset)
+            .and_then(|s| s.checked_add(size));
+        match end {
+            Some(end) if end <= len => {}
+            _ => crate::bail!(
+                "truncated GGUF file (tensor `{name}` of {size} bytes at offset {} runs past the end, {len} bytes)",
+                info.offset
+            ),
+        }
+    }
+    Ok(content)
+}
+
 /// A GGUF file: metadata + lazily dequantized tensors.
 pub struct GgufWeights {
     pub path: PathBuf,
@@ -44,20 +89,9 @@ pub struct GgufWeights {
 impl GgufWeights {
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| {
-            Error::msg(format!("{}: not a readable GGUF file: {e}", path.display()))
-        })?;
-        // A truncated file has tensor data offsets past its end.
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        for (name, info) in &content.tensor_infos {
-            let end = content.tensor_data_offset + info.offset;
-            if end > len {
-                crate::bail!(
-                    "{}: truncated GGUF file (tensor `{name}` starts past the end)",
-                    path.display()
-                );
-            }
-        }
+        let content = read_content(&mut file, len)
+            .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
         let cfg = config_from_gguf(&content)?;
         let map = gguf_name_map(&cfg, &content);
         Ok(GgufWeights {
