@@ -235,12 +235,18 @@ fn glob(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 fn real_gguf_headers() -> Vec<Vec<u8>> {
     let dir = std::env::var_os("ENGRAM_MODELS")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/engram/models")));
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/engram/models"))
+        });
     let Some(dir) = dir else { return vec![] };
     let mut out = vec![];
     for p in glob(&dir, ".gguf") {
-        let Ok(mut f) = std::fs::File::open(&p) else { continue };
-        let Ok(c) = candle_core::quantized::gguf_file::Content::read(&mut f) else { continue };
+        let Ok(mut f) = std::fs::File::open(&p) else {
+            continue;
+        };
+        let Ok(c) = candle_core::quantized::gguf_file::Content::read(&mut f) else {
+            continue;
+        };
         let n = c.tensor_data_offset as usize;
         if n < (64 << 20) {
             if let Ok(bytes) = std::fs::read(&p).map(|b| b[..n.min(b.len())].to_vec()) {
@@ -271,7 +277,11 @@ fn targets(root: &Path, work: &Path) -> Vec<Target> {
         let dir = work.join(format!("tok-seed-{i}"));
         if let Ok(t) = tok {
             if t.save_hf_dir(&dir).is_ok() {
-                tokenizers.extend(read_all([dir.join("tokenizer.json")]).into_iter().filter_map(small_tokenizer));
+                tokenizers.extend(
+                    read_all([dir.join("tokenizer.json")])
+                        .into_iter()
+                        .filter_map(small_tokenizer),
+                );
             }
         }
     }
@@ -290,7 +300,11 @@ fn targets(root: &Path, work: &Path) -> Vec<Target> {
     let st_seeds = read_all(st_fixtures.iter().map(|d| d.join("model.safetensors")));
     // One config for all safetensors seeds: the llama fixture's, so other seeds exercise the
     // shape checks.
-    std::fs::copy(st_fixtures[0].join("config.json"), st_dir.join("config.json")).unwrap();
+    std::fs::copy(
+        st_fixtures[0].join("config.json"),
+        st_dir.join("config.json"),
+    )
+    .unwrap();
     let sae_src = fixtures.join("saelens_jumprelu");
     let sae_seeds = read_all([sae_src.join("cfg.json")]);
     if let Ok(w) = std::fs::read(sae_src.join("sae_weights.safetensors")) {
@@ -345,8 +359,8 @@ fn targets(root: &Path, work: &Path) -> Vec<Target> {
             hot: 1 << 20,
             seeds: configs,
             run: Box::new(|b| {
-                let v: serde_json::Value = serde_json::from_slice(b)
-                    .map_err(|e| engram::Error::msg(e.to_string()))?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(b).map_err(|e| engram::Error::msg(e.to_string()))?;
                 engram::model::ModelConfig::from_hf_json(&v).map(|_| ())
             }),
         },
@@ -402,16 +416,23 @@ fn small_tokenizer(json: Vec<u8>) -> Option<Vec<u8>> {
         merges.retain(|m| {
             let parts: Vec<String> = match m {
                 serde_json::Value::String(s) => s.split(' ').map(String::from).collect(),
-                serde_json::Value::Array(a) => {
-                    a.iter().filter_map(|x| x.as_str().map(String::from)).collect()
-                }
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect(),
                 _ => vec![],
             };
-            parts.len() == 2 && parts.iter().all(|p| kept.contains(p)) && kept.contains(&parts.concat())
+            parts.len() == 2
+                && parts.iter().all(|p| kept.contains(p))
+                && kept.contains(&parts.concat())
         });
     }
     if let Some(added) = v.get_mut("added_tokens").and_then(|a| a.as_array_mut()) {
-        added.retain(|t| t.get("id").and_then(|i| i.as_u64()).is_some_and(|i| i < KEEP));
+        added.retain(|t| {
+            t.get("id")
+                .and_then(|i| i.as_u64())
+                .is_some_and(|i| i < KEEP)
+        });
     }
     serde_json::to_vec_pretty(&v).ok()
 }
@@ -469,7 +490,10 @@ fn main() {
     let name = args.first().map(String::as_str).unwrap_or("");
     let Some(t) = all.iter().find(|t| t.name == name) else {
         let names: Vec<&str> = all.iter().map(|t| t.name).collect();
-        eprintln!("usage: fuzz TARGET [--runs N] [--seconds S] [--seed K]; targets: {}", names.join(", "));
+        eprintln!(
+            "usage: fuzz TARGET [--runs N] [--seconds S] [--seed K]; targets: {}",
+            names.join(", ")
+        );
         std::process::exit(2);
     };
     let runs: u64 = arg(&args, "--runs", 1_000_000);

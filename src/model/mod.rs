@@ -199,6 +199,7 @@ impl Model {
             SourceKind::Gguf => {
                 let w = weights::GgufWeights::open(&source.path)?;
                 let cfg = w.config()?;
+                weights::check_fits(&w, opts.dtype, &source.path.display().to_string())?;
                 let (t, tok) = rayon::join(
                     || Transformer::load(&w, cfg, opts.dtype, &opts.device),
                     || load_tokenizer(&source, Some(&w.content)),
@@ -214,6 +215,7 @@ impl Model {
                 let cfg = ModelConfig::from_hf_json(&v)
                     .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
                 let w = weights::SafetensorsWeights::open_dir(&source.path)?;
+                weights::check_fits(&w, opts.dtype, &source.path.display().to_string())?;
                 let (t, tok) = rayon::join(
                     || Transformer::load(&w, cfg, opts.dtype, &opts.device),
                     || load_tokenizer(&source, None),

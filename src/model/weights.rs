@@ -28,6 +28,36 @@ pub trait WeightSource: Send + Sync {
     fn parallel_load(&self) -> bool {
         false
     }
+    /// The number of weight elements the file declares (from its headers, before anything is
+    /// read), for the memory check of [`check_fits`]; `None` when unknown.
+    fn element_count(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// An error before the load if the weights, at `dtype`, need more memory than the machine has
+/// available now (`MemAvailable`): a clear message instead of an OOM kill.
+pub fn check_fits(src: &dyn WeightSource, dtype: DType, what: &str) -> Result<()> {
+    let Some(n) = src.element_count() else {
+        return Ok(());
+    };
+    let need = n.saturating_mul(dtype.size_in_bytes() as u64);
+    let have = crate::alloc::available_memory_bytes();
+    if need > have {
+        let gb = |b: u64| b as f64 / 1e9;
+        crate::bail!(
+            "{what}: {n} weights need {:.1} GB in {dtype:?}, more than the {:.1} GB of memory \
+             available{}",
+            gb(need),
+            gb(have),
+            if dtype == DType::F32 {
+                " (--dtype bf16 halves it)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }
 
 /// Load every tensor of `src` as f32 in parallel (rayon) into memory.
@@ -175,6 +205,15 @@ impl WeightSource for SafetensorsWeights {
     }
     fn names(&self) -> Vec<String> {
         self.names.clone()
+    }
+    fn element_count(&self) -> Option<u64> {
+        Some(
+            self.st
+                .tensors()
+                .iter()
+                .map(|(_, v)| v.shape().iter().map(|&d| d as u64).product::<u64>())
+                .sum(),
+        )
     }
 }
 

@@ -193,7 +193,10 @@ fn absurd_sizes_give_one_line_errors_not_panics() {
     .unwrap();
     cfg["num_hidden_layers"] = 99_999_999_999u64.into();
     std::fs::write(huge.join("config.json"), cfg.to_string()).unwrap();
-    assert_one_line_error(&["info", "--model", huge.to_str().unwrap()], "beyond any real model");
+    assert_one_line_error(
+        &["info", "--model", huge.to_str().unwrap()],
+        "beyond any real model",
+    );
     // a tokenizer.json whose decoder makes the tokenizers crate panic;
     let badtok = d.join("badtok");
     std::fs::create_dir_all(&badtok).unwrap();
@@ -205,12 +208,42 @@ fn absurd_sizes_give_one_line_errors_not_panics() {
         badtok.join("tokenizer.json"),
     )
     .unwrap();
-    assert_one_line_error(&["info", "--model", badtok.to_str().unwrap()], "malformed tokenizer");
+    assert_one_line_error(
+        &["info", "--model", badtok.to_str().unwrap()],
+        "malformed tokenizer",
+    );
     // a GGUF whose last tensor starts inside the file but ends past it.
     let gguf = std::fs::read(fixture_dir("qwen3").join("model.gguf")).unwrap();
     let cut = d.join("cut.gguf");
     std::fs::write(&cut, &gguf[..gguf.len() - 100]).unwrap();
-    assert_one_line_error(&["info", "--model", cut.to_str().unwrap()], "runs past the end");
+    assert_one_line_error(
+        &["info", "--model", cut.to_str().unwrap()],
+        "runs past the end",
+    );
+    // Weights that cannot fit in memory are refused from the headers, before any allocation:
+    // a (sparse) 1 TB safetensors file whose header declares one 2^38-element f32 tensor.
+    let big = d.join("terabyte");
+    std::fs::create_dir_all(&big).unwrap();
+    std::fs::copy(
+        fixture_dir("llama").join("config.json"),
+        big.join("config.json"),
+    )
+    .unwrap();
+    let bytes: u64 = 1 << 40;
+    let header = format!(
+        r#"{{"model.embed_tokens.weight":{{"dtype":"F32","shape":[262144,1048576],"data_offsets":[0,{bytes}]}}}}"#
+    );
+    let mut h = header.into_bytes();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut f = std::fs::File::create(big.join("model.safetensors")).unwrap();
+    std::io::Write::write_all(&mut f, &(h.len() as u64).to_le_bytes()).unwrap();
+    std::io::Write::write_all(&mut f, &h).unwrap();
+    if f.set_len(8 + h.len() as u64 + bytes).is_ok() {
+        drop(f);
+        assert_one_line_error(&["info", "--model", big.to_str().unwrap()], "more than the");
+    }
     // Generation past the context is an error, not a silent truncation (fixture context 64).
     let long = "x".repeat(60);
     assert_one_line_error(

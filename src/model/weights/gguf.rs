@@ -202,6 +202,15 @@ impl WeightSource for GgufWeights {
     fn parallel_load(&self) -> bool {
         true
     }
+    fn element_count(&self) -> Option<u64> {
+        Some(
+            self.content
+                .tensor_infos
+                .values()
+                .map(|t| t.shape.elem_count() as u64)
+                .sum(),
+        )
+    }
     fn names(&self) -> Vec<String> {
         self.map.keys().cloned().collect()
     }
