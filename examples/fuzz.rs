@@ -1,6 +1,7 @@
 //! A structured mutation fuzzer for every parser engram runs on other people's files:
 //!
 //!     cargo run --release --example fuzz -- TARGET [--runs N] [--seconds S] [--seed K]
+//!     cargo run --release --example fuzz -- TARGET --replay FILE   # one saved input
 //!     scripts/fuzz.sh [SECONDS]          # every target, one after another, with a summary
 //!
 //! Targets (seeds from the repository's real files; `gguf-real` and `tokenizer-json` need
@@ -496,6 +497,12 @@ fn main() {
         );
         std::process::exit(2);
     };
+    // `--replay FILE`: run one saved input, panics printed with their location.
+    if let Some(i) = args.iter().position(|a| a == "--replay") {
+        let input = std::fs::read(&args[i + 1]).expect("--replay FILE");
+        println!("{:?}", (t.run)(&input).map_err(|e| e.to_string()));
+        return;
+    }
     let runs: u64 = arg(&args, "--runs", 1_000_000);
     let seconds: f64 = arg(&args, "--seconds", 60.0);
     let seed: u64 = arg(&args, "--seed", 1);

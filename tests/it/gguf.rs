@@ -50,3 +50,21 @@ fn gguf_families_match_their_safetensors_twins() {
         assert!(e <= 1e-4, "{name}: GGUF logits max abs error {e}");
     }
 }
+
+/// Found by examples/fuzz.rs: a GGUF without a vocab size whose `token_embd.weight` has no
+/// dimensions made the config derivation index an empty shape (a panic): now an error.
+#[test]
+fn scalar_token_embedding_without_vocab_size_is_an_error() {
+    use candle_core::quantized::gguf_file;
+    let path = fixture_dir("gpt2").join("model.gguf");
+    let mut f = std::fs::File::open(&path).unwrap();
+    let mut ct = gguf_file::Content::read(&mut f).unwrap();
+    assert!(engram::model::weights::config_from_gguf(&ct).is_ok());
+    ct.metadata.retain(|k, _| !k.ends_with(".vocab_size"));
+    let info = ct.tensor_infos.get_mut("token_embd.weight").unwrap();
+    info.shape = candle_core::Shape::from(());
+    let e = engram::model::weights::config_from_gguf(&ct)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("token_embd.weight"), "{e}");
+}

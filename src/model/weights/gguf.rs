@@ -286,8 +286,10 @@ pub fn config_from_gguf(ct: &gguf_file::Content) -> Result<ModelConfig> {
         None => ct
             .tensor_infos
             .get("token_embd.weight")
-            .map(|t| t.shape.dims()[0])
-            .ok_or_else(|| Error::msg("GGUF: no vocab size and no token_embd.weight"))?,
+            .and_then(|t| t.shape.dims().first().copied())
+            .ok_or_else(|| {
+                Error::msg("GGUF: no vocab size and no token_embd.weight with a shape")
+            })?,
     };
     let theta = md_f64(ct, &a("rope.freq_base")).unwrap_or(10000.0);
     let scaling = match md_str(ct, &a("rope.scaling.type")).as_deref() {
