@@ -668,6 +668,20 @@ impl ModelConfig {
                 self.vocab_size, self.d_mlp
             )));
         }
+        for r in &self.ropes {
+            if !(r.theta.is_finite() && r.theta > 0.0) {
+                return Err(Error::msg(format!(
+                    "config: rope theta must be a positive number, got {}",
+                    r.theta
+                )));
+            }
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
+            return Err(Error::msg(format!(
+                "config: the norm epsilon must be a non-negative number, got {}",
+                self.norm_eps
+            )));
+        }
         for (what, v, max) in [
             ("vocabulary size", self.vocab_size, MAX_VOCAB),
             ("MLP width", self.d_mlp, MAX_WIDTH),

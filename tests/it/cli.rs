@@ -197,6 +197,22 @@ fn absurd_sizes_give_one_line_errors_not_panics() {
         &["info", "--model", huge.to_str().unwrap()],
         "beyond any real model",
     );
+    // a negative rope theta (silently gave NaN logits).
+    let neg = d.join("neg-theta");
+    std::fs::create_dir_all(&neg).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir("llama").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["rope_theta"] = (-10000.0).into();
+    if let Some(p) = cfg.get_mut("rope_parameters") {
+        p["rope_theta"] = (-10000.0).into();
+    }
+    std::fs::write(neg.join("config.json"), cfg.to_string()).unwrap();
+    assert_one_line_error(
+        &["info", "--model", neg.to_str().unwrap()],
+        "rope theta must be a positive number",
+    );
     // a tokenizer.json whose decoder makes the tokenizers crate panic;
     let badtok = d.join("badtok");
     std::fs::create_dir_all(&badtok).unwrap();
