@@ -153,11 +153,18 @@ impl Kernel {
     }
 }
 
-/// Whether this CPU runs the AVX2 + FMA kernels (both formats).
+/// Whether this CPU runs the AVX2 + FMA kernels (both formats). `ENGRAM_NO_AVX2=1` turns them
+/// off (for comparisons: f32 models then keep candle's matmul on a CPU without AVX-512, and
+/// `--matmul bf16` runs the portable kernel there).
 pub fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| {
+            std::env::var_os("ENGRAM_NO_AVX2").is_none_or(|v| v == "0")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -169,6 +176,14 @@ pub fn avx2() -> bool {
 /// `--matmul bf16` then runs on them.
 pub fn amx() -> bool {
     amx::available()
+}
+
+/// Whether f32 CPU models pack their block weights at load for the f32 kernels here: with
+/// AVX-512 or AVX2 + FMA, where the packed kernel beats candle's matmul, which repacks the
+/// weight on every call (on a Zen 2, 2 cores: 1.3–3× at 1–8 rows, 1.05–1.6× at 128, 0.9–1.2×
+/// at 1024; docs/performance.md).
+pub fn packs_f32() -> bool {
+    native_for(Format::F32) || avx2()
 }
 
 /// Whether this CPU runs the AVX-512 kernel of `format`.
@@ -551,28 +566,32 @@ unsafe fn avx2_task(
         };
         assert!(avx2() && lda == width * kp && a.len() == rows * lda);
         assert!(panel.len() == kp * NR && cols <= NR);
+        // (f32 bits as words: the kernels read them as f32.)
         let ap = a.as_ptr() as *const f32;
-        // (No input steps at all: one empty chunk, which stores zeros.)
-        for k0 in (0..kp.max(1)).step_by(KC_AVX2) {
-            let kc = KC_AVX2.min(kp - k0);
+        // Equal chunks of at most `KC_AVX2` steps (no input steps at all: one empty chunk,
+        // which stores zeros).
+        let chunks = kp.div_ceil(KC_AVX2).max(1);
+        let kcs = kp.div_ceil(chunks);
+        for k0 in (0..chunks).map(|j| j * kcs) {
+            let kc = kcs.min(kp - k0);
             // The first chunk stores, the others add to it.
             let add = k0 > 0;
+            let a0 = width * k0;
             let mut i = 0;
             while i < rows {
                 macro_rules! run {
                     ($f:ident, $b:expr, $m:literal, $v:literal) => {{
                         for c0 in (0..cols).step_by(8 * $v) {
-                            // SAFETY: the CPU has AVX2 and FMA (asserted); rows `i..i + $m`
-                            // of `a` exist (`i + $m ≤ rows`) and have `lda = width · kp`
-                            // floats, of which the kernel reads `width · kc` from
-                            // `width · k0` on (`k0 + kc ≤ kp`); the panel has `kp` rows of
-                            // `NR` words, of which it reads `kc` from `k0`, columns
-                            // `c0..c0 + 8 · $v ≤ NR`; `c` has `rows` rows of `cols` floats
-                            // (the caller's contract), of which it writes columns
-                            // `c0..cols` of rows `i..i + $m`.
+                            // SAFETY: the CPU has AVX2 and FMA (asserted); rows `i..i + $m` of
+                            // the activations exist (`i + $m ≤ rows`), `lda` floats apart,
+                            // and the kernel reads `width · kc` floats of each from
+                            // `a0 = width · k0` on (`k0 + kc ≤ kp`); the panel has `kp` rows of `NR` words, of which it
+                            // reads `kc` from `k0`, columns `c0..c0 + 8 · $v ≤ NR`; `c` has
+                            // `rows` rows of `cols` floats (the caller's contract), of which
+                            // it writes columns `c0..cols` of rows `i..i + $m`.
                             unsafe {
                                 avx2::$f::<$m, $v>(
-                                    ap.add(i * lda + width * k0),
+                                    ap.add(i * lda + a0),
                                     lda,
                                     kc,
                                     $b.add(k0 * NR + c0),

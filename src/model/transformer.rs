@@ -219,7 +219,7 @@ pub struct Transformer {
 }
 
 /// A linear layer's weight `[out, in]`: as loaded (candle's matmul) or packed once for the
-/// [`super::gemm`] kernels (f32 CPU models with AVX-512; `--matmul bf16`).
+/// [`super::gemm`] kernels (f32 CPU models with AVX-512 or AVX2; `--matmul bf16`).
 enum Linear {
     Dense(Tensor),
     Packed(PackedLinear),
