@@ -112,7 +112,9 @@ fn fma256_peak() -> f64 {
                 }
             }
             let mut out = [0f32; 8];
-            let s = acc.iter().fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));
+            let s = acc
+                .iter()
+                .fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));
             _mm256_storeu_ps(out.as_mut_ptr(), s);
             out.iter().sum()
         }
@@ -132,7 +134,10 @@ fn fma256_peak() -> f64 {
             let hs: Vec<_> = (0..threads).map(|_| s.spawn(run)).collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        secs.iter().map(|s| iters as f64 * 12.0 * 16.0 / s).sum::<f64>() / 1e9
+        secs.iter()
+            .map(|s| iters as f64 * 12.0 * 16.0 / s)
+            .sum::<f64>()
+            / 1e9
     }
     #[cfg(not(target_arch = "x86_64"))]
     f64::NAN

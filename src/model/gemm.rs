@@ -330,7 +330,8 @@ impl PackedLinear {
                 self.format
             );
         }
-        Ok(x.contiguous()?.apply_op1_no_bwd(&Apply { w: self, kernel })?)
+        Ok(x.contiguous()?
+            .apply_op1_no_bwd(&Apply { w: self, kernel })?)
     }
 
     /// `x` is `[m, k]` row-major; returns `[m, n]`.
