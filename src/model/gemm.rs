@@ -19,8 +19,15 @@
 //! The bf16 panels are also an AMX "VNNI" B tile layout as they stand (16 pairs × 16 columns at
 //! a stride of [`NR`] words), with the pair count padded to a tile's depth.
 //!
-//! Without AVX-512 (f32) or AVX512-BF16 (bf16) the same packed data runs through a portable
-//! kernel (same numbers up to summation order, slower).
+//! Without AVX-512 (f32) or AVX512-BF16 (bf16), CPUs with AVX2 + FMA (Zen 2/3, Intel client
+//! cores) run the same packed data through [`avx2`] micro-kernels: 6 rows × 16 columns of f32
+//! FMAs per sub-block of a panel (12 of the 16 ymm registers), or for bf16 4 × 16, each pair
+//! word widened to two f32 vectors with a shift and a mask (bf16 is the top half of an f32) and
+//! multiplied by the activations rounded to bf16 — half the weight bytes of f32 for the
+//! memory-bound single-row products of generation. Input steps go in chunks of at most
+//! [`KC_AVX2`] so the panel's slice stays in L2 across a task's rows. Without those either, a
+//! portable kernel (same numbers up to summation order, slower). [`Kernel::available`] lists
+//! what this CPU runs, and [`PackedLinear::matmul_t_with`] picks one (comparisons).
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
