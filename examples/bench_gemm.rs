@@ -7,6 +7,9 @@
 //! linear shapes at 1, 8, 128 and 1024 rows; one markdown table row per shape and row count,
 //! GFLOP/s and the ratio to candle. Up to 8 rows (generation) the weights rotate over copies
 //! totalling over 96 MiB, so that they come from memory as in a forward pass, not from L3.
+//! `CPU_TIME=1` times by the process's CPU time instead of the wall clock: with
+//! `RAYON_NUM_THREADS=1`, a single core's throughput that other processes on a shared host do
+//! not distort (they still share its caches and memory bandwidth).
 use candle_core::{Device, Tensor};
 use engram::model::gemm::{Format, Kernel, PackedLinear};
 use std::time::Instant;
@@ -143,6 +146,23 @@ fn fma256_peak() -> f64 {
     f64::NAN
 }
 
+/// Seconds on the wall clock, or of this process's CPU time (`CPU_TIME=1`).
+fn clock() -> f64 {
+    static CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    if *CPU.get_or_init(|| std::env::var("CPU_TIME").is_ok_and(|v| v != "0")) {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; the clock id is a Linux constant.
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        T0.get_or_init(Instant::now).elapsed().as_secs_f64()
+    }
+}
+
 type Run<'a> = Box<dyn FnMut(usize) -> candle_core::Result<()> + 'a>;
 
 fn paths(args: &[String]) -> candle_core::Result<()> {
@@ -177,7 +197,15 @@ fn paths(args: &[String]) -> candle_core::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
-    println!("host: {}", host());
+    println!(
+        "host: {}; timed by {}",
+        host(),
+        if std::env::var("CPU_TIME").is_ok_and(|v| v != "0") {
+            "CPU time"
+        } else {
+            "wall clock"
+        }
+    );
     println!("256-bit FMA peak: {:.0} GFLOP/s", fma256_peak());
     let dev = Device::Cpu;
     let mut header = vec!["shape".to_string(), "rows".into(), "candle f32".into()];
@@ -230,20 +258,20 @@ fn paths(args: &[String]) -> candle_core::Result<()> {
             // Calls per round: ~50 ms of the first (warm-up) call's time, at least one.
             let mut inner = vec![1usize; runs.len()];
             for (r, (_, run)) in runs.iter_mut().enumerate() {
-                let t0 = Instant::now();
+                let t0 = clock();
                 run(0)?;
-                inner[r] = ((0.05 / t0.elapsed().as_secs_f64()) as usize).clamp(1, 10_000);
+                inner[r] = ((0.05 / (clock() - t0)) as usize).clamp(1, 10_000);
             }
             let mut best = vec![f64::INFINITY; runs.len()];
             let mut next = 0usize;
             for _ in 0..rounds {
                 for (r, (_, run)) in runs.iter_mut().enumerate() {
-                    let t0 = Instant::now();
+                    let t0 = clock();
                     for _ in 0..inner[r] {
                         next = (next + 1) % copies;
                         run(next)?;
                     }
-                    best[r] = best[r].min(t0.elapsed().as_secs_f64() / inner[r] as f64);
+                    best[r] = best[r].min((clock() - t0) / inner[r] as f64);
                 }
             }
             let gflops = |r: usize| flop / best[r] / 1e9;

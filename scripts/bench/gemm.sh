@@ -8,6 +8,7 @@
 # torch's (f32 kernel / torch f32, bf16 kernel / torch f32 and / torch bf16).
 #
 #   scripts/bench/gemm.sh [smollm2|1b|all] [ROWS,..]    # ROUNDS=3 ROUNDS_IN=3 PYTHON=python3
+#   RAYON_NUM_THREADS=1 THREADS=1 CPU_TIME=1 scripts/bench/gemm.sh   # one core, by CPU time
 #
 # Needs a Python with torch. Uses $CARGO_TARGET_DIR (default ./target).
 set -euo pipefail

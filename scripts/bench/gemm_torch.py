@@ -5,6 +5,9 @@ weights rotate over copies totalling over 96 MiB); prints the same markdown tabl
 torch f32 and torch bfloat16 (weights and activations in bf16), with the ratio to torch f32.
 
     python3 scripts/bench/gemm_torch.py [smollm2|1b|all] [ROWS,..]
+
+THREADS sets torch's threads (default: every core); CPU_TIME=1 times by the process's CPU time
+(with THREADS=1: one core's throughput, undistorted by other processes on a shared host).
 """
 
 import math
@@ -35,10 +38,13 @@ def main():
     shapes = {"smollm2": SMOLLM2, "1b": ONE_B}.get(which, SMOLLM2 + ONE_B)
     rows = [int(r) for r in sys.argv[2].split(",")] if len(sys.argv) > 2 else [1, 8, 128, 1024]
     rounds = int(os.environ.get("ROUNDS", "5"))
-    threads = os.cpu_count()
+    threads = int(os.environ.get("THREADS", os.cpu_count()))
+    cpu = os.environ.get("CPU_TIME", "0") not in ("", "0")
+    clock = time.process_time if cpu else time.perf_counter
     torch.set_num_threads(threads)
     print(f"host: torch {torch.__version__}, {threads} threads, "
-          f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
+          f"cpu capability {torch.backends.cpu.get_cpu_capability()}; "
+          f"timed by {'CPU time' if cpu else 'wall clock'}")
     print("| shape | rows | torch f32 | torch bf16 |")
     print("|---|---|---|---|")
     torch.manual_seed(0)
@@ -55,18 +61,18 @@ def main():
                 flop = 2.0 * m * n * k
                 inner = []
                 for _, xx, ww in runs:
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     F.linear(xx, ww[0])
-                    inner.append(min(max(int(0.05 / (time.perf_counter() - t0)), 1), 10_000))
+                    inner.append(min(max(int(0.05 / max(clock() - t0, 1e-6)), 1), 10_000))
                 best = [math.inf] * len(runs)
                 nxt = 0
                 for _ in range(rounds):
                     for r, (_, xx, ww) in enumerate(runs):
-                        t0 = time.perf_counter()
+                        t0 = clock()
                         for _ in range(inner[r]):
                             nxt = (nxt + 1) % copies
                             F.linear(xx, ww[nxt])
-                        best[r] = min(best[r], (time.perf_counter() - t0) / inner[r])
+                        best[r] = min(best[r], (clock() - t0) / inner[r])
                 g = [flop / b / 1e9 for b in best]
                 print(f"| {name} ({n}×{k}) | {m} | {g[0]:.1f} | {g[1]:.1f} ({best[0] / best[1]:.2f}×) |",
                       flush=True)
