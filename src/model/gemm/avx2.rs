@@ -16,6 +16,12 @@
 use super::NR;
 use std::arch::x86_64::*;
 
+/// The panel row this many steps ahead is prefetched into L1 (one line per step, the
+/// sub-block's 16 columns): single-threaded, by CPU time, over the SmolLM2 and 1B shapes at
+/// 128 and 1024 rows, the geometric mean went 63 → 68 GFLOP/s (f32) and 64 → 68 (bf16), at the
+/// edge of the shared host's noise; 16 steps ahead and whole-k chunks were in between.
+const PREFETCH: usize = 8;
+
 /// Store (`add == false`) or add to (`add == true`) `c`, row stride `ldc`, an `M × 8V` block
 /// of accumulators, only the first `cols` columns.
 ///
@@ -73,6 +79,8 @@ pub(super) unsafe fn f32_block<const M: usize, const V: usize>(
     let mut acc = [[_mm256_setzero_ps(); V]; M];
     for q in 0..kc {
         let bq = b.add(q * NR);
+        // (A prefetch never faults: past the panel's end it is only wasted.)
+        _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(PREFETCH * NR) as *const i8);
         let mut bv = [_mm256_setzero_ps(); V];
         for (v, bv) in bv.iter_mut().enumerate() {
             *bv = _mm256_loadu_ps(bq.add(8 * v));
@@ -110,6 +118,7 @@ pub(super) unsafe fn bf16_block<const M: usize, const V: usize>(
     let hi_mask = _mm256_set1_epi32(0xffff_0000u32 as i32);
     for q in 0..kc {
         let bq = b.add(q * NR) as *const __m256i;
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((q + PREFETCH) * NR) as *const i8);
         let mut lo = [_mm256_setzero_ps(); V];
         let mut hi = [_mm256_setzero_ps(); V];
         for v in 0..V {
