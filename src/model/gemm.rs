@@ -27,7 +27,8 @@
 //! memory-bound single-row products of generation. Input steps go in chunks of at most
 //! [`KC_AVX2`] so the panel's slice stays in L2 across a task's rows. Without those either, a
 //! portable kernel (same numbers up to summation order, slower). [`Kernel::available`] lists
-//! what this CPU runs, and [`PackedLinear::matmul_t_with`] picks one (comparisons).
+//! what this CPU runs, and [`PackedLinear::matmul_t_with`] picks one (comparisons). f32 models
+//! pack their weights on AVX2-only CPUs only with `ENGRAM_PACK_F32=1` ([`packs_f32`]).
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
@@ -161,8 +162,8 @@ impl Kernel {
 }
 
 /// Whether this CPU runs the AVX2 + FMA kernels (both formats). `ENGRAM_NO_AVX2=1` turns them
-/// off (for comparisons: f32 models then keep candle's matmul on a CPU without AVX-512, and
-/// `--matmul bf16` runs the portable kernel there).
+/// off (for comparisons: `--matmul bf16` then runs the portable kernel on a CPU without
+/// AVX-512, and `ENGRAM_PACK_F32=1` packs nothing there).
 pub fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -186,11 +187,14 @@ pub fn amx() -> bool {
 }
 
 /// Whether f32 CPU models pack their block weights at load for the f32 kernels here: with
-/// AVX-512 or AVX2 + FMA, where the packed kernel beats candle's matmul, which repacks the
-/// weight on every call (on a Zen 2, 2 cores: 1.3–3× at 1–8 rows, 1.05–1.6× at 128, 0.9–1.2×
-/// at 1024; docs/performance.md).
+/// AVX-512, where the packed kernel beats candle's matmul (which repacks the weight on every
+/// call). On AVX2-only CPUs only when `ENGRAM_PACK_F32=1`: on a 2-core Zen 2 the AVX2 kernel
+/// wins in isolation at 1–128 rows but ties or loses at 1024 rows, and end to end it did not
+/// pay (SmolLM2 forward at 8 × 128 within the noise by wall time and ~10% more CPU time;
+/// greedy generation 7–15% slower, the packing at load included; docs/performance.md).
 pub fn packs_f32() -> bool {
-    native_for(Format::F32) || avx2()
+    native_for(Format::F32)
+        || (avx2() && std::env::var_os("ENGRAM_PACK_F32").is_some_and(|v| v != "0"))
 }
 
 /// Whether this CPU runs the AVX-512 kernel of `format`.
