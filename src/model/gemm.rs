@@ -19,8 +19,16 @@
 //! The bf16 panels are also an AMX "VNNI" B tile layout as they stand (16 pairs × 16 columns at
 //! a stride of [`NR`] words), with the pair count padded to a tile's depth.
 //!
-//! Without AVX-512 (f32) or AVX512-BF16 (bf16) the same packed data runs through a portable
-//! kernel (same numbers up to summation order, slower).
+//! Without AVX-512 (f32) or AVX512-BF16 (bf16), CPUs with AVX2 + FMA (Zen 2/3, Intel client
+//! cores) run the same packed data through [`avx2`] micro-kernels: 6 rows × 16 columns of f32
+//! FMAs per sub-block of a panel (12 of the 16 ymm registers), or for bf16 4 × 16, each pair
+//! word widened to two f32 vectors with a shift and a mask (bf16 is the top half of an f32) and
+//! multiplied by the activations rounded to bf16 — half the weight bytes of f32 for the
+//! memory-bound single-row products of generation. Input steps go in chunks of at most
+//! [`KC_AVX2`] so the panel's slice stays in L2 across a task's rows. Without those either, a
+//! portable kernel (same numbers up to summation order, slower). [`Kernel::available`] lists
+//! what this CPU runs, and [`PackedLinear::matmul_t_with`] picks one (comparisons). f32 models
+//! pack their weights on AVX2-only CPUs only with `ENGRAM_PACK_F32=1` ([`packs_f32`]).
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
@@ -111,9 +119,11 @@ pub enum Format {
 
 /// Which micro-kernel runs a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kernel {
+pub enum Kernel {
     /// Plain Rust, any CPU.
     Portable,
+    /// AVX2 + FMA: f32 FMAs (f32), or bf16 words widened to f32 with a shift and a mask (bf16).
+    Avx2,
     /// AVX-512 FMA (f32) or `vdpbf16ps` (bf16).
     Avx512,
     /// AMX tiles (`tdpbf16ps`; bf16 only): Sapphire Rapids and later.
@@ -122,20 +132,25 @@ enum Kernel {
 
 impl Kernel {
     /// The fastest kernel this CPU runs for `format`.
-    fn best(format: Format) -> Kernel {
+    pub fn best(format: Format) -> Kernel {
         if format == Format::Bf16 && amx::available() {
             Kernel::Amx
         } else if native_for(format) {
             Kernel::Avx512
+        } else if avx2() {
+            Kernel::Avx2
         } else {
             Kernel::Portable
         }
     }
 
-    /// Every kernel this CPU runs for `format` (tests compare them).
-    #[cfg(test)]
-    fn all(format: Format) -> Vec<Kernel> {
+    /// Every kernel this CPU runs for `format`, the portable one first (tests and benchmarks
+    /// compare them).
+    pub fn available(format: Format) -> Vec<Kernel> {
         let mut v = vec![Kernel::Portable];
+        if avx2() {
+            v.push(Kernel::Avx2);
+        }
         if native_for(format) {
             v.push(Kernel::Avx512);
         }
@@ -146,10 +161,40 @@ impl Kernel {
     }
 }
 
+/// Whether this CPU runs the AVX2 + FMA kernels (both formats). `ENGRAM_NO_AVX2=1` turns them
+/// off (for comparisons: `--matmul bf16` then runs the portable kernel on a CPU without
+/// AVX-512, and `ENGRAM_PACK_F32=1` packs nothing there).
+pub fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| {
+            std::env::var_os("ENGRAM_NO_AVX2").is_none_or(|v| v == "0")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether this CPU has AMX tiles with bf16 products (and Linux lets this process use them):
 /// `--matmul bf16` then runs on them.
 pub fn amx() -> bool {
     amx::available()
+}
+
+/// Whether f32 CPU models pack their block weights at load for the f32 kernels here: with
+/// AVX-512, where the packed kernel beats candle's matmul (which repacks the weight on every
+/// call). On AVX2-only CPUs only when `ENGRAM_PACK_F32=1`: on a 2-core Zen 2 the AVX2 kernel
+/// wins in isolation at 1–128 rows but ties or loses at 1024 rows, and end to end it did not
+/// pay (SmolLM2 forward at 8 × 128 within the noise by wall time and ~10% more CPU time;
+/// greedy generation 7–15% slower, the packing at load included; docs/performance.md).
+pub fn packs_f32() -> bool {
+    native_for(Format::F32)
+        || (avx2() && std::env::var_os("ENGRAM_PACK_F32").is_some_and(|v| v != "0"))
 }
 
 /// Whether this CPU runs the AVX-512 kernel of `format`.
@@ -274,8 +319,15 @@ impl PackedLinear {
         Ok(Tensor::from_vec(w, (self.n, k), device)?)
     }
 
-    /// `x · Wᵀ` for `x` `[.., k]` (f32, CPU): `[.., n]` f32.
+    /// `x · Wᵀ` for `x` `[.., k]` (f32, CPU): `[.., n]` f32, with the fastest kernel this CPU
+    /// has ([`Kernel::best`]).
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        self.matmul_t_with(x, Kernel::best(self.format))
+    }
+
+    /// [`PackedLinear::matmul_t`] with a given kernel (benchmarks, comparisons); an error if
+    /// this CPU does not run it ([`Kernel::available`]).
+    pub fn matmul_t_with(&self, x: &Tensor, kernel: Kernel) -> Result<Tensor> {
         let k = *x.dims().last().unwrap_or(&0);
         if k != self.k {
             crate::bail!(
@@ -283,7 +335,14 @@ impl PackedLinear {
                 self.k
             );
         }
-        Ok(x.contiguous()?.apply_op1_no_bwd(self)?)
+        if !Kernel::available(self.format).contains(&kernel) {
+            crate::bail!(
+                "packed matmul: this CPU has no {kernel:?} kernel for {:?}",
+                self.format
+            );
+        }
+        Ok(x.contiguous()?
+            .apply_op1_no_bwd(&Apply { w: self, kernel })?)
     }
 
     /// `x` is `[m, k]` row-major; returns `[m, n]`.
@@ -316,6 +375,20 @@ impl PackedLinear {
                 // SAFETY: `pairs` wrote all 16 words of every row of every k step of every
                 // block.
                 unsafe { v.set_len(len) };
+                converted = v;
+                &converted
+            }
+            Format::Bf16 if kernel == Kernel::Avx2 => {
+                // The activations rounded to bf16 and kept as f32 bits, `2 · kp` per row
+                // (features `2q`, `2q + 1` of pair step `q`), zeros past `k`.
+                let mut v = vec![0u32; m * 2 * kp];
+                v.par_chunks_mut(2 * kp)
+                    .zip(x.par_chunks(self.k))
+                    .for_each(|(dst, src)| {
+                        for (d, &s) in dst.iter_mut().zip(src) {
+                            *d = bf16_bits(s) << 16;
+                        }
+                    });
                 converted = v;
                 &converted
             }
@@ -369,6 +442,36 @@ impl PackedLinear {
                     );
                 }
             });
+        } else if kernel == Kernel::Avx2 {
+            let lda = match self.format {
+                Format::F32 => kp,
+                Format::Bf16 => 2 * kp,
+            };
+            let row_tasks = m.div_ceil(ROWS_PER_TASK);
+            (0..panels * row_tasks).into_par_iter().for_each(|t| {
+                let (p, r) = (t / row_tasks, t % row_tasks);
+                let panel = &self.data[p * kp * NR..(p + 1) * kp * NR];
+                let cols = NR.min(n - p * NR);
+                let r0 = r * ROWS_PER_TASK;
+                let r1 = (r0 + ROWS_PER_TASK).min(m);
+                // SAFETY: `cp` is offset to row `r0`, column `p · NR` of the `m × n` output,
+                // and `r1 - r0` rows of `cols` columns from there are inside it; tasks write
+                // disjoint (row range × column panel) blocks of `c`, which outlives the
+                // parallel loop.
+                unsafe {
+                    avx2_task(
+                        &a[r0 * lda..r1 * lda],
+                        r1 - r0,
+                        lda,
+                        kp,
+                        panel,
+                        cp.get().add(r0 * n + p * NR),
+                        n,
+                        cols,
+                        self.format,
+                    )
+                };
+            });
         } else {
             let row_tasks = m.div_ceil(ROWS_PER_TASK);
             let native = kernel == Kernel::Avx512;
@@ -397,7 +500,14 @@ impl PackedLinear {
     }
 }
 
-impl candle_core::CustomOp1 for PackedLinear {
+/// A packed product as a candle op, with the kernel that runs it (one of
+/// [`Kernel::available`]).
+struct Apply<'a> {
+    w: &'a PackedLinear,
+    kernel: Kernel,
+}
+
+impl candle_core::CustomOp1 for Apply<'_> {
     fn name(&self) -> &'static str {
         "packed-matmul"
     }
@@ -413,10 +523,10 @@ impl candle_core::CustomOp1 for PackedLinear {
         let Some((a, b)) = l.contiguous_offsets() else {
             candle_core::bail!("packed matmul: expected contiguous activations");
         };
-        let m = (b - a) / self.k.max(1);
-        let out = self.matmul_slice(&v[a..b], m, Kernel::best(self.format));
+        let m = (b - a) / self.w.k.max(1);
+        let out = self.w.matmul_slice(&v[a..b], m, self.kernel);
         let mut shape = l.dims().to_vec();
-        *shape.last_mut().unwrap() = self.n;
+        *shape.last_mut().unwrap() = self.w.n;
         Ok((candle_core::CpuStorage::F32(out), shape.into()))
     }
 }
@@ -432,6 +542,111 @@ unsafe impl Sync for SendPtr {}
 impl SendPtr {
     pub(super) fn get(self) -> *mut f32 {
         self.0
+    }
+}
+
+/// Input steps (f32 features or bf16 pairs) per chunk of the AVX2 kernels: a 64 KiB slice of
+/// the panel stays in L2 while every row of a task runs against it (without it, a 1B model's
+/// down projection, 8192 inputs, streams its 2 MiB panels from L3 for every 6 rows).
+const KC_AVX2: usize = 256;
+
+/// `C[rows × cols] = A · panel` with the AVX2 kernels, `a` `rows × lda`: f32 activations
+/// (`lda = kp`), or the bf16-rounded activations as f32 (`lda = 2 · kp`). Rows go 6 (f32) or
+/// 4 (bf16) at a time against 16-column sub-blocks of the panel; fewer rows left over (and
+/// generation's single rows) use wider sub-blocks, up to the whole panel for one row.
+///
+/// # Safety
+/// `c` has `rows` rows (stride `ldc`) of `cols ≤ NR` writable floats. (The CPU's
+/// features and the slices' lengths are checked here.)
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx2_task(
+    a: &[u32],
+    rows: usize,
+    lda: usize,
+    kp: usize,
+    panel: &[u32],
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    format: Format,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let width = match format {
+            Format::F32 => 1,
+            Format::Bf16 => 2,
+        };
+        assert!(avx2() && lda == width * kp && a.len() == rows * lda);
+        assert!(panel.len() == kp * NR && cols <= NR);
+        // (f32 bits as words: the kernels read them as f32.)
+        let ap = a.as_ptr() as *const f32;
+        // Equal chunks of at most `KC_AVX2` steps (no input steps at all: one empty chunk,
+        // which stores zeros).
+        let chunks = kp.div_ceil(KC_AVX2).max(1);
+        let kcs = kp.div_ceil(chunks);
+        for k0 in (0..chunks).map(|j| j * kcs) {
+            let kc = kcs.min(kp - k0);
+            // The first chunk stores, the others add to it.
+            let add = k0 > 0;
+            let a0 = width * k0;
+            let mut i = 0;
+            while i < rows {
+                macro_rules! run {
+                    ($f:ident, $b:expr, $m:literal, $v:literal) => {{
+                        for c0 in (0..cols).step_by(8 * $v) {
+                            // SAFETY: the CPU has AVX2 and FMA (asserted); rows `i..i + $m` of
+                            // the activations exist (`i + $m ≤ rows`), `lda` floats apart,
+                            // and the kernel reads `width · kc` floats of each from
+                            // `a0 = width · k0` on (`k0 + kc ≤ kp`); the panel has `kp` rows of `NR` words, of which it
+                            // reads `kc` from `k0`, columns `c0..c0 + 8 · $v ≤ NR`; `c` has
+                            // `rows` rows of `cols` floats (the caller's contract), of which
+                            // it writes columns `c0..cols` of rows `i..i + $m`.
+                            unsafe {
+                                avx2::$f::<$m, $v>(
+                                    ap.add(i * lda + a0),
+                                    lda,
+                                    kc,
+                                    $b.add(k0 * NR + c0),
+                                    c.add(i * ldc + c0),
+                                    ldc,
+                                    cols - c0,
+                                    add,
+                                )
+                            }
+                        }
+                        i += $m;
+                    }};
+                }
+                let left = rows - i;
+                match format {
+                    Format::F32 => {
+                        let b = panel.as_ptr() as *const f32;
+                        match left {
+                            6.. => run!(f32_block, b, 6, 2),
+                            5 => run!(f32_block, b, 5, 2),
+                            4 => run!(f32_block, b, 4, 2),
+                            3 => run!(f32_block, b, 3, 2),
+                            2 => run!(f32_block, b, 2, 4),
+                            _ => run!(f32_block, b, 1, 8),
+                        }
+                    }
+                    Format::Bf16 => {
+                        let b = panel.as_ptr();
+                        match left {
+                            4.. => run!(bf16_block, b, 4, 2),
+                            3 => run!(bf16_block, b, 3, 2),
+                            2 => run!(bf16_block, b, 2, 4),
+                            _ => run!(bf16_block, b, 1, 8),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (a, rows, lda, kp, panel, c, ldc, cols, format);
+        unreachable!("no AVX2 on this target")
     }
 }
 
@@ -501,6 +716,9 @@ fn block(
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -898,88 +1116,4 @@ mod amx {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, format: Format) -> Vec<f32> {
-        let r = |v: f32| match format {
-            Format::F32 => v as f64,
-            Format::Bf16 => f32::from_bits(bf16_bits(v) << 16) as f64,
-        };
-        let mut c = vec![0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let s: f64 = (0..k).map(|q| r(x[i * k + q]) * r(w[j * k + q])).sum();
-                c[i * n + j] = s as f32;
-            }
-        }
-        c
-    }
-
-    #[test]
-    fn rounding_is_nearest_even() {
-        assert_eq!(bf16_bits(1.0), 0x3f80);
-        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1.0).
-        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
-        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
-        assert!(f32::from_bits(bf16_bits(f32::NAN) << 16).is_nan());
-        assert_eq!(bf16_bits(f32::INFINITY), 0x7f80);
-    }
-
-    #[test]
-    fn matches_a_float64_product_of_the_rounded_inputs() -> Result<()> {
-        for format in [Format::F32, Format::Bf16] {
-            check(format)?;
-        }
-        Ok(())
-    }
-
-    fn check(format: Format) -> Result<()> {
-        // Odd k, n not a multiple of the panel, m not a multiple of the row block.
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (13, 70, 33),
-            (100, 130, 64),
-            (7, 64, 2),
-            (40, 128, 96),
-            (50, 70, 40),
-            // Packed bf16 weights over AMX_L2_PANELS: panel-major tasks on AMX.
-            (70, 1100, 512),
-        ] {
-            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
-            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?;
-            let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
-            let want = reference(&xv, &wv, m, n, k, format);
-            let p = PackedLinear::pack(&w, format)?;
-            for kernel in Kernel::all(format) {
-                let got = p.matmul_slice(&xv, m, kernel);
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
-                assert!(
-                    err < 1e-4 * (k as f32).sqrt(),
-                    "{m}×{n}×{k} {kernel:?}: {err}"
-                );
-            }
-            // Through tensors, with a leading batch axis.
-            let y = p.matmul_t(&x.reshape((1, m, k))?)?;
-            assert_eq!(y.dims(), &[1, m, n]);
-            // Unpacking gives the (rounded) weights back.
-            let u: Vec<f32> = p.unpack(&Device::Cpu)?.flatten_all()?.to_vec1()?;
-            for (a, b) in u.iter().zip(&wv) {
-                match format {
-                    Format::F32 => assert_eq!(a.to_bits(), b.to_bits()),
-                    Format::Bf16 => assert_eq!(a.to_bits(), bf16_bits(*b) << 16),
-                }
-            }
-        }
-        let p = PackedLinear::pack(&Tensor::zeros((3, 5), DType::F32, &Device::Cpu)?, format)?;
-        assert!(p
-            .matmul_t(&Tensor::zeros((2, 4), DType::F32, &Device::Cpu)?)
-            .is_err());
-        Ok(())
-    }
-}
+mod tests;

@@ -219,7 +219,8 @@ pub struct Transformer {
 }
 
 /// A linear layer's weight `[out, in]`: as loaded (candle's matmul) or packed once for the
-/// [`super::gemm`] kernels (f32 CPU models with AVX-512; `--matmul bf16`).
+/// [`super::gemm`] kernels (f32 CPU models with AVX-512, or AVX2 with `ENGRAM_PACK_F32=1`;
+/// `--matmul bf16`).
 enum Linear {
     Dense(Tensor),
     Packed(PackedLinear),

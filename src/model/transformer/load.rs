@@ -353,9 +353,10 @@ impl Transformer {
             device: device.clone(),
             cfg,
         };
-        // f32 on an AVX-512 CPU: pack the block weights once for the FMA kernel (exact f32,
-        // faster than candle's matmul, which repacks the weight on every call).
-        if tr.fused && crate::model::gemm::native_for(Format::F32) {
+        // f32 on an AVX-512 CPU (on an AVX2 one with ENGRAM_PACK_F32=1): pack the block
+        // weights once for the FMA kernels (exact f32, faster than candle's matmul, which
+        // repacks the weight on every call).
+        if tr.fused && crate::model::gemm::packs_f32() {
             tr.pack_blocks(Format::F32)?;
         }
         Ok(tr)
