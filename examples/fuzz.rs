@@ -203,6 +203,9 @@ fn mutate(seed: &[u8], text: bool, hot: usize, rng: &mut Rng) -> Vec<u8> {
     v
 }
 
+/// A parser under test: any error is fine, a panic is a crash.
+type Parser = Box<dyn Fn(&[u8]) -> engram::Result<()>>;
+
 struct Target {
     name: &'static str,
     text: bool,
@@ -210,7 +213,7 @@ struct Target {
     hot: usize,
     seeds: Vec<Vec<u8>>,
     /// Run the parser on one input; errors are fine.
-    run: Box<dyn Fn(&[u8]) -> engram::Result<()>>,
+    run: Parser,
 }
 
 fn read_all(paths: impl IntoIterator<Item = PathBuf>) -> Vec<Vec<u8>> {
