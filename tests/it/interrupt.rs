@@ -41,7 +41,7 @@ fn leftovers(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// Wait until `path` exists (the command is past its start), then a little longer, then send
 /// `signal`; returns the exit code.
-fn interrupt(mut child: Child, path: &Path, signal: &str) -> Option<i32> {
+fn interrupt(mut child: Child, path: &Path, signal: libc::c_int) -> Option<i32> {
     let t0 = Instant::now();
     while !path.exists() {
         assert!(
@@ -61,11 +61,9 @@ fn interrupt(mut child: Child, path: &Path, signal: &str) -> Option<i32> {
         child.try_wait().unwrap().is_none(),
         "finished before the signal"
     );
-    let ok = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped (try_wait saw it run).
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill failed");
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("engram: interrupted"), "{err}");
@@ -121,7 +119,7 @@ fn heads_out_is_a_unit_refused_locked_and_cleaned_on_sigint() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let code = interrupt(child, &parent.join(".out.partial"), "-INT");
+    let code = interrupt(child, &parent.join(".out.partial"), libc::SIGINT);
     assert_eq!(code, Some(130));
     assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), manifest);
     let mut left = vec![];
@@ -200,7 +198,7 @@ fn cache_interrupted_by_sigterm_leaves_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let code = interrupt(child, &tmp.path().join(".out.partial"), "-TERM");
+    let code = interrupt(child, &tmp.path().join(".out.partial"), libc::SIGTERM);
     assert_eq!(code, Some(128 + 15));
     assert!(!out.exists(), "a partial cache became --out");
     let mut left = vec![];
@@ -229,7 +227,7 @@ fn sae_collect_interrupted_by_sigint_resumes_to_the_same_store() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let code = interrupt(child, &out.join("shard_00003.safetensors"), "-INT");
+    let code = interrupt(child, &out.join("shard_00003.safetensors"), libc::SIGINT);
     assert_eq!(code, Some(130));
     let mut left = vec![];
     leftovers(tmp.path(), &mut left);

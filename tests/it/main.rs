@@ -15,6 +15,7 @@ mod heads;
 mod heads_reference;
 mod hooks;
 mod hub;
+#[cfg(unix)]
 mod interrupt;
 mod lens;
 mod neurons;
