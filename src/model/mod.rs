@@ -199,7 +199,9 @@ impl Model {
             SourceKind::Gguf => {
                 let w = weights::GgufWeights::open(&source.path)?;
                 let cfg = w.config()?;
-                weights::check_fits(&w, opts.dtype, &source.path.display().to_string())?;
+                let what = source.path.display().to_string();
+                weights::check_fits(&w, opts.dtype, &what)?;
+                weights::check_layers(&w, cfg.n_layers, &what)?;
                 let (t, tok) = rayon::join(
                     || Transformer::load(&w, cfg, opts.dtype, &opts.device),
                     || load_tokenizer(&source, Some(&w.content)),
@@ -215,7 +217,9 @@ impl Model {
                 let cfg = ModelConfig::from_hf_json(&v)
                     .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
                 let w = weights::SafetensorsWeights::open_dir(&source.path)?;
-                weights::check_fits(&w, opts.dtype, &source.path.display().to_string())?;
+                let what = source.path.display().to_string();
+                weights::check_fits(&w, opts.dtype, &what)?;
+                weights::check_layers(&w, cfg.n_layers, &what)?;
                 let (t, tok) = rayon::join(
                     || Transformer::load(&w, cfg, opts.dtype, &opts.device),
                     || load_tokenizer(&source, None),

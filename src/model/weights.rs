@@ -35,6 +35,41 @@ pub trait WeightSource: Send + Sync {
     }
 }
 
+/// The number of decoder layers the tensor names show (`...layers.N...` / GPT-2's `...h.N...`):
+/// one more than the largest block index, 0 when there are none. Towers of other modalities
+/// (`vision_tower...layers.N`, audio, projectors) are not the decoder's and are left out.
+pub fn layers_in_names(names: &[String]) -> usize {
+    const OTHER: [&str; 6] = ["vision", "visual", "image", "audio", "mm_", "multi_modal"];
+    let mut n = 0;
+    for name in names {
+        if OTHER.iter().any(|o| name.contains(o)) {
+            continue;
+        }
+        let parts: Vec<&str> = name.split('.').collect();
+        for w in parts.windows(2) {
+            if matches!(w[0], "layers" | "h" | "blocks") {
+                if let Ok(i) = w[1].parse::<usize>() {
+                    n = n.max(i + 1);
+                }
+            }
+        }
+    }
+    n
+}
+
+/// An error if the checkpoint holds more layers than the config describes (they would be left
+/// out silently).
+pub fn check_layers(src: &dyn WeightSource, n_layers: usize, what: &str) -> Result<()> {
+    let found = layers_in_names(&src.names());
+    if found > n_layers {
+        crate::bail!(
+            "{what}: the weights hold {found} layers but the config describes {n_layers}; \
+             a config for another model?"
+        );
+    }
+    Ok(())
+}
+
 /// An error before the load if the weights, at `dtype`, need more memory than the machine has
 /// available now (`MemAvailable`): a clear message instead of an OOM kill.
 pub fn check_fits(src: &dyn WeightSource, dtype: DType, what: &str) -> Result<()> {

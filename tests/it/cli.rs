@@ -213,6 +213,24 @@ fn absurd_sizes_give_one_line_errors_not_panics() {
         &["info", "--model", neg.to_str().unwrap()],
         "rope theta must be a positive number",
     );
+    // a config with fewer layers than the checkpoint (was silently truncated).
+    let few = d.join("few-layers");
+    std::fs::create_dir_all(&few).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir("llama").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["num_hidden_layers"] = 1.into();
+    std::fs::write(few.join("config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(
+        fixture_dir("llama").join("model.safetensors"),
+        few.join("model.safetensors"),
+    )
+    .unwrap();
+    assert_one_line_error(
+        &["info", "--model", few.to_str().unwrap()],
+        "layers but the config describes 1",
+    );
     // a tokenizer.json whose decoder makes the tokenizers crate panic;
     let badtok = d.join("badtok");
     std::fs::create_dir_all(&badtok).unwrap();
