@@ -444,6 +444,27 @@ fn train_and_eval_commands_write_tables_and_charts() {
         );
         sae_dirs.push(out);
     }
+    // Evaluating with a model whose hook width differs from the store's: one clear line.
+    let e = engram::cli::run([
+        "engram",
+        "--quiet",
+        "sae",
+        "eval",
+        "--sae",
+        sae_dirs[0].to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--model",
+        super::common::fixture_dir("llama2").to_str().unwrap(),
+        "--out",
+        dir.path().join("eval-wrong-model").to_str().unwrap(),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("evaluate with the model the store came from") && e.contains("width 64"),
+        "{e}"
+    );
     let eval = dir.path().join("eval");
     let mut args: Vec<String> = ["engram", "--quiet", "sae", "eval", "--store"]
         .iter()

@@ -342,6 +342,32 @@ pub fn windows(docs: &[Vec<u32>], context: usize, bos: Option<u32>, max: usize) 
     out
 }
 
+/// The model for CE / KL must be one whose hook has the store's width (a clear error instead of
+/// "shape mismatch in matmul" for a store collected from another model).
+pub(super) fn check_model_matches_store(m: &Model, store: &ActivationStore) -> Result<()> {
+    use crate::hooks::HookPoint::*;
+    let (hook, d, c) = (&store.meta.hook, store.d(), m.cfg());
+    let mismatch = |why: String| {
+        crate::Error::msg(format!(
+            "sae eval: the store was collected from `{}` at {hook} (d {d}), but --model {} {why}; \
+             evaluate with the model the store came from",
+            store.meta.model, m.source.spec
+        ))
+    };
+    let point = crate::hooks::HookPoint::parse_for(hook, c.n_layers)
+        .map_err(|e| mismatch(format!("has no such hook ({e})")))?;
+    let width = match point {
+        Embed | PosEmbed | ResidPre(_) | ResidMid(_) | ResidPost(_) | AttnOut(_) | MlpOut(_)
+        | LnFinal => Some(c.d_model),
+        MlpPre(_) | MlpPreLinear(_) | MlpPost(_) => Some(c.d_mlp),
+        _ => None,
+    };
+    match width {
+        Some(w) if w != d => Err(mismatch(format!("has width {w} there"))),
+        _ => Ok(()),
+    }
+}
+
 /// Evaluate `saes` (label, SAE) on the store; with `model` and token documents, also CE / KL.
 pub fn evaluate(
     saes: &[(String, Sae)],
@@ -351,6 +377,9 @@ pub fn evaluate(
     progress: &Progress,
 ) -> Result<EvalReport> {
     let d = store.d();
+    if let Some((m, _)) = model {
+        check_model_matches_store(m, store)?;
+    }
     let (_, eval_shards) = store.split(params.eval_shards);
     let (acts, toks) = store.sample(&eval_shards, params.max_samples)?;
     let mut notes = vec![format!(

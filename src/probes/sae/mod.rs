@@ -576,6 +576,7 @@ pub fn eval_into(
     let t0 = std::time::Instant::now();
     let docs = match model {
         Some((m, corpus)) => {
+            eval::check_model_matches_store(m, &s)?;
             manifest.model = Some(crate::report::manifest::ModelRecord::of(m)?);
             Some(held_out_docs(m, corpus, s.meta.next_doc, params.ce_docs)?)
         }
