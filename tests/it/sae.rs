@@ -444,6 +444,33 @@ fn train_and_eval_commands_write_tables_and_charts() {
         );
         sae_dirs.push(out);
     }
+    // A diverging run is an error and saves nothing.
+    let diverged = dir.path().join("diverged");
+    let e = engram::cli::run([
+        "engram",
+        "--quiet",
+        "sae",
+        "train",
+        "--store",
+        store.to_str().unwrap(),
+        "--kind",
+        "relu",
+        "--steps",
+        "20",
+        "--batch-size",
+        "128",
+        "--lr",
+        "1e30",
+        "--out",
+        diverged.to_str().unwrap(),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("training diverged") && e.contains("nothing saved"),
+        "{e}"
+    );
+    assert!(!diverged.exists());
     // Evaluating with a model whose hook width differs from the store's: one clear line.
     let e = engram::cli::run([
         "engram",

@@ -783,6 +783,29 @@ pub fn train(
     bar.finish();
     let seconds = t0.elapsed().as_secs_f64();
     let sae = with_store_meta(trainer.export(scale)?, store);
+    // A diverged run (NaN activations in the store, an lr that blows up) is an error, not a
+    // saved NaN SAE.
+    for (name, t) in [
+        ("W_enc", &sae.w_enc),
+        ("W_dec", &sae.w_dec),
+        ("b_enc", &sae.b_enc),
+    ] {
+        let bad = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?
+            .iter()
+            .filter(|v| !v.is_finite())
+            .count();
+        if bad > 0 {
+            crate::bail!(
+                "{} SAE training diverged: {bad} non-finite values in {name} after {} steps \
+                 (NaN or inf in the store, or --lr too large); nothing saved",
+                params.kind,
+                params.steps
+            );
+        }
+    }
     if let Some(out) = out {
         sae.save(out)?;
     }
