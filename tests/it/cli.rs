@@ -48,6 +48,29 @@ fn absurd_sizes_give_one_line_errors_not_panics() {
         &["cmr-fit", "--crp", huge.to_str().unwrap(), "-o", o],
         "overflows",
     );
+    // NaN lag-CRPs give no CMR-like share (were reported as "0.0% CMR-like").
+    let nan = npy("nan.npy", "1, 2, 16", 256);
+    let mut bytes = std::fs::read(&nan).unwrap();
+    let n = bytes.len();
+    for (i, b) in bytes[n - 256..].iter_mut().enumerate() {
+        *b = f64::NAN.to_le_bytes()[i % 8];
+    }
+    std::fs::write(&nan, bytes).unwrap();
+    let nan_out = d.join("nan-out");
+    let (code, stdout, err) = super::common::engram(&[
+        "cmr-fit",
+        "--crp",
+        nan.to_str().unwrap(),
+        "--table",
+        fixture_dir("../../notebooks-data/icl-cmr/cmr_crp_avg_20_11.npy")
+            .to_str()
+            .unwrap(),
+        "-o",
+        nan_out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("no CMR-like share"), "{stdout}");
+    assert!(!stdout.contains("0.0% CMR-like"), "{stdout}");
     let short = npy("short.npy", "12, 16, 16", 64);
     assert_one_line_error(
         &["cmr-fit", "--crp", short.to_str().unwrap(), "-o", o],

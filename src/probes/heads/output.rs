@@ -91,20 +91,36 @@ pub fn summary_lines(r: &HeadsReport) -> Vec<String> {
         }
     }
     let (like, strict, per_layer) = cmr_shares(&r.heads, r.n_layers);
-    out.push(format!(
-        "{} heads: {:.1}% CMR-like (distance < 0.5), {:.1}% (< 0.1)",
-        r.heads.len(),
-        like * 100.0,
-        strict * 100.0
-    ));
-    out.push(format!(
-        "CMR-like per layer (%): {}",
-        per_layer
-            .iter()
-            .map(|x| format!("{:.0}", x * 100.0))
-            .collect::<Vec<_>>()
-            .join(" ")
-    ));
+    let undefined = r.heads.iter().filter(|h| h.fit.distance.is_nan()).count();
+    if undefined == r.heads.len() {
+        out.push(format!(
+            "{} heads: no CMR-like share: every head's lag-CRP or CMR fit is undefined (NaN)",
+            r.heads.len()
+        ));
+    } else {
+        out.push(format!(
+            "{} heads: {:.1}% CMR-like (distance < 0.5), {:.1}% (< 0.1){}",
+            r.heads.len(),
+            like * 100.0,
+            strict * 100.0,
+            if undefined > 0 {
+                format!(
+                    " of the {} with a defined lag-CRP ({undefined} NaN, left out)",
+                    r.heads.len() - undefined
+                )
+            } else {
+                String::new()
+            }
+        ));
+        out.push(format!(
+            "CMR-like per layer (%): {}",
+            per_layer
+                .iter()
+                .map(|x| format!("{:.0}", x * 100.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
     if let Some(a) = &r.ablation {
         out.push(format!(
             "ablation: ICL(top CMR) − ICL(random) = {:+.3} (t = {:.2}, p = {:.4})",
