@@ -345,6 +345,27 @@ impl PackedLinear {
             .apply_op1_no_bwd(&Apply { w: self, kernel })?)
     }
 
+    /// The (column panel × row range) tasks of an `m`-row product, in parallel:
+    /// `f(p, panel, cols, r0, r1)` gets panel `p`'s packed words, its live column count and the
+    /// rows `r0..r1`.
+    fn par_panel_tasks(&self, m: usize, f: impl Fn(usize, &[u32], usize, usize, usize) + Sync) {
+        let (n, kp) = (self.n, self.kp);
+        let row_tasks = m.div_ceil(ROWS_PER_TASK);
+        (0..n.div_ceil(NR) * row_tasks)
+            .into_par_iter()
+            .for_each(|t| {
+                let (p, r) = (t / row_tasks, t % row_tasks);
+                let r0 = r * ROWS_PER_TASK;
+                f(
+                    p,
+                    &self.data[p * kp * NR..(p + 1) * kp * NR],
+                    NR.min(n - p * NR),
+                    r0,
+                    (r0 + ROWS_PER_TASK).min(m),
+                );
+            });
+    }
+
     /// `x` is `[m, k]` row-major; returns `[m, n]`.
     fn matmul_slice(&self, x: &[f32], m: usize, kernel: Kernel) -> Vec<f32> {
         let (n, kp) = (self.n, self.kp);
@@ -447,13 +468,7 @@ impl PackedLinear {
                 Format::F32 => kp,
                 Format::Bf16 => 2 * kp,
             };
-            let row_tasks = m.div_ceil(ROWS_PER_TASK);
-            (0..panels * row_tasks).into_par_iter().for_each(|t| {
-                let (p, r) = (t / row_tasks, t % row_tasks);
-                let panel = &self.data[p * kp * NR..(p + 1) * kp * NR];
-                let cols = NR.min(n - p * NR);
-                let r0 = r * ROWS_PER_TASK;
-                let r1 = (r0 + ROWS_PER_TASK).min(m);
+            self.par_panel_tasks(m, |p, panel, cols, r0, r1| {
                 // SAFETY: `cp` is offset to row `r0`, column `p · NR` of the `m × n` output,
                 // and `r1 - r0` rows of `cols` columns from there are inside it; tasks write
                 // disjoint (row range × column panel) blocks of `c`, which outlives the
@@ -473,14 +488,8 @@ impl PackedLinear {
                 };
             });
         } else {
-            let row_tasks = m.div_ceil(ROWS_PER_TASK);
             let native = kernel == Kernel::Avx512;
-            (0..panels * row_tasks).into_par_iter().for_each(|t| {
-                let (p, r) = (t / row_tasks, t % row_tasks);
-                let panel = &self.data[p * kp * NR..(p + 1) * kp * NR];
-                let cols = NR.min(n - p * NR);
-                let r0 = r * ROWS_PER_TASK;
-                let r1 = (r0 + ROWS_PER_TASK).min(m);
+            self.par_panel_tasks(m, |p, panel, cols, r0, r1| {
                 let mut i = r0;
                 while i < r1 {
                     let mr = MR.min(r1 - i);

@@ -3,29 +3,111 @@
 
 use crate::common::*;
 
-/// Issue-25 defects that panicked: zero heads in a config, an `.npy` whose shape overflows or
-/// outgrows its file, `sae train --batch-size 0`.
-#[test]
-fn absurd_sizes_give_one_line_errors_not_panics() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    let zero = d.join("zero-heads");
-    std::fs::create_dir_all(&zero).unwrap();
+/// A copy of the llama fixture (config.json + model.safetensors) in `d/name` with `edit`
+/// applied to its config; returns the folder as a `--model` value.
+fn llama_copy(
+    d: &std::path::Path,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> String {
+    let dir = d.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
     let mut cfg: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture_dir("llama").join("config.json")).unwrap(),
     )
     .unwrap();
-    cfg["num_attention_heads"] = 0.into();
-    std::fs::write(zero.join("config.json"), cfg.to_string()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     std::fs::copy(
         fixture_dir("llama").join("model.safetensors"),
-        zero.join("model.safetensors"),
+        dir.join("model.safetensors"),
     )
     .unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+/// Configs and checkpoints that panicked, aborted or ran silently wrong (issue 25, the fuzzer):
+/// each is a one-line error.
+#[test]
+fn bad_configs_and_checkpoints_give_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &str); 4] = [
+        (
+            "zero-heads",
+            |c| c["num_attention_heads"] = 0.into(),
+            "0 attention heads",
+        ),
+        // Found by examples/fuzz.rs: a 1e11-element allocation, an abort.
+        (
+            "huge-layers",
+            |c| c["num_hidden_layers"] = 99_999_999_999u64.into(),
+            "beyond any real model",
+        ),
+        // Silently gave NaN logits.
+        (
+            "neg-theta",
+            |c| {
+                c["rope_theta"] = (-10000.0).into();
+                if let Some(p) = c.get_mut("rope_parameters") {
+                    p["rope_theta"] = (-10000.0).into();
+                }
+            },
+            "rope theta must be a positive number",
+        ),
+        // Fewer layers than the checkpoint: was silently truncated.
+        (
+            "few-layers",
+            |c| c["num_hidden_layers"] = 1.into(),
+            "layers but the config describes 1",
+        ),
+    ];
+    for (name, edit, needle) in cases {
+        assert_one_line_error(&["info", "--model", &llama_copy(d, name, edit)], needle);
+    }
+    // Found by the fuzzer: a tokenizer.json whose decoder makes the tokenizers crate panic.
+    let badtok = llama_copy(d, "badtok", |_| {});
+    std::fs::copy(
+        fixture_dir("fuzz").join("tokenizer_decoder_panic.json"),
+        std::path::Path::new(&badtok).join("tokenizer.json"),
+    )
+    .unwrap();
+    assert_one_line_error(&["info", "--model", &badtok], "malformed tokenizer");
+    // A GGUF whose last tensor starts inside the file but ends past it.
+    let gguf = std::fs::read(fixture_dir("qwen3").join("model.gguf")).unwrap();
+    let cut = d.join("cut.gguf");
+    std::fs::write(&cut, &gguf[..gguf.len() - 100]).unwrap();
     assert_one_line_error(
-        &["info", "--model", zero.to_str().unwrap()],
-        "0 attention heads",
+        &["info", "--model", cut.to_str().unwrap()],
+        "runs past the end",
     );
+    // Weights that cannot fit in memory are refused from the headers, before any allocation:
+    // a (sparse) 1 TB safetensors file whose header declares one 2^38-element f32 tensor.
+    let big = std::path::PathBuf::from(llama_copy(d, "terabyte", |_| {}));
+    let bytes: u64 = 1 << 40;
+    let header = format!(
+        r#"{{"model.embed_tokens.weight":{{"dtype":"F32","shape":[262144,1048576],"data_offsets":[0,{bytes}]}}}}"#
+    );
+    let mut h = header.into_bytes();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut f = std::fs::File::create(big.join("model.safetensors")).unwrap();
+    std::io::Write::write_all(&mut f, &(h.len() as u64).to_le_bytes()).unwrap();
+    std::io::Write::write_all(&mut f, &h).unwrap();
+    if f.set_len(8 + h.len() as u64 + bytes).is_ok() {
+        drop(f);
+        assert_one_line_error(&["info", "--model", big.to_str().unwrap()], "more than the");
+    }
+}
+
+/// Issue-25 defects that panicked or wrote nonsense with rc 0: an `.npy` whose shape overflows
+/// or outgrows its file, NaN lag-CRPs, zero or degenerate sizes, generation past the context.
+#[test]
+fn absurd_sizes_give_one_line_errors_not_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
     let npy = |name: &str, shape: &str, data: usize| {
         let header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({shape}), }}");
         let mut h = header.into_bytes();
@@ -206,101 +288,6 @@ fn absurd_sizes_give_one_line_errors_not_panics() {
         assert_one_line_error(&a, needle);
     }
     assert!(!out.exists(), "a refused command wrote {}", out.display());
-    // Found by examples/fuzz.rs (docs/reliability.md), kept as regressions:
-    // a layer count beyond any model (was a 1e11-element allocation, an abort);
-    let huge = d.join("huge-layers");
-    std::fs::create_dir_all(&huge).unwrap();
-    let mut cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture_dir("llama").join("config.json")).unwrap(),
-    )
-    .unwrap();
-    cfg["num_hidden_layers"] = 99_999_999_999u64.into();
-    std::fs::write(huge.join("config.json"), cfg.to_string()).unwrap();
-    assert_one_line_error(
-        &["info", "--model", huge.to_str().unwrap()],
-        "beyond any real model",
-    );
-    // a negative rope theta (silently gave NaN logits).
-    let neg = d.join("neg-theta");
-    std::fs::create_dir_all(&neg).unwrap();
-    let mut cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture_dir("llama").join("config.json")).unwrap(),
-    )
-    .unwrap();
-    cfg["rope_theta"] = (-10000.0).into();
-    if let Some(p) = cfg.get_mut("rope_parameters") {
-        p["rope_theta"] = (-10000.0).into();
-    }
-    std::fs::write(neg.join("config.json"), cfg.to_string()).unwrap();
-    assert_one_line_error(
-        &["info", "--model", neg.to_str().unwrap()],
-        "rope theta must be a positive number",
-    );
-    // a config with fewer layers than the checkpoint (was silently truncated).
-    let few = d.join("few-layers");
-    std::fs::create_dir_all(&few).unwrap();
-    let mut cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture_dir("llama").join("config.json")).unwrap(),
-    )
-    .unwrap();
-    cfg["num_hidden_layers"] = 1.into();
-    std::fs::write(few.join("config.json"), cfg.to_string()).unwrap();
-    std::fs::copy(
-        fixture_dir("llama").join("model.safetensors"),
-        few.join("model.safetensors"),
-    )
-    .unwrap();
-    assert_one_line_error(
-        &["info", "--model", few.to_str().unwrap()],
-        "layers but the config describes 1",
-    );
-    // a tokenizer.json whose decoder makes the tokenizers crate panic;
-    let badtok = d.join("badtok");
-    std::fs::create_dir_all(&badtok).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture_dir("llama").join(f), badtok.join(f)).unwrap();
-    }
-    std::fs::copy(
-        fixture_dir("fuzz").join("tokenizer_decoder_panic.json"),
-        badtok.join("tokenizer.json"),
-    )
-    .unwrap();
-    assert_one_line_error(
-        &["info", "--model", badtok.to_str().unwrap()],
-        "malformed tokenizer",
-    );
-    // a GGUF whose last tensor starts inside the file but ends past it.
-    let gguf = std::fs::read(fixture_dir("qwen3").join("model.gguf")).unwrap();
-    let cut = d.join("cut.gguf");
-    std::fs::write(&cut, &gguf[..gguf.len() - 100]).unwrap();
-    assert_one_line_error(
-        &["info", "--model", cut.to_str().unwrap()],
-        "runs past the end",
-    );
-    // Weights that cannot fit in memory are refused from the headers, before any allocation:
-    // a (sparse) 1 TB safetensors file whose header declares one 2^38-element f32 tensor.
-    let big = d.join("terabyte");
-    std::fs::create_dir_all(&big).unwrap();
-    std::fs::copy(
-        fixture_dir("llama").join("config.json"),
-        big.join("config.json"),
-    )
-    .unwrap();
-    let bytes: u64 = 1 << 40;
-    let header = format!(
-        r#"{{"model.embed_tokens.weight":{{"dtype":"F32","shape":[262144,1048576],"data_offsets":[0,{bytes}]}}}}"#
-    );
-    let mut h = header.into_bytes();
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
-    let mut f = std::fs::File::create(big.join("model.safetensors")).unwrap();
-    std::io::Write::write_all(&mut f, &(h.len() as u64).to_le_bytes()).unwrap();
-    std::io::Write::write_all(&mut f, &h).unwrap();
-    if f.set_len(8 + h.len() as u64 + bytes).is_ok() {
-        drop(f);
-        assert_one_line_error(&["info", "--model", big.to_str().unwrap()], "more than the");
-    }
     // Generation past the context is an error, not a silent truncation (fixture context 64).
     let long = "x".repeat(60);
     assert_one_line_error(

@@ -406,6 +406,11 @@ fn perfect_sae_recovers_all_ce_and_zero_kl() {
     assert!(r.kl.abs() < 1e-4, "{r:?}");
 }
 
+/// `engram --quiet sae ARGS...` in this process.
+fn sae_cli(args: &[&str]) -> engram::Result<()> {
+    engram::cli::run(["engram", "--quiet", "sae"].iter().chain(args))
+}
+
 #[test]
 fn train_and_eval_commands_write_tables_and_charts() {
     let dir = tempfile::tempdir().unwrap();
@@ -418,10 +423,7 @@ fn train_and_eval_commands_write_tables_and_charts() {
         ("topk", "--k=3"),
     ] {
         let out = dir.path().join(kind);
-        engram::cli::run([
-            "engram",
-            "--quiet",
-            "sae",
+        sae_cli(&[
             "train",
             "--store",
             store.to_str().unwrap(),
@@ -446,10 +448,7 @@ fn train_and_eval_commands_write_tables_and_charts() {
     }
     // A diverging run is an error and saves nothing.
     let diverged = dir.path().join("diverged");
-    let e = engram::cli::run([
-        "engram",
-        "--quiet",
-        "sae",
+    let e = sae_cli(&[
         "train",
         "--store",
         store.to_str().unwrap(),
@@ -472,10 +471,7 @@ fn train_and_eval_commands_write_tables_and_charts() {
     );
     assert!(!diverged.exists());
     // Evaluating with a model whose hook width differs from the store's: one clear line.
-    let e = engram::cli::run([
-        "engram",
-        "--quiet",
-        "sae",
+    let e = sae_cli(&[
         "eval",
         "--sae",
         sae_dirs[0].to_str().unwrap(),
