@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::record::{complete_manifest, BatchRecord, StepRecord, StepStatus};
 use super::suite::{Step, Suite};
-use super::{safe_name, BATCH_FILE, INDEX_FILE, SHARDS_DIR, SUITE_COPY};
+use super::{safe_name, BATCH_FILE, INDEX_FILE, SUITE_COPY};
 use crate::report::manifest::{Manifest, MANIFEST_FILE};
 use crate::report::write_atomic;
 use crate::Result;
@@ -217,12 +217,7 @@ pub fn write_index(root: &Path, suite: &Suite, record: &BatchRecord) -> Result<P
     if !record.shards.is_empty() {
         html.push_str("<table><tr><th>shard</th><th>host</th><th>Slurm job</th><th>started</th><th>finished</th><th>seconds</th><th>peak RSS</th><th>record</th></tr>");
         for sh in &record.shards {
-            let rec_file = sh
-                .shard
-                .parse::<super::Shard>()
-                .map(|s| format!("{SHARDS_DIR}/{}", s.record_name()))
-                .ok()
-                .filter(|f| root.join(f).is_file());
+            let rec_file = sh.record_file().filter(|f| root.join(f).is_file());
             let _ = write!(
                 html,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",

@@ -489,8 +489,8 @@ pub(super) fn write_root_manifest(
             sh.finished.as_deref().unwrap_or("(not finished)"),
             sh.command.join(" ")
         ));
-        if let Some(name) = shard_record_name(&sh.shard) {
-            m.add_file(format!("{SHARDS_DIR}/{name}"));
+        if let Some(f) = sh.record_file() {
+            m.add_file(f);
         }
     }
     for s in &record.steps {
@@ -522,9 +522,4 @@ pub(super) fn write_root_manifest(
     }
     m.write(root)?;
     Ok(())
-}
-
-/// `shard-I-of-N.json` for `I/N`.
-fn shard_record_name(label: &str) -> Option<String> {
-    label.parse::<Shard>().ok().map(|s| s.record_name())
 }

@@ -188,6 +188,12 @@ pub struct ShardInfo {
 }
 
 impl ShardInfo {
+    /// The shard's record relative to the run root (`shards/shard-I-of-N.json`).
+    pub fn record_file(&self) -> Option<String> {
+        let s = self.shard.parse::<Shard>().ok()?;
+        Some(format!("{}/{}", super::SHARDS_DIR, s.record_name()))
+    }
+
     /// Mark the shard ended now, `seconds` after it started.
     pub fn end(&mut self, finished: Option<String>, seconds: f64) {
         self.finished = finished;
