@@ -192,99 +192,49 @@ fn absurd_sizes_give_one_line_errors_not_panics() {
     let m = m.to_str().unwrap();
     let (_tok_dir, _, tok, _) = super::common::cli_fixture("llama2");
     let tok = tok.as_str();
-    for (args, needle) in [
+    let collect = [
+        "sae",
+        "collect",
+        "-m",
+        m,
+        "--hook",
+        "blocks.0.hook_resid_post",
+    ];
+    let cache = ["cache", "-m", m, "--tokenizer", tok, "-p", "ab", "--hooks"];
+    for (command, extra, needle) in [
         (
-            vec![
-                "sae",
-                "collect",
-                "-m",
-                m,
-                "--hook",
-                "blocks.0.hook_resid_post",
-                "--tokens",
-                "0",
-            ],
+            &collect[..],
+            &["--tokens", "0"][..],
             "--tokens must be at least 1",
         ),
         (
-            vec![
-                "sae",
-                "collect",
-                "-m",
-                m,
-                "--hook",
-                "blocks.0.hook_resid_post",
-                "--shard-size",
-                "0",
-            ],
+            &collect,
+            &["--shard-size", "0"],
             "--shard-size must be at least 1",
         ),
         (
-            vec![
-                "sae",
-                "collect",
-                "-m",
-                m,
-                "--hook",
-                "blocks.0.hook_resid_post",
-                "--tokens",
-                "100000",
-                "--shard-size",
-                "2",
-            ],
+            &collect,
+            &["--tokens", "100000", "--shard-size", "2"],
             "would write 50000 shards",
         ),
         (
-            vec!["neurons", "-m", m, "--eval-per-relation", "0"],
+            &["neurons", "-m", m],
+            &["--eval-per-relation", "0"],
             "--eval-per-relation must be at least 1",
         ),
         (
-            vec![
-                "cache",
-                "-m",
-                m,
-                "--tokenizer",
-                tok,
-                "-p",
-                "ab",
-                "--hooks",
-                "blocks.0.hook_resid_post",
-                "--last",
-                "0",
-            ],
+            &cache,
+            &["blocks.0.hook_resid_post", "--last", "0"],
             "--last 0 keeps no positions",
         ),
+        (&cache, &[""], "--hooks is empty"),
         (
-            vec![
-                "cache",
-                "-m",
-                m,
-                "--tokenizer",
-                tok,
-                "-p",
-                "ab",
-                "--hooks",
-                "",
-            ],
-            "--hooks is empty",
-        ),
-        (
-            vec![
-                "cache",
-                "-m",
-                m,
-                "--tokenizer",
-                tok,
-                "-p",
-                "ab",
-                "--hooks",
-                "blocks.99.hook_resid_post",
-            ],
+            &cache,
+            &["blocks.99.hook_resid_post"],
             "layer 99 is out of range",
         ),
     ] {
-        let mut a = args.clone();
-        a.extend(["-o", o]);
+        let a = [command, extra, &["-o", o]].concat();
         assert_one_line_error(&a, needle);
     }
     assert!(!out.exists(), "a refused command wrote {}", out.display());
