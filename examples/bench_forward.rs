@@ -54,6 +54,8 @@ fn fma_peak_gflops(threads: usize) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::*;
+        /// # Safety
+        /// The CPU must have AVX-512F (checked by the caller).
         #[target_feature(enable = "avx512f")]
         unsafe fn chains512(iters: u64) -> f32 {
             let a = _mm512_set1_ps(0.999_999);
@@ -70,6 +72,8 @@ fn fma_peak_gflops(threads: usize) -> f64 {
             }
             _mm512_reduce_add_ps(s)
         }
+        /// # Safety
+        /// The CPU must have AVX2 and FMA (checked by the caller).
         #[target_feature(enable = "avx2,fma")]
         unsafe fn chains256(iters: u64) -> f32 {
             let a = _mm256_set1_ps(0.999_999);
@@ -92,7 +96,11 @@ fn fma_peak_gflops(threads: usize) -> f64 {
         let (lanes, ok) = if wide {
             (16.0, true)
         } else {
-            (8.0, std::arch::is_x86_feature_detected!("fma"))
+            (
+                8.0,
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma"),
+            )
         };
         if !ok {
             return f64::NAN;
@@ -134,6 +142,8 @@ fn bf16_peak_gflops(threads: usize) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::*;
+        /// # Safety
+        /// The CPU must have AVX-512F and AVX512-BF16 (checked by the caller).
         #[target_feature(enable = "avx512f,avx512bf16")]
         unsafe fn chains(iters: u64) -> f32 {
             let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));

@@ -105,6 +105,8 @@ fn fma256_peak() -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::*;
+        /// # Safety
+        /// The CPU must have AVX2 and FMA (checked by the caller).
         #[target_feature(enable = "avx2,fma")]
         unsafe fn chains(iters: u64) -> f32 {
             let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));

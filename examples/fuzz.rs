@@ -53,7 +53,11 @@ fn save_current() {
     }
 }
 
+// SAFETY: every allocation is forwarded to the system allocator unchanged (or the process
+// aborts), so `Capped` keeps `GlobalAlloc`'s contract exactly as `System` does.
 unsafe impl GlobalAlloc for Capped {
+    /// # Safety
+    /// `GlobalAlloc::alloc`'s contract (a non-zero-sized layout).
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if layout.size() > MAX_ALLOC.load(Ordering::Relaxed) {
             // No unwinding out of an allocator: report and abort (the input is on disk).
@@ -65,6 +69,8 @@ unsafe impl GlobalAlloc for Capped {
         // SAFETY: forwarded unchanged to the system allocator, whose contract the caller meets.
         unsafe { System.alloc(layout) }
     }
+    /// # Safety
+    /// `GlobalAlloc::dealloc`'s contract.
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: `ptr` came from `System.alloc` with this layout (alloc above forwards there).
         unsafe { System.dealloc(ptr, layout) }

@@ -24,6 +24,7 @@ pub fn keep_freed_pages() {
 pub fn purging<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: plain calls into mimalloc's option and collection API.
     let delay = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+    // SAFETY: as above (mimalloc's options are atomics).
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     let r = f();
     // SAFETY: as above.

@@ -58,6 +58,10 @@ pub struct StepRecord {
     /// The shard (`I/N`) the step belongs to, in sharded runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<String>,
+    /// A skipped step whose outputs were made with other parameters than the suite now gives:
+    /// `key: ran VALUE, suite VALUE` per difference (the outputs are the earlier run's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale: Vec<String>,
 }
 
 /// `batch.json`.
@@ -104,6 +108,22 @@ impl BatchRecord {
 
 /// The step's manifest if the directory is complete: a parsable manifest with `finished` set and
 /// every listed file present.
+/// The parameters in which the run recorded in a complete step's manifest (`ran`) differs from
+/// what the suite now asks for (`asked`, the probe's full parameters): `key: ran X, suite Y`.
+/// Keys the earlier run did not record (parameters added since) are not differences.
+pub fn stale_params(ran: &serde_json::Value, asked: &serde_json::Value) -> Vec<String> {
+    let (Some(ran), Some(asked)) = (ran.as_object(), asked.as_object()) else {
+        return vec![];
+    };
+    asked
+        .iter()
+        .filter_map(|(k, v)| {
+            let r = ran.get(k)?;
+            (r != v).then(|| format!("{k}: ran {r}, suite {v}"))
+        })
+        .collect()
+}
+
 pub fn complete_manifest(dir: &Path) -> Option<Manifest> {
     let m = Manifest::read(&dir.join(MANIFEST_FILE)).ok()?;
     m.finished.as_ref()?;

@@ -144,10 +144,49 @@ pub(super) fn initial_record(
                 seconds: None,
                 error: None,
                 shard: None,
+                stale: vec![],
             })
             .collect(),
         shards: vec![],
     }
+}
+
+/// Note in each skipped (complete) step where its outputs' parameters differ from the ones the
+/// suite now gives (`probes[i]`: the suite's step, built): the step is still skipped — its
+/// directory holds the earlier run — but the record, the run's manifest and the suite copy say
+/// so instead of recording the new parameters as if they had run.
+fn mark_stale(record: &mut BatchRecord, probes: &[Box<dyn probes::Step>], root: &Path) {
+    for (r, p) in record.steps.iter_mut().zip(probes) {
+        if r.status != StepStatus::Skipped {
+            continue;
+        }
+        if let Some(m) = complete_manifest(&root.join(&r.dir)) {
+            r.stale = super::record::stale_params(&m.params, &p.params());
+        }
+    }
+}
+
+/// The suite copy written into the run: the suite file, headed by a comment naming the
+/// skipped steps whose outputs came from other parameters.
+fn suite_copy(text: &[u8], record: &BatchRecord) -> Vec<u8> {
+    let stale: Vec<&StepRecord> = record
+        .steps
+        .iter()
+        .filter(|s| !s.stale.is_empty())
+        .collect();
+    if stale.is_empty() {
+        return text.to_vec();
+    }
+    let mut out = String::from(
+        "# engram: these steps were skipped as complete, but their outputs were made with other\n\
+         # parameters than this suite gives (delete a step's directory to rerun it):\n",
+    );
+    for s in stale {
+        out.push_str(&format!("#   {}: {}\n", s.id, s.stale.join("; ")));
+    }
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(text);
+    bytes
 }
 
 /// The suite, its root and its plan; an error for an unknown `--only-model`.
@@ -208,9 +247,16 @@ pub fn check_suite(opts: &BatchOptions) -> Result<Vec<PlanLine>> {
     let mut invalid = vec![];
     let mut lines = vec![];
     for (s, r) in steps.iter().zip(&record.steps) {
-        let action = if let Err(e) = check_step(s) {
+        let built = check_step(s);
+        let stale = match (&built, complete_manifest(&s.dir(&root))) {
+            (Ok(p), Some(m)) => !super::record::stale_params(&m.params, &p.params()).is_empty(),
+            _ => false,
+        };
+        let action = if let Err(e) = built {
             invalid.push(format!("{}: {}", s.id, one_line(&e.to_string())));
             "INVALID"
+        } else if r.status == StepStatus::Skipped && stale {
+            "skip (complete, made with other parameters)"
         } else if r.status == StepStatus::Skipped {
             "skip (complete)"
         } else if r.status == StepStatus::Deselected {
@@ -285,6 +331,7 @@ pub fn run_suite(
     };
     let mut record = initial_record(&suite, opts, &steps, &root);
     mark_shards(&mut record, &steps, opts.shard);
+    mark_stale(&mut record, &probes, &root);
     for (s, r) in steps.iter().zip(record.steps.iter_mut()) {
         if r.status == StepStatus::Pending && !selected(opts, s) {
             r.status = StepStatus::Deselected;
@@ -299,7 +346,7 @@ pub fn run_suite(
         }
     };
     let suite_text = std::fs::read(&opts.suite).map_err(|e| Error::io(&opts.suite, e))?;
-    write_atomic(&root.join(SUITE_COPY), &suite_text)?;
+    write_atomic(&root.join(SUITE_COPY), &suite_copy(&suite_text, &record))?;
     record.write_to(&record_path)?;
     let order: Vec<usize> = run_order(&suite, &steps)
         .into_iter()
@@ -506,6 +553,15 @@ pub(super) fn write_root_manifest(
         record.count(StepStatus::Pending),
         record.count(StepStatus::Deselected)
     ));
+    for s in record.steps.iter().filter(|s| !s.stale.is_empty()) {
+        m.note(format!(
+            "skipped {} as complete, but its outputs were made with other parameters ({}); \
+             delete {} to rerun it",
+            s.id,
+            s.stale.join("; "),
+            s.dir
+        ));
+    }
     for s in record
         .steps
         .iter()

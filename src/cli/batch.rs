@@ -100,6 +100,14 @@ pub fn run(a: &BatchArgs, session: &mut Session) -> Result<()> {
             .as_ref()
             .map_or(String::new(), |e| format!(": {e}"));
         println!("[{i}/{n}] {} {}{secs}{err}", rec.id, rec.status.as_str());
+        if !rec.stale.is_empty() {
+            eprintln!(
+                "warning: {} is complete from a run with other parameters ({}); its outputs are \
+                 that run's (delete its directory to rerun it)",
+                rec.id,
+                rec.stale.join("; ")
+            );
+        }
         if mode == ProgressMode::JsonLines {
             eprintln!(
                 "{}",

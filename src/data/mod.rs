@@ -64,6 +64,18 @@ fn require(path: &Path, what: &str, dir: bool) -> Result<PathBuf> {
 /// by blank lines.
 pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
     let path = &locate(path);
+    let docs = read_documents(path)?;
+    if docs.is_empty() {
+        return Err(Error::msg(format!(
+            "{}: empty corpus (no documents: a .jsonl needs lines with a \"text\" field, a .txt \
+             documents separated by blank lines)",
+            path.display()
+        )));
+    }
+    Ok(docs)
+}
+
+fn read_documents(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     if path.extension().is_some_and(|e| e == "jsonl") {
         text.lines()

@@ -98,6 +98,8 @@ fn pairs(src: &[f32], dst: &mut [std::mem::MaybeUninit<u32>]) {
     }
     #[cfg(target_arch = "x86_64")]
     {
+        /// # Safety
+        /// The CPU must have AVX-512F and AVX-512BW (checked by the caller below).
         #[target_feature(enable = "avx512f,avx512bw")]
         unsafe fn avx512(src: &[f32], dst: &mut [std::mem::MaybeUninit<u32>]) {
             generic(src, dst)
@@ -547,6 +549,7 @@ pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: only used to write disjoint blocks from parallel tasks, each user's SAFETY comment
 // says why they are disjoint.
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`: shared only between tasks writing disjoint blocks.
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
     pub(super) fn get(self) -> *mut f32 {
@@ -736,6 +739,8 @@ mod avx512 {
 
     /// Store an `M × NR` accumulator block, the last columns masked off past `cols`.
     #[inline(always)]
+    /// # Safety
+    /// AVX-512F; `c` points to `M` rows, `ldc` floats apart, of at least `cols ≤ NR` writable floats.
     unsafe fn store<const M: usize>(acc: &[[__m512; 4]; M], c: *mut f32, ldc: usize, cols: usize) {
         for (i, acc) in acc.iter().enumerate() {
             let row = c.add(i * ldc);
@@ -751,6 +756,10 @@ mod avx512 {
         }
     }
 
+    /// `M` rows of packed bf16 pairs against one packed panel, `C += A·B`.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX512-BF16; `a` holds `M · kp` words, `panel` `kp · NR` words; `c` as [`store`].
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn kernel_bf16<const M: usize>(
         a: &[u32],
@@ -782,6 +791,10 @@ mod avx512 {
         store(&acc, c, ldc, cols);
     }
 
+    /// `M` rows of packed f32 against one packed panel, `C += A·B`.
+    ///
+    /// # Safety
+    /// AVX-512F; `a`, `panel` and `c` as [`kernel_bf16`].
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn kernel_f32<const M: usize>(
         a: &[u32],
@@ -966,6 +979,10 @@ mod amx {
 
     /// 32 rows × one panel, tiles configured for 16 rows: tmm0–3 the 2 × 2 output tiles of a
     /// 32-column half, tmm4/5 the A tiles of rows 0–15 / 16–31, tmm6/7 the B tiles.
+    /// # Safety
+    /// AMX enabled for this thread and the tiles configured for 16 rows; `a` holds 32 rows of `kp`
+    /// pair words, `panel` `kp · NR` words; `c` points to 32 rows, `ldc` floats apart, of `NR`
+    /// writable floats.
     unsafe fn pairs_of_tiles(
         a: &[u32],
         kp: usize,
@@ -1017,6 +1034,8 @@ mod amx {
     }
 
     /// Zero the four output tiles, tmm0–3.
+    /// # Safety
+    /// AMX enabled for this thread and the tiles configured.
     unsafe fn zero_outputs() {
         asm!(
             "tilezero tmm0",
@@ -1029,6 +1048,8 @@ mod amx {
 
     /// Store the output tiles as 2 × 2: tmm0/1 rows 0–15, tmm2/3 rows 16–31, 32 columns at
     /// `c`, row stride `ldc` floats.
+    /// # Safety
+    /// As [`store_tiles`] for the four corners of a 32 × 32 block at `c`.
     unsafe fn store_2x2(c: *mut f32, ldc: usize) {
         store_tiles(
             [c, c.add(16), c.add(MR_AMX * ldc), c.add(MR_AMX * ldc + 16)],
@@ -1041,6 +1062,9 @@ mod amx {
     struct Buf<const N: usize>([f32; N]);
 
     /// One group of `mr ≤ 16` rows against four B tiles, tiles configured for `mr` rows.
+    /// # Safety
+    /// AMX enabled for this thread; `a` holds `mr` rows of `kp` pair words, `panel` `kp · NR`
+    /// words; `c` points to `mr` rows, `ldc` floats apart, of `cols ≤ NR` writable floats.
     unsafe fn group(
         a: &[u32],
         mr: usize,
@@ -1089,11 +1113,16 @@ mod amx {
     }
 
     /// Store the four output tiles side by side: `NR` columns at `c`, row stride `ldc` floats.
+    /// # Safety
+    /// As [`store_tiles`] for four tiles side by side at `c`.
     unsafe fn store(c: *mut f32, ldc: usize) {
         store_tiles([c, c.add(16), c.add(32), c.add(48)], ldc);
     }
 
     /// Store tmm0–3 at `c[0..4]`, row stride `ldc` floats.
+    /// # Safety
+    /// AMX enabled and tmm0–3 configured with `r` rows: each `c[i]` points to `r` rows, `ldc`
+    /// floats apart, of 16 writable floats.
     unsafe fn store_tiles(c: [*mut f32; 4], ldc: usize) {
         asm!(
             "tilestored [{c0} + {sc}*1], tmm0",
@@ -1119,6 +1148,8 @@ mod amx {
 
     /// Never called: [`available`] is false.
     #[allow(clippy::too_many_arguments)]
+    /// # Safety
+    /// None needed: it only panics.
     pub unsafe fn rows(_: &[u32], _: usize, _: usize, _: &[u32], _: *mut f32, _: usize, _: usize) {
         unreachable!("no AMX on this target")
     }

@@ -131,6 +131,25 @@ impl ModelSpec {
     pub fn load(&self) -> Result<Model> {
         Model::load(&self.model, &self.options()?)
     }
+
+    /// The model's config, read from the GGUF header or `config.json` without loading any
+    /// weights (to check a probe's layer and width parameters before the load).
+    pub fn config(&self) -> Result<ModelConfig> {
+        let source = source::resolve(&self.model, self.revision.as_deref())?;
+        match source.kind {
+            SourceKind::Gguf => weights::GgufWeights::open(&source.path)?.config(),
+            SourceKind::HfFolder | SourceKind::Hub => read_hf_config(&source.path),
+        }
+    }
+}
+
+/// `DIR/config.json` as a [`ModelConfig`].
+fn read_hf_config(dir: &std::path::Path) -> Result<ModelConfig> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
+    ModelConfig::from_hf_json(&v).map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))
 }
 
 /// Parse `f32`, `bf16`, `f16`.
@@ -209,13 +228,7 @@ impl Model {
                 (t?, tok?)
             }
             SourceKind::HfFolder | SourceKind::Hub => {
-                let cfg_path = source.path.join("config.json");
-                let text =
-                    std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-                let v: serde_json::Value = serde_json::from_str(&text)
-                    .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
-                let cfg = ModelConfig::from_hf_json(&v)
-                    .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
+                let cfg = read_hf_config(&source.path)?;
                 let w = weights::SafetensorsWeights::open_dir(&source.path)?;
                 let what = source.path.display().to_string();
                 weights::check_fits(&w, opts.dtype, &what)?;

@@ -95,6 +95,66 @@ pub fn check_fits(src: &dyn WeightSource, dtype: DType, what: &str) -> Result<()
     Ok(())
 }
 
+/// The number of NaN / ±inf values of a CPU tensor (`None` on other devices or for integer
+/// tensors), read from its storage without a copy.
+pub fn non_finite_count(t: &Tensor) -> Option<usize> {
+    use candle_core::{CpuStorage, Storage};
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return None;
+    };
+    let (o0, o1) = layout.contiguous_offsets()?;
+    Some(match cpu {
+        CpuStorage::F32(v) => v[o0..o1].iter().filter(|x| !x.is_finite()).count(),
+        CpuStorage::F64(v) => v[o0..o1].iter().filter(|x| !x.is_finite()).count(),
+        CpuStorage::BF16(v) => v[o0..o1]
+            .iter()
+            .filter(|x| x.to_bits() & 0x7f80 == 0x7f80)
+            .count(),
+        CpuStorage::F16(v) => v[o0..o1]
+            .iter()
+            .filter(|x| x.to_bits() & 0x7c00 == 0x7c00)
+            .count(),
+        _ => return None,
+    })
+}
+
+/// A source whose every tensor is checked for NaN / ±inf as it is handed out: a checkpoint
+/// holding them (a corrupt file, a diverged training run) is refused with the tensor's name
+/// instead of giving NaN logits and activations downstream.
+pub struct Finite<'a>(pub &'a dyn WeightSource);
+
+impl WeightSource for Finite<'_> {
+    fn get(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let t = self.0.get(name, dtype, device)?;
+        let t = if t.is_contiguous() {
+            t
+        } else {
+            t.contiguous()?
+        };
+        if let Some(n) = non_finite_count(&t).filter(|&n| n > 0) {
+            return Err(Error::msg(format!(
+                "{name} holds {n} NaN or infinite values of {}: the checkpoint is corrupt (or \
+                 was saved from a diverged run); nothing was computed",
+                t.elem_count()
+            )));
+        }
+        Ok(t)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+    fn names(&self) -> Vec<String> {
+        self.0.names()
+    }
+    fn parallel_load(&self) -> bool {
+        self.0.parallel_load()
+    }
+    fn element_count(&self) -> Option<u64> {
+        self.0.element_count()
+    }
+}
+
 /// Load every tensor of `src` as f32 in parallel (rayon) into memory.
 pub fn prefetch(src: &dyn WeightSource, device: &Device) -> Result<Prefetched> {
     use rayon::prelude::*;

@@ -80,6 +80,12 @@ pub trait Probe {
         Ok(())
     }
 
+    /// Check the parameters that depend on the model (layer ranges, hook points) against its
+    /// config, read before the weights load.
+    fn check_model(_params: &Self::Params, _cfg: &crate::model::ModelConfig) -> Result<()> {
+        Ok(())
+    }
+
     /// The defaults the given keys are laid over (e.g. the toy pair's own sizes in `directions`).
     fn defaults(_given: &ParamMap) -> Self::Params {
         Self::Params::default()

@@ -54,6 +54,14 @@ impl Session {
         Ok((model, record, Some(secs)))
     }
 
+    /// The model held, when it is the one `spec` asks for.
+    fn loaded_model(&self, spec: &ModelSpec) -> Option<&Model> {
+        self.loaded
+            .as_ref()
+            .filter(|l| &l.spec == spec)
+            .map(|l| &*l.model)
+    }
+
     /// Drop the model held.
     pub fn release(&mut self) {
         self.loaded = None;
@@ -126,6 +134,11 @@ pub(super) fn run_checked<P: Probe>(
         (ModelUse::None, _) | (ModelUse::Optional, None) => None,
         (ModelUse::Required, None) => crate::bail!("{}: no model given", P::NAME),
         (_, Some(s)) => {
+            // Layer and width parameters are checked against the config before the load.
+            match session.loaded_model(s) {
+                Some(m) => P::check_model(params, m.cfg())?,
+                None => P::check_model(params, &s.config()?)?,
+            }
             let (m, record, secs) = session.model(s)?;
             match secs {
                 Some(secs) => manifest.record_timing("load", secs),

@@ -93,7 +93,16 @@ where
     let tmp = temp_path_for(path)?;
     // Removed if the process is interrupted mid-write.
     let _guard = crate::interrupt::Guard::new(&tmp);
-    let result = f(&tmp).and_then(|()| {
+    // An encoder's error (a full disk, say) names the file it was writing.
+    let named = |e: Error| {
+        let msg = e.to_string();
+        if msg.contains(&*tmp.to_string_lossy()) || msg.contains(&*path.to_string_lossy()) {
+            e
+        } else {
+            Error::msg(format!("{}: {msg}", path.display()))
+        }
+    };
+    let result = f(&tmp).map_err(named).and_then(|()| {
         if !tmp.is_file() {
             return Err(Error::msg(format!(
                 "{}: the writer produced no file",

@@ -34,6 +34,8 @@ pub struct OutDir {
     /// Where the command writes: the partial directory, or `target` in place.
     work: PathBuf,
     in_place: bool,
+    /// In place, and the directory did not exist before.
+    created: bool,
     committed: bool,
     _guard: Option<Guard>,
     _lock: Lock,
@@ -122,11 +124,13 @@ impl OutDir {
         )?;
         check_existing(out, force, in_place)?;
         if in_place {
+            let created = !out.exists();
             std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
             return Ok(OutDir {
                 target: out.to_path_buf(),
                 work: out.to_path_buf(),
                 in_place,
+                created,
                 committed: false,
                 _guard: None,
                 _lock: lock,
@@ -143,6 +147,7 @@ impl OutDir {
             target: out.to_path_buf(),
             work: partial,
             in_place,
+            created: false,
             committed: false,
             _guard: Some(guard),
             _lock: lock,
@@ -193,6 +198,11 @@ impl Drop for OutDir {
     fn drop(&mut self) {
         if !self.committed && !self.in_place {
             let _ = std::fs::remove_dir_all(&self.work);
+        }
+        if !self.committed && self.created {
+            // A resumable output that failed before writing anything: no empty directory
+            // left behind (`remove_dir` refuses a directory with contents).
+            let _ = std::fs::remove_dir(&self.work);
         }
     }
 }

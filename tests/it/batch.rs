@@ -539,3 +539,85 @@ fn same_seed_gives_byte_identical_parquet() {
         );
     }
 }
+
+/// A complete step rerun with changed arguments is skipped (its outputs stay), and the record,
+/// the run's manifest, the suite copy and stderr say which parameters differ instead of
+/// recording the new ones as if they had run (issue 25).
+#[test]
+fn changed_arguments_of_a_complete_step_are_recorded_as_stale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let suite = tmp.path().join("s.toml");
+    let models = [("m", fixture("llama2"))];
+    let text = tiny_suite(&models, 2);
+    std::fs::write(&suite, &text).unwrap();
+    let batch = |suite: &Path| {
+        engram()
+            .args([
+                "batch",
+                suite.to_str().unwrap(),
+                "--out",
+                run.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(batch(&suite).status.success());
+    let heads = std::fs::read(run.join("m/heads/heads.parquet")).unwrap();
+    // Unchanged: nothing stale.
+    let out = batch(&suite);
+    assert!(out.status.success());
+    let rec = BatchRecord::read(&run.join("batch.json")).unwrap();
+    assert!(rec
+        .steps
+        .iter()
+        .all(|s| s.status == StepStatus::Skipped && s.stale.is_empty()));
+    // seq-len 10 → 12: still skipped, outputs untouched, the difference said everywhere.
+    let changed = tmp.path().join("s2.toml");
+    std::fs::write(&changed, text.replace("seq-len = 10", "seq-len = 12")).unwrap();
+    let out = batch(&changed);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "m/heads is complete from a run with other parameters (seq_len: ran 10, suite 12)"
+        ),
+        "{stderr}"
+    );
+    let rec = BatchRecord::read(&run.join("batch.json")).unwrap();
+    let step = |id: &str| rec.steps.iter().find(|s| s.id == id).unwrap().clone();
+    assert_eq!(
+        step("m/heads").stale,
+        vec!["seq_len: ran 10, suite 12".to_string()]
+    );
+    assert!(step("cmr-fit").stale.is_empty() && step("toy").stale.is_empty());
+    assert_eq!(
+        std::fs::read(run.join("m/heads/heads.parquet")).unwrap(),
+        heads
+    );
+    let copy = std::fs::read_to_string(run.join("suite.toml")).unwrap();
+    assert!(
+        copy.starts_with("# engram:") && copy.contains("#   m/heads: seq_len: ran 10, suite 12"),
+        "{copy}"
+    );
+    assert!(copy.contains("seq-len = 12"));
+    let manifest = std::fs::read_to_string(run.join("manifest.json")).unwrap();
+    assert!(manifest
+        .contains("skipped m/heads as complete, but its outputs were made with other parameters"));
+    // The dry run says it too.
+    let out = engram()
+        .args([
+            "batch",
+            changed.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("skip (complete, made with other parameters)"),
+        "{stdout}"
+    );
+}

@@ -100,6 +100,33 @@ fn bad_configs_and_checkpoints_give_one_line_errors() {
         drop(f);
         assert_one_line_error(&["info", "--model", big.to_str().unwrap()], "more than the");
     }
+    // NaN weights gave NaN logits and activations with exit code 0: refused, naming the tensor.
+    let nan = std::path::PathBuf::from(llama_copy(d, "nan", |_| {}));
+    let st = nan.join("model.safetensors");
+    let cpu = candle_core::Device::Cpu;
+    let mut ts = candle_core::safetensors::load(&st, &cpu).unwrap();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let w = &ts[name];
+    let mut v = w
+        .flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
+    v = v
+        .to_vec1::<f32>()
+        .map(|mut x| {
+            x[3] = f32::NAN;
+            x[5] = f32::INFINITY;
+            candle_core::Tensor::from_vec(x, w.dims(), &cpu).unwrap()
+        })
+        .unwrap();
+    let v = v.to_dtype(w.dtype()).unwrap();
+    ts.insert(name.to_string(), v);
+    candle_core::safetensors::save(&ts, &st).unwrap();
+    assert_one_line_error(
+        &["info", "--model", nan.to_str().unwrap()],
+        "model.layers.1.mlp.up_proj.weight holds 2 NaN or infinite values",
+    );
 }
 
 /// Issue-25 defects that panicked or wrote nonsense with rc 0: an `.npy` whose shape overflows
@@ -620,4 +647,158 @@ args = {{ crp = "notebooks-data/icl-cmr/gpt2-small.CRP_scores.npy" }}
         stderr.contains("--relations no/such/dir: not a directory"),
         "{stderr}"
     );
+}
+
+/// Issue-25 inputs that were accepted as nonsense or reported only after the work: an empty
+/// corpus, more tokens than the corpus holds, a layer band or hook beyond the model (checked
+/// from its config before the load), activations that overflow (NaN/inf never stored).
+#[test]
+fn corpus_and_layer_mistakes_are_refused_before_the_work() {
+    let (tmp, m, tok, out) = super::common::cli_fixture("llama2");
+    let d = tmp.path();
+    let o = out.to_str().unwrap();
+    let empty = d.join("empty.txt");
+    std::fs::write(&empty, "\n\n  \n").unwrap();
+    let small = d.join("small.txt");
+    std::fs::write(&small, "hello there\n\nsecond doc\n").unwrap();
+    let collect = |corpus: &std::path::Path, tokens: &str| {
+        [
+            "sae",
+            "collect",
+            "-m",
+            &m,
+            "--tokenizer",
+            &tok,
+            "--hook",
+            "blocks.0.hook_resid_post",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--tokens",
+            tokens,
+            "-o",
+            o,
+        ]
+        .map(String::from)
+    };
+    let args = collect(&empty, "10");
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    assert_one_line_error(&args, "empty corpus");
+    assert!(!out.exists(), "an empty store was left behind");
+    // "hello there" + "second doc": 11 + 10 characters, each after the window's BOS (not stored).
+    let args = collect(&small, "1000");
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    assert_one_line_error(
+        &args,
+        "holds 21 activations to collect (2 documents, context 256), fewer than the 1000 asked for",
+    );
+    assert!(!out.exists(), "an empty store was left behind");
+    // Exactly what the corpus holds is fine, and marks the store complete.
+    let args = collect(&small, "21");
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let (code, _, err) = super::common::engram(&args);
+    assert_eq!(code, 0, "{err}");
+    let store: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("store.json")).unwrap()).unwrap();
+    assert_eq!(store["n_tokens"], 21);
+    assert_eq!(store["complete"], true);
+    // Layers beyond the model are refused from its config, before the weights load.
+    let o2 = d.join("o2");
+    let o2 = o2.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec![
+                "sae",
+                "collect",
+                "-m",
+                &m,
+                "--tokenizer",
+                &tok,
+                "--hook",
+                "blocks.9.hook_resid_post",
+                "--corpus",
+                small.to_str().unwrap(),
+                "-o",
+                o2,
+            ],
+            "hook blocks.9.hook_resid_post: layer 9 is out of range",
+        ),
+        (
+            vec![
+                "sae",
+                "run",
+                "-m",
+                &m,
+                "--tokenizer",
+                &tok,
+                "--layer",
+                "7",
+                "--corpus",
+                small.to_str().unwrap(),
+                "-o",
+                o2,
+            ],
+            "layer 7 is out of range",
+        ),
+    ] {
+        assert_one_line_error(&args, needle);
+    }
+    assert!(!std::path::Path::new(o2).exists());
+}
+
+/// Activations that overflow (finite f16 weights whose MLP output exceeds f16's range) are
+/// never written into an activation store: the collection fails naming the hook and dtype.
+#[test]
+fn overflowing_activations_are_not_stored() {
+    let (tmp, _, tok, out) = super::common::cli_fixture("llama2");
+    let dir = tmp.path().join("loud");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        fixture_dir("llama2").join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    let cpu = candle_core::Device::Cpu;
+    let mut ts =
+        candle_core::safetensors::load(fixture_dir("llama2").join("model.safetensors"), &cpu)
+            .unwrap();
+    for w in ["up_proj", "down_proj"] {
+        let name = format!("model.layers.0.mlp.{w}.weight");
+        let t = (&ts[&name] * 3000.0).unwrap();
+        ts.insert(name, t);
+    }
+    candle_core::safetensors::save(&ts, dir.join("model.safetensors")).unwrap();
+    let corpus = tmp.path().join("c.txt");
+    std::fs::write(&corpus, "some words to run through the model\n").unwrap();
+    let (m, c, o) = (
+        dir.to_str().unwrap(),
+        corpus.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let args = [
+        "sae",
+        "collect",
+        "-m",
+        m,
+        "--tokenizer",
+        &tok,
+        "--hook",
+        "blocks.0.hook_resid_post",
+        "--corpus",
+        c,
+        "--tokens",
+        "8",
+        "-o",
+        o,
+    ];
+    // In f32 the same model is finite and collects.
+    let f32_out = tmp.path().join("f32");
+    let mut a32 = args.to_vec();
+    let last = a32.len() - 1;
+    a32[last] = f32_out.to_str().unwrap();
+    let (code, _, err) = super::common::engram(&a32);
+    assert_eq!(code, 0, "{err}");
+    let mut a16 = args.to_vec();
+    a16.extend(["--dtype", "f16"]);
+    assert_one_line_error(&a16, "blocks.0.hook_resid_post is inf");
+    assert!(!out.join("shard_00000.safetensors").exists());
 }

@@ -25,6 +25,7 @@ fn csv_and_data_files() {
         &root,
         "cities",
         &["country_region".into(), "lre_facts".into()],
+        &directions::ALL_PARTS,
     )
     .unwrap();
     for set in [&d.statements, &d.heldout] {
@@ -50,10 +51,25 @@ fn csv_and_data_files() {
     assert!(s.test.iter().all(|x| !x.train) && s.train.iter().all(|x| x.train));
 
     // A missing file and a wrong header are one-line errors naming the file.
-    let e = DirectionsData::load(&root, "nope", &[])
+    let e = DirectionsData::load(&root, "nope", &[], &directions::ALL_PARTS)
         .unwrap_err()
         .to_string();
     assert!(e.contains("nope.csv"), "{e}");
+    // Each part reads only its own files: `--only truth` needs no instructions, `--only
+    // refusal` no statements.
+    let only = tempfile::tempdir().unwrap();
+    let st = only.path().join("statements");
+    std::fs::create_dir_all(&st).unwrap();
+    std::fs::copy(root.join("statements/cities.csv"), st.join("cities.csv")).unwrap();
+    let d = DirectionsData::load(only.path(), "cities", &[], &[directions::Part::Truth]).unwrap();
+    assert!(!d.statements.is_empty() && d.harmful.is_empty());
+    assert!(d.sources.iter().all(|s| !s.contains("instructions")));
+    let e = DirectionsData::load(only.path(), "cities", &[], &[directions::Part::Refusal])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("harmful.csv"), "{e}");
+    let ent = DirectionsData::load(only.path(), "nope", &[], &[directions::Part::Entropy]);
+    assert!(ent.is_ok_and(|d| d.sources.is_empty()));
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad.csv"), "text,label\nx,1\n").unwrap();
     let e = directions::read_statements(&dir.path().join("bad.csv"))
@@ -284,6 +300,22 @@ fn cli_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("nonexistent"), "{e}");
+    // Layers beyond the model: refused from its config before the weights load (they were
+    // reported after the truth directions were fitted).
+    let m = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama2");
+    let m = m.to_str().unwrap();
+    let e = run(&["-m", m, "--band", "0:999"]).unwrap_err().to_string();
+    assert!(
+        e.contains("--band 0:999 exceeds the model's 4 layers"),
+        "{e}"
+    );
+    let e = run(&["-m", m, "--only", "refusal", "--refusal-layer", "5"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--refusal-layer 5 is out of range (0..=4"),
+        "{e}"
+    );
     assert!(!o.exists(), "no half-written output");
 }
 

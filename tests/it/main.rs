@@ -25,3 +25,4 @@ mod sae;
 mod shard;
 mod tokenizer;
 mod toy_induction;
+mod unsafe_code;

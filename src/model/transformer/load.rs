@@ -189,13 +189,15 @@ impl Transformer {
         dtype: DType,
         device: &Device,
     ) -> Result<Transformer> {
+        // Every tensor is checked for NaN / inf as it is read.
+        let finite = crate::model::weights::Finite(src);
         // Dequantizing GGUF tensors is CPU-bound: do it on all cores first.
         let prefetched;
         let src: &dyn WeightSource = if src.parallel_load() {
-            prefetched = crate::model::weights::prefetch(src, device)?;
+            prefetched = crate::model::weights::prefetch(&finite, device)?;
             &prefetched
         } else {
-            src
+            &finite
         };
         let name = |slot: Slot, l: usize| hf_name(&cfg, slot, l);
         let need = |slot: Slot, l: usize| -> Result<String> {

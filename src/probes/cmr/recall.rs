@@ -178,6 +178,8 @@ pub(crate) fn run_lanes<const L: usize, R: Recorder>(
 /// The drift loop compiled for AVX2 with the 104-lane kernels inlined into it.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+/// # Safety
+/// The CPU must have AVX2 (`kern` exists only then).
 unsafe fn run_drift_avx2<const L: usize, R: Recorder>(
     k: &Kernel,
     c0: &[f32],

@@ -144,6 +144,8 @@ fn hsum_epi32(v: std::arch::x86_64::__m256i) -> u32 {
 /// dev profile's debug checks out of the hot loop.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+/// # Safety
+/// The CPU must have AVX2.
 unsafe fn update_count_avx2_impl(c: &mut [f32], w: f32, r: &[f32], target: f32) -> usize {
     use std::arch::x86_64::{
         _mm256_add_ps, _mm256_castps_si256, _mm256_cmp_ps, _mm256_loadu_ps, _mm256_mul_ps,
@@ -175,6 +177,8 @@ unsafe fn update_count_avx2_impl(c: &mut [f32], w: f32, r: &[f32], target: f32) 
 /// [`update_count_avx2_impl`] for exactly `B` blocks of 8, fully unrolled.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+/// # Safety
+/// The CPU must have AVX2.
 unsafe fn update_count_avx2_blocks<const B: usize>(
     c: &mut [f32],
     w: f32,
@@ -209,6 +213,8 @@ unsafe fn update_count_avx2_blocks<const B: usize>(
 /// AVX2 [`Ops::count_below`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+/// # Safety
+/// The CPU must have AVX2.
 unsafe fn count_below_avx2_impl(c: &[f32], target: f32) -> usize {
     use std::arch::x86_64::{
         _mm256_castps_si256, _mm256_cmp_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_si256,

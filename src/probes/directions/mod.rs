@@ -219,6 +219,27 @@ impl DirectionsParams {
         }
         Ok(())
     }
+
+    /// The layer parameters against a model of `nl` layers (before it loads; the run checks
+    /// the `--compare` model too).
+    pub fn validate_layers(&self, nl: usize) -> Result<()> {
+        if let Some((a, b)) = self.band.filter(|_| self.has(Part::Truth)) {
+            if b > nl {
+                crate::bail!(
+                    "directions: --band {a}:{b} exceeds the model's {nl} layers (END ≤ {nl})"
+                );
+            }
+        }
+        if let Some(l) = self.refusal_layer.filter(|_| self.has(Part::Refusal)) {
+            if l > nl {
+                crate::bail!(
+                    "directions: --refusal-layer {l} is out of range (0..={nl}; {nl} = the \
+                     final residual)"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A true/false statement.
@@ -366,26 +387,38 @@ pub fn read_instructions(path: &Path) -> Result<Vec<Instruction>> {
 }
 
 impl DirectionsData {
-    /// Load `statements/{truth}.csv`, `statements/{heldout}.csv` and
-    /// `instructions/harmful.csv`, `instructions/harmless.csv` from `dir` (notebooks-data).
-    pub fn load(dir: &Path, truth: &str, heldout: &[String]) -> Result<DirectionsData> {
+    /// Load from `dir` (notebooks-data) what `parts` use: `statements/{truth}.csv` and
+    /// `statements/{heldout}.csv` (truth, patching), `instructions/harmful.csv` and
+    /// `instructions/harmless.csv` (refusal); entropy reads no data.
+    pub fn load(
+        dir: &Path,
+        truth: &str,
+        heldout: &[String],
+        parts: &[Part],
+    ) -> Result<DirectionsData> {
         let dir = &crate::data::locate(dir);
         let st = |name: &str| -> PathBuf { dir.join("statements").join(format!("{name}.csv")) };
-        let main = st(truth);
-        let mut sources = vec![main.display().to_string()];
-        let statements = read_statements(&main)?;
-        let mut held = vec![];
-        for h in heldout {
-            let p = st(h);
-            held.extend(read_statements(&p)?);
-            sources.push(p.display().to_string());
+        let mut sources = vec![];
+        let (mut statements, mut held) = (vec![], vec![]);
+        if parts.contains(&Part::Truth) || parts.contains(&Part::Patching) {
+            let main = st(truth);
+            statements = read_statements(&main)?;
+            sources.push(main.display().to_string());
+            for h in heldout.iter().filter(|h| !h.trim().is_empty()) {
+                let p = st(h);
+                held.extend(read_statements(&p)?);
+                sources.push(p.display().to_string());
+            }
         }
-        let hp = dir.join("instructions/harmful.csv");
-        let lp = dir.join("instructions/harmless.csv");
-        let harmful = read_instructions(&hp)?;
-        let harmless = read_instructions(&lp)?;
-        sources.push(hp.display().to_string());
-        sources.push(lp.display().to_string());
+        let (mut harmful, mut harmless) = (vec![], vec![]);
+        if parts.contains(&Part::Refusal) {
+            let hp = dir.join("instructions/harmful.csv");
+            let lp = dir.join("instructions/harmless.csv");
+            harmful = read_instructions(&hp)?;
+            harmless = read_instructions(&lp)?;
+            sources.push(hp.display().to_string());
+            sources.push(lp.display().to_string());
+        }
         Ok(DirectionsData {
             statements,
             heldout: held,

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::{DirectionsData, DirectionsParams, ModelReport, Samples};
+use super::{DirectionsData, DirectionsParams, ModelReport, Part, Samples};
 use crate::probes::{Context, ModelUse, ParamMap, Probe, Report};
 use crate::Result;
 
@@ -42,11 +42,21 @@ impl Probe for Directions {
 
     fn check(p: &DirectionsParams) -> Result<()> {
         p.validate()?;
-        if !p.toy_pair {
+        let needs_data = [Part::Truth, Part::Patching, Part::Refusal]
+            .iter()
+            .any(|&x| p.has(x));
+        if !p.toy_pair && needs_data {
             let dir = crate::data::require_dir(&p.data, "data")?;
-            DirectionsData::load(&dir, &p.truth_dataset, &p.heldout)?;
+            DirectionsData::load(&dir, &p.truth_dataset, &p.heldout, &p.parts)?;
         }
         Ok(())
+    }
+
+    fn check_model(p: &DirectionsParams, cfg: &crate::model::ModelConfig) -> Result<()> {
+        if p.toy_pair {
+            return Ok(());
+        }
+        p.validate_layers(cfg.n_layers)
     }
 
     fn run(cx: &mut Context<'_>, p: &DirectionsParams) -> Result<DirectionsReport> {
@@ -84,7 +94,7 @@ impl Probe for Directions {
                 .collect();
             (p.data.clone(), p.truth_dataset.clone(), heldout)
         };
-        let data = DirectionsData::load(&data_dir, &truth_ds, &heldout)?;
+        let data = DirectionsData::load(&data_dir, &truth_ds, &heldout, &p.parts)?;
         let samples = Samples::draw(&data, p)?;
         // The step's model, or the toy base model.
         let ma = if p.toy_pair {

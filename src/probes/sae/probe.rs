@@ -285,6 +285,10 @@ impl Probe for Collect {
         Ok(())
     }
 
+    fn check_model(p: &CollectArgs, cfg: &crate::model::ModelConfig) -> Result<()> {
+        super::store::store_point(cfg, &p.hook).map(drop)
+    }
+
     fn run(cx: &mut Context<'_>, p: &CollectArgs) -> Result<Written> {
         let m = cx.model()?;
         let params = p.collect.params(p.hook.clone());
@@ -482,6 +486,17 @@ impl Default for RunArgs {
     }
 }
 
+impl RunArgs {
+    /// The hook point: `--hook`, else `blocks.{--layer}.hook_resid_post`, else the middle layer's.
+    fn hook_in(&self, cfg: &crate::model::ModelConfig) -> String {
+        match (&self.hook, self.layer) {
+            (Some(h), _) => h.clone(),
+            (None, Some(l)) => format!("blocks.{l}.hook_resid_post"),
+            (None, None) => format!("blocks.{}.hook_resid_post", cfg.n_layers / 2),
+        }
+    }
+}
+
 /// `engram sae run`: collect → train each kind → evaluate, under `OUT/{store, <kind>, eval}`.
 pub struct Run;
 
@@ -511,13 +526,13 @@ impl Probe for Run {
         Ok(())
     }
 
+    fn check_model(p: &RunArgs, cfg: &crate::model::ModelConfig) -> Result<()> {
+        super::store::store_point(cfg, &p.hook_in(cfg)).map(drop)
+    }
+
     fn run(cx: &mut Context<'_>, p: &RunArgs) -> Result<Written> {
         let m = cx.model()?;
-        let hook = match (&p.hook, p.layer) {
-            (Some(h), _) => h.clone(),
-            (None, Some(l)) => format!("blocks.{l}.hook_resid_post"),
-            (None, None) => format!("blocks.{}.hook_resid_post", m.cfg().n_layers / 2),
-        };
+        let hook = p.hook_in(m.cfg());
         let params = RunParams {
             collect: p.collect.params(hook),
             train: p.train.params(SaeKind::Threshold),

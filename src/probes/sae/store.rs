@@ -127,7 +127,10 @@ impl ActivationStore {
                     s.meta.seed
                 );
             }
-            if meta.target_tokens > s.meta.target_tokens {
+            // A new target at or above what the store holds is taken (a completed store
+            // reopens for a larger one; an unfinished one may also be asked for less); a
+            // smaller one than it holds leaves the store as it is.
+            if meta.target_tokens != s.meta.target_tokens && meta.target_tokens >= s.meta.n_tokens {
                 s.meta.target_tokens = meta.target_tokens;
                 s.meta.complete = false;
             }
@@ -385,6 +388,77 @@ impl Docs<'_> {
             Docs::Tokens(v) => v.len(),
         }
     }
+
+    /// Document `i` as token ids (text through the tokenizer, no special tokens added).
+    fn ids(&self, i: usize, tokenizer: Option<&crate::model::Tokenizer>) -> Result<Vec<u32>> {
+        match self {
+            Docs::Text(v) => match tokenizer {
+                Some(t) => t.encode(&v[i], false),
+                None => crate::bail!("collecting from text needs a tokenizer"),
+            },
+            Docs::Tokens(v) => Ok(v[i].clone()),
+        }
+    }
+}
+
+/// How a document is cut into forward windows and which of their positions are stored: windows
+/// of `body` tokens, each after the model's BOS when it has one; the window's first position
+/// (BOS, or an attention sink without one), pads and special tokens are never stored.
+struct Windows<'a> {
+    body: usize,
+    bos: Option<u32>,
+    specials: &'a [u32],
+}
+
+impl Windows<'_> {
+    /// The forward rows of one document.
+    fn rows<'d>(&'d self, ids: &'d [u32]) -> impl Iterator<Item = Vec<u32>> + 'd {
+        ids.chunks(self.body.max(1)).map(|w| {
+            let mut row = Vec::with_capacity(w.len() + 1);
+            row.extend(self.bos);
+            row.extend_from_slice(w);
+            row
+        })
+    }
+
+    /// Whether position `p` of a row holding `id` is stored.
+    fn stored(&self, p: usize, id: u32) -> bool {
+        p > 0 && self.specials.binary_search(&id).is_err()
+    }
+
+    /// The activations documents `from..` give to a collection of `need` more in rounds of
+    /// `round_cap` (as [`collect`] runs: a round takes whole documents until it is full and
+    /// drops the rest of its last one), counted until `need` is reached: the collection is
+    /// refused up front when the corpus cannot fill the store.
+    fn available(
+        &self,
+        docs: &Docs<'_>,
+        from: usize,
+        need: usize,
+        round_cap: usize,
+        tokenizer: Option<&crate::model::Tokenizer>,
+    ) -> Result<usize> {
+        let (mut total, mut round) = (0, 0);
+        for i in from..docs.len() {
+            if total >= need {
+                break;
+            }
+            let ids = docs.ids(i, tokenizer)?;
+            for row in self.rows(&ids) {
+                round += row
+                    .iter()
+                    .enumerate()
+                    .filter(|&(p, &id)| self.stored(p, id))
+                    .count();
+            }
+            let want = round_cap.min(need - total);
+            if round >= want {
+                total += want;
+                round = 0;
+            }
+        }
+        Ok(total + round)
+    }
 }
 
 /// Settings of a collection.
@@ -421,24 +495,16 @@ impl Default for CollectParams {
     }
 }
 
-/// Collect activations of `params.hook` over `docs` into the store at `dir` (resuming it when
-/// it exists). Each document is split into windows of `context − 1` tokens, each window gets
-/// the model's BOS (as SAELens's `prepend_bos`, whether or not the tokenizer adds one by
-/// itself); the first position of every window, pad positions and special tokens are not stored.
-pub fn collect(
-    model: &Model,
-    docs: Docs<'_>,
-    params: &CollectParams,
-    dir: &Path,
-    progress: &Progress,
-) -> Result<ActivationStore> {
-    let cfg = model.cfg();
-    let point = HookPoint::parse_for(&params.hook, cfg.n_layers)?;
+/// The hook point a store of `hook` reads in a model of `cfg`, and its width: it must exist
+/// in the model and be a `[batch, pos, d]` point.
+pub fn store_point(cfg: &crate::model::ModelConfig, hook: &str) -> Result<(HookPoint, usize)> {
+    let point = HookPoint::parse_for(hook, cfg.n_layers)
+        .map_err(|e| crate::Error::msg(format!("hook {hook}: {e}")))?;
     if !cfg.fires(point) {
         crate::bail!(
             "{}: `{point}` does not exist in {} (ungated MLPs have no hook_pre_linear; only \
              learned positions have hook_pos_embed)",
-            params.hook,
+            hook,
             cfg.arch.name()
         );
     }
@@ -453,6 +519,21 @@ pub fn collect(
     if point.layout() != crate::hooks::Layout::Stream {
         crate::bail!("SAE stores need a [batch, pos, d] hook point, not `{point}`");
     }
+    Ok((point, d))
+}
+
+/// Collect activations of `params.hook` over `docs` into the store at `dir` (resuming it when
+/// it exists). Each document is split into windows of `context − 1` tokens, each window gets
+/// the model's BOS (as SAELens's `prepend_bos`, whether or not the tokenizer adds one by
+/// itself); the first position of every window, pad positions and special tokens are not stored.
+pub fn collect(
+    model: &Model,
+    docs: Docs<'_>,
+    params: &CollectParams,
+    dir: &Path,
+    progress: &Progress,
+) -> Result<ActivationStore> {
+    let (point, d) = store_point(model.cfg(), &params.hook)?;
     let mut meta = StoreMeta::new(&model.source.spec, &params.hook, d);
     meta.shard_size = params.shard_size.max(1);
     meta.shards_per_round = params.shards_per_round.max(1);
@@ -464,11 +545,44 @@ pub fn collect(
     if store.meta.complete {
         return Ok(store);
     }
-    let bos = super::window_bos(model);
     let tokenizer = model.tokenizer.as_ref();
     let specials: Vec<u32> = tokenizer.map(|t| t.special_ids()).unwrap_or_default();
-    let stop_at = point.layer().map(|l| l + 1);
+    let bos = super::window_bos(model);
+    let windows = Windows {
+        body: store.meta.context - usize::from(bos.is_some()),
+        bos,
+        specials: &specials,
+    };
+    let need = store.meta.target_tokens.saturating_sub(store.meta.n_tokens);
     let round_cap = store.meta.shard_size * store.meta.shards_per_round;
+    let available = windows.available(&docs, store.meta.next_doc, need, round_cap, tokenizer)?;
+    if available < need {
+        let (done, from) = (store.meta.n_tokens, store.meta.next_doc);
+        if store.meta.rounds == 0 {
+            // Nothing collected: leave no store behind.
+            let _ = std::fs::remove_file(dir.join("store.json"));
+        }
+        let label = if params.corpus.is_empty() {
+            "the corpus"
+        } else {
+            &params.corpus
+        };
+        crate::bail!(
+            "{label} holds {available} activations to collect{} ({} documents, context {}), \
+             fewer than the {need} asked for (--tokens {}); ask for --tokens {} or less, or \
+             give a larger corpus",
+            if from > 0 {
+                format!(" after its first {from} documents")
+            } else {
+                String::new()
+            },
+            docs.len(),
+            store.meta.context,
+            store.meta.target_tokens,
+            done + available
+        );
+    }
+    let stop_at = point.layer().map(|l| l + 1);
     let bar = progress.bar(store.meta.target_tokens as u64, "collecting activations");
     bar.inc(store.meta.n_tokens as u64);
     let mut new_rounds = 0usize;
@@ -484,6 +598,7 @@ pub fn collect(
         let mut toks: Vec<u32> = Vec::with_capacity(want);
         // Windows waiting for a forward pass.
         let mut pending: Vec<Vec<u32>> = vec![];
+        let round_start = doc;
         let flush =
             |pending: &mut Vec<Vec<u32>>, acts: &mut Vec<f32>, toks: &mut Vec<u32>| -> Result<()> {
                 if pending.is_empty() {
@@ -503,13 +618,21 @@ pub fn collect(
                 let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
                 let t = batch.seq_len;
                 for (r, row) in batch.ids.iter().enumerate() {
-                    for (p, &id) in row.iter().enumerate().skip(batch.pad_left[r]) {
-                        // The window's first position (BOS, or an attention sink without one)
-                        // is never stored.
-                        if p == batch.pad_left[r] || specials.binary_search(&id).is_ok() {
+                    let pad = batch.pad_left[r];
+                    for (p, &id) in row.iter().enumerate().skip(pad) {
+                        if !windows.stored(p - pad, id) {
                             continue;
                         }
                         let off = (r * t + p) * d;
+                        let a = &x[off..off + d];
+                        if let Some(bad) = a.iter().find(|v| !v.is_finite()) {
+                            crate::bail!(
+                                "{point} is {bad} in a document from number {round_start} \
+                                 on (the model overflows in {:?}; try --dtype f32): this round \
+                                 was not stored",
+                                model.transformer.dtype
+                            );
+                        }
                         acts.extend_from_slice(&x[off..off + d]);
                         toks.push(id);
                     }
@@ -518,21 +641,9 @@ pub fn collect(
                 Ok(())
             };
         while toks.len() < want && doc < n_docs {
-            let ids: Vec<u32> = match &docs {
-                Docs::Text(v) => match tokenizer {
-                    Some(t) => t.encode(&v[doc], false)?,
-                    None => crate::bail!("collecting from text needs a tokenizer"),
-                },
-                Docs::Tokens(v) => v[doc].clone(),
-            };
+            let ids = docs.ids(doc, tokenizer)?;
             doc += 1;
-            let body = store.meta.context - usize::from(bos.is_some());
-            for w in ids.chunks(body.max(1)) {
-                let mut row = Vec::with_capacity(w.len() + 1);
-                if let Some(b) = bos {
-                    row.push(b);
-                }
-                row.extend_from_slice(w);
+            for row in windows.rows(&ids) {
                 pending.push(row);
                 if pending.len() >= params.batch.max(1) {
                     let before = toks.len();
