@@ -701,3 +701,33 @@ fn run_command_collects_trains_and_evaluates() {
         assert!(eval.join(f).is_file(), "{f} missing");
     }
 }
+
+/// A store whose `store.json` disagrees with its shards names both shapes (it said "expected
+/// N rows").
+#[test]
+fn a_store_with_the_wrong_width_names_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    synthetic_store(&store, 16, 24, 1024, 0.1, 0.01, 1);
+    let meta = store.join("store.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    v["d"] = 20.into();
+    std::fs::write(&meta, v.to_string()).unwrap();
+    let out = dir.path().join("sae");
+    let e = sae_cli(&[
+        "train",
+        "--store",
+        store.to_str().unwrap(),
+        "--steps",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("but store.json describes") && e.contains("d = 20"),
+        "{e}"
+    );
+}

@@ -240,10 +240,18 @@ impl ActivationStore {
         let toks = t
             .remove("tokens")
             .ok_or_else(|| Error::MissingTensor(format!("tokens in {}", path.display())))?;
+        let shape = a.dims().to_vec();
         let a: Vec<f32> = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let toks: Vec<u32> = toks.to_vec1()?;
-        if a.len() != info.n * self.meta.d || toks.len() != info.n {
-            crate::bail!("{}: expected {} rows", path.display(), info.n);
+        let (n, d) = (info.n, self.meta.d);
+        if a.len() != n * d || toks.len() != n {
+            crate::bail!(
+                "{}: holds activations of shape {shape:?} and {} tokens, but store.json \
+                 describes {n} rows of d = {d} (the store is damaged or mixed with another; \
+                 collect it again)",
+                path.display(),
+                toks.len()
+            );
         }
         Ok((a, toks))
     }
