@@ -130,6 +130,8 @@ pub enum Kernel {
     Avx512,
     /// AMX tiles (`tdpbf16ps`; bf16 only): Sapphire Rapids and later.
     Amx,
+    /// NEON (aarch64's baseline): f32 FMAs, or bf16 words widened as on AVX2.
+    Neon,
 }
 
 impl Kernel {
@@ -137,6 +139,8 @@ impl Kernel {
     pub fn best(format: Format) -> Kernel {
         if format == Format::Bf16 && amx::available() {
             Kernel::Amx
+        } else if cfg!(target_arch = "aarch64") {
+            Kernel::Neon
         } else if native_for(format) {
             Kernel::Avx512
         } else if avx2() {
@@ -150,6 +154,9 @@ impl Kernel {
     /// compare them).
     pub fn available(format: Format) -> Vec<Kernel> {
         let mut v = vec![Kernel::Portable];
+        if cfg!(target_arch = "aarch64") {
+            v.push(Kernel::Neon);
+        }
         if avx2() {
             v.push(Kernel::Avx2);
         }
@@ -401,7 +408,7 @@ impl PackedLinear {
                 converted = v;
                 &converted
             }
-            Format::Bf16 if kernel == Kernel::Avx2 => {
+            Format::Bf16 if kernel.widens_bf16() => {
                 // The activations rounded to bf16 and kept as f32 bits, `2 · kp` per row
                 // (features `2q`, `2q + 1` of pair step `q`), zeros past `k`.
                 let mut v = vec![0u32; m * 2 * kp];
@@ -465,7 +472,7 @@ impl PackedLinear {
                     );
                 }
             });
-        } else if kernel == Kernel::Avx2 {
+        } else if kernel.widens_bf16() {
             let lda = match self.format {
                 Format::F32 => kp,
                 Format::Bf16 => 2 * kp,
@@ -476,7 +483,8 @@ impl PackedLinear {
                 // disjoint (row range × column panel) blocks of `c`, which outlives the
                 // parallel loop.
                 unsafe {
-                    avx2_task(
+                    simd_task(
+                        kernel,
                         &a[r0 * lda..r1 * lda],
                         r1 - r0,
                         lda,
@@ -555,6 +563,41 @@ impl SendPtr {
     pub(super) fn get(self) -> *mut f32 {
         self.0
     }
+}
+
+impl Kernel {
+    /// The kernels that take bf16 activations widened back to f32 (`2 · kp` per row) and the
+    /// row-block tasks of [`simd_task`].
+    fn widens_bf16(self) -> bool {
+        matches!(self, Kernel::Avx2 | Kernel::Neon)
+    }
+}
+
+/// One (row range × panel) task on the AVX2 or the NEON kernels.
+///
+/// # Safety
+/// As [`avx2_task`]; `kernel` is `Avx2` (on a CPU with it) or `Neon` (on aarch64).
+#[allow(clippy::too_many_arguments)]
+unsafe fn simd_task(
+    kernel: Kernel,
+    a: &[u32],
+    rows: usize,
+    lda: usize,
+    kp: usize,
+    panel: &[u32],
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    format: Format,
+) {
+    #[cfg(target_arch = "aarch64")]
+    if kernel == Kernel::Neon {
+        // SAFETY: the caller's contract on `c`; NEON is in the aarch64 baseline.
+        return unsafe { neon::task(a, rows, lda, kp, panel, c, ldc, cols, format) };
+    }
+    assert_eq!(kernel, Kernel::Avx2, "no {kernel:?} kernel on this target");
+    // SAFETY: the caller's contract.
+    unsafe { avx2_task(a, rows, lda, kp, panel, c, ldc, cols, format) }
 }
 
 /// Input steps (f32 features or bf16 pairs) per chunk of the AVX2 kernels: a 64 KiB slice of
@@ -731,6 +774,8 @@ fn block(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {

@@ -165,7 +165,13 @@ fn a_kernel_this_cpu_lacks_is_refused() -> Result<()> {
         let have = Kernel::available(format);
         assert_eq!(have[0], Kernel::Portable);
         assert!(have.contains(&Kernel::best(format)));
-        for k in [Kernel::Portable, Kernel::Avx2, Kernel::Avx512, Kernel::Amx] {
+        for k in [
+            Kernel::Portable,
+            Kernel::Avx2,
+            Kernel::Avx512,
+            Kernel::Amx,
+            Kernel::Neon,
+        ] {
             assert_eq!(p.matmul_t_with(&x, k).is_ok(), have.contains(&k), "{k:?}");
         }
     }
