@@ -461,4 +461,34 @@ mod tests {
         assert_eq!(quantize(f32::NAN), 0);
         assert_eq!(quantize(1.7), 255);
     }
+
+    #[test]
+    fn large_captures_are_cut_to_the_cap_and_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (nl, h, t) = (30, 9, 100);
+        let ts = (0..nl).map(|l| {
+            let p = Tensor::full(0.25f32, (2, h, t, t), &Device::Cpu).unwrap();
+            (format!("blocks.{l}.attn.hook_pattern"), p)
+        });
+        crate::report::write_safetensors(&dir.path().join("activations.safetensors"), ts).unwrap();
+        let d = PageData::gather(dir.path(), &["activations.safetensors".into()]).unwrap();
+        let p = &d.json["patterns"];
+        assert_eq!(p["seqs"].as_array().unwrap().len(), 1);
+        let n = p["seqs"][0]["positions"].as_array().unwrap().len();
+        assert!(n < t);
+        assert!(nl * h * n * n <= EMBED_PATTERN_BYTES);
+        assert!(nl * h * (n + 1) * (n + 1) > EMBED_PATTERN_BYTES);
+        let note = p["note"].as_str().unwrap();
+        assert!(
+            note.contains(&format!("first {n} of {t} positions")),
+            "{note}"
+        );
+        assert_eq!(
+            p["data"].as_str().unwrap().len(),
+            (nl * h * n * n).div_ceil(3) * 4
+        );
+        assert!(d.sections().contains(&esc(note)));
+        // No token table: positions and their numbers stand in for the tokens.
+        assert_eq!(p["seqs"][0]["tokens"][3], "3");
+    }
 }
