@@ -34,7 +34,15 @@ if [ ! -x "$chromium" ]; then
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; } ||
         skip "apt-get install chromium failed"
 fi
-command -v node > /dev/null && command -v npm > /dev/null || skip "needs node and npm"
+if ! command -v node > /dev/null || ! command -v npm > /dev/null; then
+    [ "$(id -u)" = 0 ] || skip "needs node and npm (installing Debian's needs root)"
+    say "installing Debian's nodejs and npm"
+    pkgs=npm
+    command -v node > /dev/null || pkgs="nodejs npm"
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs > /dev/null ||
+        skip "apt-get install $pkgs failed"
+fi
 "$chromium" --headless --no-sandbox --disable-gpu --dump-dom about:blank > /dev/null 2>&1 ||
     skip "$chromium does not start headless"
 
@@ -69,5 +77,10 @@ fi
 say "testing $run/index.html in $("$chromium" --version 2>/dev/null | head -1)"
 out=$run/browser-test
 CHROMIUM=$chromium node "$deps/browser-test.mjs" "$run" "$out" || { echo "test-browser.sh: FAILED" >&2; exit 1; }
-[ $# -ge 1 ] || { mkdir -p "${ENGRAM_BROWSER_TEST_OUT:-/tmp/engram-browser-test}" && cp -r "$out/." "${ENGRAM_BROWSER_TEST_OUT:-/tmp/engram-browser-test}/"; }
-say "OK (screenshots and browser-test.json in ${1:+$out}${1:-${ENGRAM_BROWSER_TEST_OUT:-/tmp/engram-browser-test}})"
+if [ $# -eq 0 ]; then
+    # The temporary run is removed: keep the screenshots and numbers.
+    keep=${ENGRAM_BROWSER_TEST_OUT:-/tmp/engram-browser-test}
+    mkdir -p "$keep" && cp -r "$out/." "$keep/"
+    out=$keep
+fi
+say "OK (screenshots and browser-test.json in $out)"

@@ -108,10 +108,13 @@ pub fn run_info(m: &Manifest, wall: Option<f64>) -> String {
         .map(|t| format!("{} {:.2}s", t.step, t.seconds))
         .collect();
     let mut html = format!(
-        "<p>command <b>{}</b>; started {}; finished {}; timings: {} (Σ {:.1}s){}</p>",
+        "<p>command <b>{}</b>; started {}{}; timings: {} (Σ {:.1}s){}</p>",
         esc(&m.command),
         esc(&m.started),
-        esc(m.finished.as_deref().unwrap_or("–")),
+        // A run's own page is written just before its manifest is finished.
+        m.finished
+            .as_deref()
+            .map_or(String::new(), |f| format!("; finished {}", esc(f))),
         esc(&timings.join(", ")),
         total,
         wall.map_or(String::new(), |s| format!("; wall {s:.1}s in this batch"))
