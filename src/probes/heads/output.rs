@@ -297,7 +297,7 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
     if has_scores {
         files.extend(names(
             Heatmap {
-                title: "Induction (prefix-matching) score".into(),
+                title: "Induction (prefix-matching) score per head".into(),
                 x_label: "head".into(),
                 y_label: "layer".into(),
                 values: grid(&|x| x.induction_score),
@@ -305,13 +305,14 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
                 y_labels: None,
                 range: Some((0.0, 1.0)),
                 colormap: Colormap::Viridis,
+                value_label: "induction score (attention probability)".into(),
             }
             .save(dir, "induction_heatmap")?,
         ));
     }
     files.extend(names(
         Heatmap {
-            title: "CMR distance (lower = more CMR-like)".into(),
+            title: "CMR distance per head (lower = more CMR-like)".into(),
             x_label: "head".into(),
             y_label: "layer".into(),
             values: grid(&|x| x.fit.distance.min(1.0)),
@@ -319,6 +320,7 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
             y_labels: None,
             range: Some((0.0, 1.0)),
             colormap: Colormap::Magma,
+            value_label: "CMR distance (clipped at 1)".into(),
         }
         .save(dir, "cmr_distance_heatmap")?,
     ));
@@ -344,8 +346,8 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
         files.extend(names(
             Scatter {
                 title: "Induction score vs CMR distance".into(),
-                x_label: "induction score".into(),
-                y_label: "CMR distance".into(),
+                x_label: "induction score (attention probability)".into(),
+                y_label: "CMR distance (clipped at 2)".into(),
                 series: vec![(
                     "heads".into(),
                     h.iter()
@@ -367,16 +369,19 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
         top.sort_by(|a, b| a.fit.distance.total_cmp(&b.fit.distance));
     }
     let mut series = vec![];
-    for x in top.iter().take(4) {
+    for (n, x) in top.iter().take(4).enumerate() {
         let a: Vec<f64> = x.lag_scores[3..14].to_vec();
         let amin = a.iter().cloned().fold(f64::INFINITY, f64::min);
-        series.push(Series::new(
-            format!("L{}H{}", x.layer, x.head),
-            (-5..=5)
-                .zip(a.iter())
-                .map(|(l, v)| (l as f64, v - amin))
-                .collect(),
-        ));
+        series.push(
+            Series::new(
+                format!("L{}H{}", x.layer, x.head),
+                (-5..=5)
+                    .zip(a.iter())
+                    .map(|(l, v)| (l as f64, v - amin))
+                    .collect(),
+            )
+            .color_index(n),
+        );
         if let Some(t) = table {
             if let Some(c) = fitted_curve(t, &x.fit) {
                 series.push(
@@ -387,7 +392,8 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
                             .map(|(l, v)| (l as f64, *v))
                             .collect(),
                     )
-                    .dashed(),
+                    .dashed()
+                    .color_index(n),
                 );
             }
         }
@@ -399,8 +405,8 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
             } else {
                 "Lag-CRP of the most CMR-like heads and their CMR fits".into()
             },
-            x_label: "lag".into(),
-            y_label: "score − min".into(),
+            x_label: "lag (tokens from the earlier occurrence)".into(),
+            y_label: "attention score − min (logits)".into(),
             series,
         }
         .save(dir, "lag_crp_top_heads")?,

@@ -215,7 +215,7 @@ fn patterns(
     let mut chosen = vec![];
     let mut total = 0;
     for (i, (pos, _)) in seqs.iter().enumerate() {
-        if pos.is_empty() || total + per(pos.len()) > super::data::EMBED_PATTERN_BYTES {
+        if pos.is_empty() || total + per(pos.len()) > EMBED_PATTERN_BYTES {
             break;
         }
         total += per(pos.len());
