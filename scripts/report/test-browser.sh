@@ -41,6 +41,7 @@ if ! command -v node > /dev/null || ! command -v npm > /dev/null; then
     command -v node > /dev/null || pkgs="nodejs npm"
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs > /dev/null ||
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs > /dev/null; } ||
         skip "apt-get install $pkgs failed"
 fi
 "$chromium" --headless --no-sandbox --disable-gpu --dump-dom about:blank > /dev/null 2>&1 ||
