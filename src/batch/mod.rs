@@ -69,7 +69,7 @@ pub use suite::{load_suite, model_dir_name, parse_suite, ModelEntry, Step, Suite
 /// The status record at the run root.
 pub const BATCH_FILE: &str = "batch.json";
 /// The report page at the run root.
-pub const INDEX_FILE: &str = "index.html";
+pub const INDEX_FILE: &str = crate::report::page::INDEX_FILE;
 /// The copy of the suite at the run root.
 pub const SUITE_COPY: &str = "suite.toml";
 /// The run directory's lock (held exclusively by a whole run or a merge, shared by shards).

@@ -109,7 +109,8 @@ pub enum Command {
     #[command(
         after_help = "Outputs in --out: activations.safetensors (one tensor per hook point, \
 [prompts, positions, ...] as listed by `info --hooks`, plus `tokens` and `attention_mask`), \
-tokens.parquet (prompt, position, token id, token string), manifest.json."
+tokens.parquet (prompt, position, token id, token string), index.html (the report page; with \
+blocks.*.attn.hook_pattern captured, an attention viewer: docs/report.md), manifest.json."
     )]
     Cache(tools::CacheArgs),
     /// Write a Hugging Face folder (config.json, model.safetensors, tokenizer.json) from any model

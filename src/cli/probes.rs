@@ -63,9 +63,11 @@ fn heads_defaults() -> HeadsParams {
 #[derive(Args, Debug, Clone)]
 #[command(
     after_help = "Outputs in --out: heads.parquet (one row per head: scores and CMR fit), \
-lag_crp.parquet (lag-CRP per head and lag), tokens.parquet (the random sequences), ablation.parquet \
-(with --ablate), charts (induction_heatmap, cmr_distance_heatmap, cmr_share_per_layer, \
-induction_vs_cmr, lag_crp_top_heads, ablation; .png + .svg), manifest.json. Columns: docs/outputs.md.
+lag_crp.parquet (lag-CRP per head and lag), tokens.parquet (the random sequences), \
+patterns.safetensors (the first sequences' attention patterns), ablation.parquet (with --ablate), \
+charts (induction_heatmap, cmr_distance_heatmap, cmr_share_per_layer, induction_vs_cmr, \
+lag_crp_top_heads, ablation; .png + .svg), index.html (the report page: attention viewer, lag-CRPs, \
+tables; docs/report.md), manifest.json. Columns: docs/outputs.md.
 
 The first run without --cmr-table simulates CMR's lag-CRP table once (a few minutes) and caches it."
 )]

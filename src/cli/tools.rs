@@ -363,6 +363,8 @@ pub fn cache(a: &CacheArgs) -> Result<()> {
         .build()?;
     crate::report::table::write_parquet(&mut df, &out.join("tokens.parquet"))?;
     manifest.add_file("tokens.parquet");
+    let page = crate::report::page::write_run_page(out, &manifest)?;
+    manifest.add_file(page);
     manifest.write(out)?;
     dir.commit()?;
     println!(

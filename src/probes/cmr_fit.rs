@@ -103,6 +103,7 @@ impl Probe for CmrFit {
             loss_second_copy: f64::NAN,
             ablation: None,
             notes: vec![],
+            patterns: vec![],
         };
         Ok(CmrFitReport { report, table })
     }

@@ -174,6 +174,10 @@ pub(super) fn run_checked<P: Probe>(
     for line in &summary {
         manifest.note(format!("summary: {line}"));
     }
+    let t0 = Instant::now();
+    let page = crate::report::page::write_run_page(out, &manifest)?;
+    manifest.add_file(page);
+    manifest.record_timing("page", t0.elapsed().as_secs_f64());
     manifest.write(out)?;
     Ok(Outcome { summary, manifest })
 }

@@ -8,6 +8,7 @@ pub mod chart;
 pub mod lock;
 pub mod manifest;
 pub mod outdir;
+pub mod page;
 pub mod table;
 
 pub use chart::{BarChart, Colormap, Heatmap, Histogram, LineChart, Scatter, Series};

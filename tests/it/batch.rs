@@ -442,6 +442,16 @@ fn killed_batch_resumes_skipping_finished_steps() {
     assert!(html.contains("<img src=\"llama2/heads/"));
     let n = check_links(&run);
     assert!(n > 20, "only {n} links");
+    // Each step links its own report page; a heads step's page has the attention viewer.
+    for step in ["llama2/heads", "qwen2/heads", "cmr-fit", "toy"] {
+        assert!(
+            html.contains(&format!("<a class=\"page\" href=\"{step}/index.html\">")),
+            "no report page link for {step}"
+        );
+        assert!(h.files.iter().any(|f| f == "index.html"));
+    }
+    let page = std::fs::read_to_string(run.join("llama2/heads/index.html")).unwrap();
+    assert!(page.contains("<div id=\"pv\">") && page.contains("id=\"engram-data\""));
 }
 
 #[test]

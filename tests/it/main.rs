@@ -21,6 +21,7 @@ mod lens;
 mod neurons;
 mod parity;
 mod real_models;
+mod report_page;
 mod sae;
 mod shard;
 mod tokenizer;

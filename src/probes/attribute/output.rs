@@ -168,6 +168,7 @@ fn charts(r: &AttributeReport, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
         y_labels: None,
         range: None,
         colormap: Colormap::Diverging,
+        value_label: "attribution (metric units)".into(),
     };
     let what = format!("mean over {n_pairs} pair(s)");
     if has_resid && min_len > 0 {

@@ -293,8 +293,9 @@ pub fn write_outputs(
                         .collect(),
                     x_labels: Some(x_labels),
                     y_labels: None,
-                    range: None,
+                    range: Some((-1.0, 1.0)),
                     colormap: Colormap::Diverging,
+                    value_label: "patching effect (1 = restored; clipped at ±1)".into(),
                 }
                 .save(dir, &format!("patching_{}", m.name))?,
             ));
@@ -330,8 +331,9 @@ pub fn write_outputs(
                                 .collect(),
                         ),
                         y_labels: None,
-                        range: None,
+                        range: Some((-1.0, 1.0)),
                         colormap: Colormap::Diverging,
+                        value_label: "effect difference b − a (clipped at ±1)".into(),
                     }
                     .save(dir, "patching_diff")?,
                 ));

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 mod output;
 
-pub use output::{fitted_curve, summary_lines, write_outputs, Heads, HeadsOutput};
+pub use output::{fitted_curve, summary_lines, write_outputs, Heads, HeadsOutput, PATTERNS_FILE};
 
 use super::cmr::{CmrFit, CmrFitter, CrpTable};
 use crate::hooks::{HookPoint, Hooks, Intervention};
@@ -148,6 +148,20 @@ pub struct HeadsReport {
     pub loss_second_copy: f64,
     pub ablation: Option<AblationResult>,
     pub notes: Vec<String>,
+    /// The attention patterns of the first sequences, per layer `[k, head, T, T]` (F16, CPU):
+    /// `patterns.safetensors`, the report page's viewer. Empty for `cmr-fit`.
+    pub patterns: Vec<Tensor>,
+}
+
+/// At most this many sequences' patterns are kept for `patterns.safetensors`...
+pub const PATTERN_SEQS: usize = 2;
+/// ...and at most this many values in all (fewer sequences, at least one, for large models).
+pub const PATTERN_VALUES: usize = 8 << 20;
+
+/// How many sequences of `t` tokens [`pattern_stats`] keeps for a model of `nl × nh` heads.
+fn kept_sequences(batch: usize, nl: usize, nh: usize, t: usize) -> usize {
+    let per_seq = (nl * nh * t * t).max(1);
+    (PATTERN_VALUES / per_seq).clamp(1, PATTERN_SEQS).min(batch)
 }
 
 /// `batch` rows of `[bos] + R + R` with R uniform over non-special tokens.
@@ -222,10 +236,13 @@ fn pattern_stats(
     chunk: usize,
     interventions: &[Intervention],
     progress: &Progress,
-) -> Result<(Vec<Acc>, f64, f64)> {
+) -> Result<(Vec<Acc>, f64, f64, Vec<Tensor>)> {
     let cfg = model.cfg();
     let (nl, nh) = (cfg.n_layers, cfg.n_heads);
     let mut accs = vec![Acc::default(); nl * nh];
+    let keep = kept_sequences(rows.len(), nl, nh, 2 * n + 1);
+    let mut kept: Vec<Vec<Tensor>> = vec![vec![]; nl];
+    let mut done = 0usize;
     let (mut loss1, mut loss2) = ((0f64, 0usize), (0f64, 0usize));
     let mut points = vec![];
     for l in 0..nl {
@@ -280,6 +297,14 @@ fn pattern_stats(
                 .take(HookPoint::AttnScores(l))
                 .expect("captured");
             let p = hooks.cache.take(HookPoint::Pattern(l)).expect("captured");
+            let k = keep.saturating_sub(done).min(part.len());
+            if k > 0 {
+                kept[l].push(
+                    p.narrow(0, 0, k)?
+                        .to_dtype(DType::F16)?
+                        .to_device(&candle_core::Device::Cpu)?,
+                );
+            }
             let s: Vec<f32> = s.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
             let p: Vec<f32> = p.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
             for (b, first) in firsts.iter().enumerate() {
@@ -313,10 +338,15 @@ fn pattern_stats(
                 }
             }
         }
+        done += part.len();
         bar.inc(part.len() as u64);
     }
     bar.finish();
-    Ok((accs, mean(loss1), mean(loss2)))
+    let patterns = kept
+        .iter()
+        .map(|ts| Ok(Tensor::cat(ts, 0)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((accs, mean(loss1), mean(loss2), patterns))
 }
 
 /// OV-circuit copying score per head: Σ Re λ / Σ |λ| over the eigenvalues of
@@ -398,7 +428,7 @@ pub fn run_with(
         );
     }
     let (tokens, bos) = repeated_random_tokens(model, params.seq_len, params.batch, params.seed)?;
-    let (accs, loss1, loss2) = pattern_stats(
+    let (accs, loss1, loss2, patterns) = pattern_stats(
         model,
         &tokens,
         params.seq_len,
@@ -473,6 +503,7 @@ pub fn run_with(
         loss_second_copy: loss2,
         ablation,
         notes,
+        patterns,
     })
 }
 

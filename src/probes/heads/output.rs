@@ -1,5 +1,5 @@
 //! The head probe's outputs (`heads.parquet`, `lag_crp.parquet`, `tokens.parquet`,
-//! `ablation.parquet`, charts) and its [`Probe`] implementation.
+//! `patterns.safetensors`, `ablation.parquet`, charts) and its [`Probe`] implementation.
 
 use std::path::{Path, PathBuf};
 
@@ -187,13 +187,23 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
     files.push("heads.parquet".to_string());
 
     let (mut ls, mut hs, mut lags, mut sc, mut pr) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut fits = vec![];
     for x in h {
+        // The fitted curve covers lags −5..+5 (LAGS indices 3..14).
+        let curve = table.and_then(|t| fitted_curve(t, &x.fit));
         for (k, lag) in LAGS.enumerate() {
             ls.push(x.layer as u32);
             hs.push(x.head as u32);
             lags.push(lag as i32);
             sc.push(x.lag_scores[k]);
             pr.push(x.lag_probs[k]);
+            fits.push(
+                curve
+                    .as_ref()
+                    .and_then(|c| k.checked_sub(3).and_then(|i| c.get(i)))
+                    .copied()
+                    .unwrap_or(f64::NAN),
+            );
         }
     }
     let mut t = Table::new()
@@ -205,9 +215,16 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
     if has_scores {
         t = t.col("prob", pr);
     }
+    if table.is_some() {
+        t = t.col("cmr_fit", fits);
+    }
     let mut df = t.build()?;
     write_parquet(&mut df, &dir.join("lag_crp.parquet"))?;
     files.push("lag_crp.parquet".to_string());
+
+    if !r.patterns.is_empty() {
+        files.push(write_patterns(r, dir)?);
+    }
 
     if !r.tokens.is_empty() {
         let (mut seq, mut pos, mut tok, mut strs) = (vec![], vec![], vec![], vec![]);
@@ -280,7 +297,7 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
     if has_scores {
         files.extend(names(
             Heatmap {
-                title: "Induction (prefix-matching) score".into(),
+                title: "Induction (prefix-matching) score per head".into(),
                 x_label: "head".into(),
                 y_label: "layer".into(),
                 values: grid(&|x| x.induction_score),
@@ -288,13 +305,14 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
                 y_labels: None,
                 range: Some((0.0, 1.0)),
                 colormap: Colormap::Viridis,
+                value_label: "induction score (attention probability)".into(),
             }
             .save(dir, "induction_heatmap")?,
         ));
     }
     files.extend(names(
         Heatmap {
-            title: "CMR distance (lower = more CMR-like)".into(),
+            title: "CMR distance per head (lower = more CMR-like)".into(),
             x_label: "head".into(),
             y_label: "layer".into(),
             values: grid(&|x| x.fit.distance.min(1.0)),
@@ -302,6 +320,7 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
             y_labels: None,
             range: Some((0.0, 1.0)),
             colormap: Colormap::Magma,
+            value_label: "CMR distance (clipped at 1)".into(),
         }
         .save(dir, "cmr_distance_heatmap")?,
     ));
@@ -327,8 +346,8 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
         files.extend(names(
             Scatter {
                 title: "Induction score vs CMR distance".into(),
-                x_label: "induction score".into(),
-                y_label: "CMR distance".into(),
+                x_label: "induction score (attention probability)".into(),
+                y_label: "CMR distance (clipped at 2)".into(),
                 series: vec![(
                     "heads".into(),
                     h.iter()
@@ -350,16 +369,19 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
         top.sort_by(|a, b| a.fit.distance.total_cmp(&b.fit.distance));
     }
     let mut series = vec![];
-    for x in top.iter().take(4) {
+    for (n, x) in top.iter().take(4).enumerate() {
         let a: Vec<f64> = x.lag_scores[3..14].to_vec();
         let amin = a.iter().cloned().fold(f64::INFINITY, f64::min);
-        series.push(Series::new(
-            format!("L{}H{}", x.layer, x.head),
-            (-5..=5)
-                .zip(a.iter())
-                .map(|(l, v)| (l as f64, v - amin))
-                .collect(),
-        ));
+        series.push(
+            Series::new(
+                format!("L{}H{}", x.layer, x.head),
+                (-5..=5)
+                    .zip(a.iter())
+                    .map(|(l, v)| (l as f64, v - amin))
+                    .collect(),
+            )
+            .color_index(n),
+        );
         if let Some(t) = table {
             if let Some(c) = fitted_curve(t, &x.fit) {
                 series.push(
@@ -370,7 +392,8 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
                             .map(|(l, v)| (l as f64, *v))
                             .collect(),
                     )
-                    .dashed(),
+                    .dashed()
+                    .color_index(n),
                 );
             }
         }
@@ -382,14 +405,38 @@ pub fn write_outputs(r: &HeadsReport, table: Option<&CrpTable>, dir: &Path) -> R
             } else {
                 "Lag-CRP of the most CMR-like heads and their CMR fits".into()
             },
-            x_label: "lag".into(),
-            y_label: "score − min".into(),
+            x_label: "lag (tokens from the earlier occurrence)".into(),
+            y_label: "attention score − min (logits)".into(),
             series,
         }
         .save(dir, "lag_crp_top_heads")?,
     ));
     Ok(files)
 }
+
+/// `patterns.safetensors`: `blocks.{l}.attn.hook_pattern` `[k, head, T, T]` (F16) of the first
+/// k sequences (k ≤ [`super::PATTERN_SEQS`], fewer past [`super::PATTERN_VALUES`] values) and
+/// their `tokens` `[k, T]` (u32): the layout of `engram cache`'s `activations.safetensors`.
+fn write_patterns(r: &HeadsReport, dir: &Path) -> Result<String> {
+    let k = r.patterns[0].dim(0)?;
+    let rows: Vec<u32> = r.tokens[..k].iter().flatten().copied().collect();
+    let t = rows.len() / k.max(1);
+    let mut tensors: Vec<(String, candle_core::Tensor)> = r
+        .patterns
+        .iter()
+        .enumerate()
+        .map(|(l, p)| (crate::hooks::HookPoint::Pattern(l).name(), p.clone()))
+        .collect();
+    tensors.push((
+        "tokens".into(),
+        candle_core::Tensor::from_vec(rows, (k, t), &candle_core::Device::Cpu)?,
+    ));
+    crate::report::write_safetensors(&dir.join(PATTERNS_FILE), tensors)?;
+    Ok(PATTERNS_FILE.to_string())
+}
+
+/// The head probe's saved attention patterns.
+pub const PATTERNS_FILE: &str = "patterns.safetensors";
 
 fn names(paths: Vec<PathBuf>) -> Vec<String> {
     paths

@@ -220,6 +220,7 @@ fn charts(r: &LensReport, dir: &Path) -> Result<Vec<String>> {
             y_labels: Some(y_labels),
             range: None,
             colormap: Colormap::Viridis,
+            value_label: "log10 rank of the next token".into(),
         }
         .save(dir, "lens_rank_heatmap")?,
     );
@@ -268,6 +269,7 @@ fn charts(r: &LensReport, dir: &Path) -> Result<Vec<String>> {
             y_labels: None,
             range: None,
             colormap: Colormap::Diverging,
+            value_label: "logit contribution (logits)".into(),
         }
         .save(dir, "dla_heads_heatmap")?,
     );

@@ -412,6 +412,7 @@ pub fn write_outputs(r: &NeuronsReport, dir: &Path) -> Result<Vec<String>> {
             y_labels: Some(rows),
             range: Some((-1.0, 1.0)),
             colormap: Colormap::Diverging,
+            value_label: "accuracy drop (fraction)".into(),
         }
         .save(dir, "drop_heatmap")?,
     ));
@@ -478,6 +479,7 @@ pub fn write_outputs(r: &NeuronsReport, dir: &Path) -> Result<Vec<String>> {
             y_labels: Some(ok),
             range: Some((0.0, 1.0)),
             colormap: Colormap::Viridis,
+            value_label: "Jaccard index".into(),
         }
         .save(dir, "overlap_heatmap")?,
     ));

@@ -31,6 +31,8 @@ pub struct Heatmap {
     /// Colour scale limits; `None` takes the finite min/max (symmetric for `Diverging`).
     pub range: Option<(f64, f64)>,
     pub colormap: Colormap,
+    /// The colour bar's label: what a colour means, with its unit (empty: none).
+    pub value_label: String,
 }
 
 impl Heatmap {
@@ -184,7 +186,8 @@ impl Render for Heatmap {
             .map(|v| text_width(root, &fmt_num(*v), TICK_SIZE))
             .max()
             .unwrap_or(30) as i32;
-        let right = 24 + 20 + 8 + bar_label_w + 20;
+        let value_w = if self.value_label.is_empty() { 0 } else { 30 };
+        let right = 24 + 20 + 8 + bar_label_w + 20 + value_w;
         let x0 = left;
         let x1 = w - right;
         let (x_rotate, x_stride, x_ticks_h) =
@@ -289,6 +292,14 @@ impl Render for Heatmap {
                 (bx1 + 8, yv),
             )?;
         }
+        if !self.value_label.is_empty() {
+            let lx = bx1 + 8 + bar_label_w + 18;
+            root.draw_text(
+                &clean_label(&self.value_label, 60),
+                &rotated_style(DESC_SIZE, HPos::Center, VPos::Center),
+                (lx, (y0 + y1) / 2),
+            )?;
+        }
         // NaN swatch, when there are missing cells.
         if self.values.iter().flatten().any(|v| v.is_nan()) {
             let sy = (y1 + 12).min(h - 20);
@@ -372,6 +383,7 @@ mod tests {
             y_labels: Some(toks),
             range: Some((0.0, 1.0)),
             colormap: Colormap::Magma,
+            value_label: "attention probability".into(),
         };
         check(
             &h.save(&dir, "heatmap_tokens").unwrap(),

@@ -17,6 +17,8 @@ pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
     pub dashed: bool,
+    /// Draw in the colour of series `k` (e.g. a fit in its data's colour); default: its own.
+    pub color: Option<usize>,
 }
 
 impl Series {
@@ -25,10 +27,16 @@ impl Series {
             name: name.into(),
             points,
             dashed: false,
+            color: None,
         }
     }
     pub fn dashed(mut self) -> Self {
         self.dashed = true;
+        self
+    }
+    /// The colour of the `k`-th colour of the palette.
+    pub fn color_index(mut self, k: usize) -> Self {
+        self.color = Some(k);
         self
     }
 }
@@ -84,7 +92,7 @@ impl Render for LineChart {
         draw_mesh!(chart, self.x_label.as_str(), self.y_label.as_str(), 10);
 
         for (i, s) in self.series.iter().enumerate() {
-            let c = color(i);
+            let c = color(s.color.unwrap_or(i));
             let style = c.stroke_width(2);
             let runs = finite_runs(&s.points);
             let markers = s.points.len() <= 40;
