@@ -4,6 +4,8 @@
 //! panel layout of `src/model/gemm.rs`. Runs on aarch64 only (under qemu-user here:
 //! `scripts/test-neon.sh`).
 
+#![cfg_attr(not(test), allow(dead_code))]
+
 /// Output columns per packed panel (as `gemm::NR`).
 pub const NR: usize = 64;
 
