@@ -109,7 +109,8 @@ pub(super) fn ig_completeness_error(p: &PairAttribution) -> Option<f64> {
         .reduce(f64::max)
 }
 
-/// The mean over pairs of `value` on a `rows × cols` grid, cells placed by `at`; with prompts
+/// The mean over pairs of `value` as a fraction of the pair's metric change (corrupt − clean) on a
+/// `rows × cols` grid, cells placed by `at`; with prompts
 /// of different lengths positions are aligned from the end (`cols` = the shortest length).
 fn mean_grid(
     r: &AttributeReport,
@@ -122,8 +123,14 @@ fn mean_grid(
     let mut sum = vec![vec![0.0; cols]; rows];
     let mut n = vec![vec![0usize; cols]; rows];
     for (res, toks) in r.results.iter().zip(&r.tokens) {
+        // Each estimate as a fraction of the pair's clean → corrupt change of the metric, so
+        // that pairs and models share one scale (a pair whose runs do not differ has none).
+        let change = res.corrupt_metric - res.clean_metric;
+        if !(change.abs() > 1e-9) {
+            continue;
+        }
         for c in cells(res) {
-            if let (Some((y, x)), Some(v)) = (at(c, toks.len()), value(c)) {
+            if let (Some((y, x)), Some(v)) = (at(c, toks.len()), value(c).map(|v| v / change)) {
                 if y < rows && x < cols {
                     sum[y][x] += v;
                     n[y][x] += 1;
@@ -159,18 +166,23 @@ fn charts(r: &AttributeReport, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let head_at = |c: &Cell, _: usize| Some((c.layer, c.unit?));
     let has_resid = r.results.iter().any(|x| !x.resid.is_empty());
     let has_heads = r.results.iter().any(|x| !x.heads.is_empty());
-    let grid = |title: String, xl: &str, values, labels: Option<Vec<String>>| Heatmap {
-        title,
-        x_label: xl.into(),
-        y_label: "layer".into(),
-        values,
-        x_labels: labels,
-        y_labels: None,
-        range: None,
-        colormap: Colormap::Diverging,
-        value_label: "attribution (metric units)".into(),
+    // One scale for every pair and model: the whole residual at a position can carry all of the
+    // change (±1), a single head rarely more than half of it (±0.5, clamped).
+    let grid = |title: String, xl: &str, values, labels: Option<Vec<String>>| {
+        let m = if xl == "head" { 0.5 } else { 1.0 };
+        Heatmap {
+            title,
+            x_label: xl.into(),
+            y_label: "layer".into(),
+            values,
+            x_labels: labels,
+            y_labels: None,
+            range: Some((-m, m)),
+            colormap: Colormap::Diverging,
+            value_label: format!("share of the metric change (clamped at ±{m})"),
+        }
     };
-    let what = format!("mean over {n_pairs} pair(s)");
+    let what = format!("share of metric(corrupt) − metric(clean), mean over {n_pairs} pair(s)");
     if has_resid && min_len > 0 {
         let v = mean_grid(
             r,

@@ -188,6 +188,32 @@ fn prompts_table(r: &LensReport) -> Table {
 }
 
 /// Mean DLA over prompts of the components matching `f`.
+/// The mean over prompts of the selected components' share of the prompt's logit difference
+/// (what the components sum to): one −1…1 scale for every model; NaN when no prompt's logit
+/// difference is away from 0.
+fn mean_dla_share(r: &LensReport, f: impl Fn(&super::Component) -> bool) -> f64 {
+    let shares: Vec<f64> = r
+        .prompts
+        .iter()
+        .filter(|p| p.dla.logit_diff.abs() > 1e-9)
+        .map(|p| {
+            let s: f64 = p
+                .dla
+                .components
+                .iter()
+                .filter(|c| f(c))
+                .map(|c| c.dla)
+                .sum();
+            s / p.dla.logit_diff
+        })
+        .collect();
+    if shares.is_empty() {
+        f64::NAN
+    } else {
+        shares.iter().sum::<f64>() / shares.len() as f64
+    }
+}
+
 fn mean_dla(r: &LensReport, f: impl Fn(&super::Component) -> bool) -> f64 {
     let n = r.prompts.len().max(1) as f64;
     r.prompts
@@ -218,9 +244,10 @@ fn charts(r: &LensReport, dir: &Path) -> Result<Vec<String>> {
             values: grid,
             x_labels: Some(p0.tokens.iter().map(|s| format!("{s:?}")).collect()),
             y_labels: Some(y_labels),
-            range: None,
+            // One scale for every model (ranks below 10⁶ cover any vocabulary).
+            range: Some((0.0, 6.0)),
             colormap: Colormap::Viridis,
-            value_label: "log10 rank of the next token".into(),
+            value_label: "log10 rank of the next token (0: top-1)".into(),
         }
         .save(dir, "lens_rank_heatmap")?,
     );
@@ -252,7 +279,7 @@ fn charts(r: &LensReport, dir: &Path) -> Result<Vec<String>> {
         .map(|l| {
             (0..r.n_heads)
                 .map(|h| {
-                    mean_dla(r, |c| {
+                    mean_dla_share(r, |c| {
                         c.kind == ComponentKind::Head && c.layer == Some(l) && c.head == Some(h)
                     })
                 })
@@ -261,15 +288,16 @@ fn charts(r: &LensReport, dir: &Path) -> Result<Vec<String>> {
         .collect();
     paths.extend(
         Heatmap {
-            title: "Direct logit attribution per head (mean over prompts)".into(),
+            title: "Direct logit attribution per head (share of the logit difference, mean over prompts)".into(),
             x_label: "head".into(),
             y_label: "layer".into(),
             values: heads,
             x_labels: None,
             y_labels: None,
-            range: None,
+            // One scale for every model; a single head rarely carries more than a quarter.
+            range: Some((-0.25, 0.25)),
             colormap: Colormap::Diverging,
-            value_label: "logit contribution (logits)".into(),
+            value_label: "fraction of the logit difference (clamped at ±0.25)".into(),
         }
         .save(dir, "dla_heads_heatmap")?,
     );
