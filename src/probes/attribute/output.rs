@@ -126,7 +126,7 @@ fn mean_grid(
         // Each estimate as a fraction of the pair's clean → corrupt change of the metric, so
         // that pairs and models share one scale (a pair whose runs do not differ has none).
         let change = res.corrupt_metric - res.clean_metric;
-        if !(change.abs() > 1e-9) {
+        if change.is_nan() || change.abs() <= 1e-9 {
             continue;
         }
         for c in cells(res) {
