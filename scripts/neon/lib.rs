@@ -1,7 +1,8 @@
-//! Test harness for the NEON micro-kernels (`src/model/gemm/neon.rs`, included as it stands):
-//! every row/column/depth combination of odd sizes against an f64 product of the same
-//! (bf16-rounded) inputs, through the kernels' bounds-checked entry `neon::task`, in the packed
-//! panel layout of `src/model/gemm.rs`. Runs on aarch64 only (under qemu-user here:
+//! Test harness for the NEON micro-kernels (`src/model/gemm/neon.rs` and the row-block driver
+//! `src/model/gemm/simd.rs`, included as they stand): every row/column/depth combination of odd
+//! sizes against an f64 product of the same (bf16-rounded) inputs, through the driver's
+//! bounds-checked entry `simd::run_task` with `neon::pick`, in the packed panel layout of
+//! `src/model/gemm.rs`. Runs on aarch64 only (under qemu-user here:
 //! `scripts/test-neon.sh`).
 
 #![cfg_attr(not(test), allow(dead_code))]
@@ -19,6 +20,10 @@ pub enum Format {
 #[cfg(target_arch = "aarch64")]
 #[path = "../../src/model/gemm/neon.rs"]
 mod neon;
+#[path = "../../src/model/gemm/simd.rs"]
+mod simd;
+
+pub use simd::{Pick, SubBlock};
 
 /// Round to bf16, nearest even (as `gemm::bf16_bits`; NaN is not tested here).
 pub fn bf16_bits(x: f32) -> u32 {
@@ -121,7 +126,7 @@ mod tests {
         let ldc = n + 3;
         let mut c = vec![f32::NAN; m * ldc];
         // SAFETY: `c` has `m` rows of `ldc ≥ n` floats.
-        unsafe { neon::task(&a, m, lda, kp, &panel, c.as_mut_ptr(), ldc, n, format) };
+        unsafe { simd::run_task(neon::pick, &a, m, lda, kp, &panel, c.as_mut_ptr(), ldc, n, format) };
         let (want, scale) = reference(&x, &w, m, n, k, format);
         for i in 0..m {
             for j in 0..n {
@@ -156,7 +161,7 @@ mod tests {
         for format in [Format::F32, Format::Bf16] {
             let mut c = vec![f32::NAN; 3 * 64];
             // SAFETY: `c` has 3 rows of 64 floats.
-            unsafe { neon::task(&[], 3, 0, 0, &[], c.as_mut_ptr(), 64, 64, format) };
+            unsafe { simd::run_task(neon::pick, &[], 3, 0, 0, &[], c.as_mut_ptr(), 64, 64, format) };
             assert!(c.iter().all(|&v| v == 0.0), "{format:?}");
         }
     }

@@ -25,7 +25,7 @@
 //! word widened to two f32 vectors with a shift and a mask (bf16 is the top half of an f32) and
 //! multiplied by the activations rounded to bf16 — half the weight bytes of f32 for the
 //! memory-bound single-row products of generation. Input steps go in chunks of at most
-//! [`KC_AVX2`] so the panel's slice stays in L2 across a task's rows. Without those either, a
+//! [`simd::KC`] so the panel's slice stays in L2 across a task's rows. Without those either, a
 //! portable kernel (same numbers up to summation order, slower). [`Kernel::available`] lists
 //! what this CPU runs, and [`PackedLinear::matmul_t_with`] picks one (comparisons). f32 models
 //! pack their weights on AVX2-only CPUs only with `ENGRAM_PACK_F32=1` ([`packs_f32`]).
@@ -573,10 +573,11 @@ impl Kernel {
     }
 }
 
-/// One (row range × panel) task on the AVX2 or the NEON kernels.
+/// One (row range × panel) task on the AVX2 or the NEON kernels (`kernel`), through the
+/// shared row-block driver [`simd::run_task`].
 ///
 /// # Safety
-/// As [`avx2_task`]; `kernel` is `Avx2` (on a CPU with it) or `Neon` (on aarch64).
+/// As [`simd::run_task`]. (The CPU's features are checked here.)
 #[allow(clippy::too_many_arguments)]
 unsafe fn simd_task(
     kernel: Kernel,
@@ -590,119 +591,16 @@ unsafe fn simd_task(
     cols: usize,
     format: Format,
 ) {
-    #[cfg(target_arch = "aarch64")]
-    if kernel == Kernel::Neon {
-        // SAFETY: the caller's contract on `c`; NEON is in the aarch64 baseline.
-        return unsafe { neon::task(a, rows, lda, kp, panel, c, ldc, cols, format) };
-    }
-    assert_eq!(kernel, Kernel::Avx2, "no {kernel:?} kernel on this target");
-    // SAFETY: the caller's contract.
-    unsafe { avx2_task(a, rows, lda, kp, panel, c, ldc, cols, format) }
-}
-
-/// Input steps (f32 features or bf16 pairs) per chunk of the AVX2 kernels: a 64 KiB slice of
-/// the panel stays in L2 while every row of a task runs against it (without it, a 1B model's
-/// down projection, 8192 inputs, streams its 2 MiB panels from L3 for every 6 rows).
-const KC_AVX2: usize = 256;
-
-/// `C[rows × cols] = A · panel` with the AVX2 kernels, `a` `rows × lda`: f32 activations
-/// (`lda = kp`), or the bf16-rounded activations as f32 (`lda = 2 · kp`). Rows go 6 (f32) or
-/// 4 (bf16) at a time against 16-column sub-blocks of the panel; fewer rows left over (and
-/// generation's single rows) use wider sub-blocks, up to the whole panel for one row.
-///
-/// # Safety
-/// `c` has `rows` rows (stride `ldc`) of `cols ≤ NR` writable floats. (The CPU's
-/// features and the slices' lengths are checked here.)
-#[allow(clippy::too_many_arguments)]
-unsafe fn avx2_task(
-    a: &[u32],
-    rows: usize,
-    lda: usize,
-    kp: usize,
-    panel: &[u32],
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    format: Format,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let width = match format {
-            Format::F32 => 1,
-            Format::Bf16 => 2,
-        };
-        assert!(avx2() && lda == width * kp && a.len() == rows * lda);
-        assert!(panel.len() == kp * NR && cols <= NR);
-        // (f32 bits as words: the kernels read them as f32.)
-        let ap = a.as_ptr() as *const f32;
-        // Equal chunks of at most `KC_AVX2` steps (no input steps at all: one empty chunk,
-        // which stores zeros).
-        let chunks = kp.div_ceil(KC_AVX2).max(1);
-        let kcs = kp.div_ceil(chunks);
-        for k0 in (0..chunks).map(|j| j * kcs) {
-            let kc = kcs.min(kp - k0);
-            // The first chunk stores, the others add to it.
-            let add = k0 > 0;
-            let a0 = width * k0;
-            let mut i = 0;
-            while i < rows {
-                macro_rules! run {
-                    ($f:ident, $b:expr, $m:literal, $v:literal) => {{
-                        for c0 in (0..cols).step_by(8 * $v) {
-                            // SAFETY: the CPU has AVX2 and FMA (asserted); rows `i..i + $m` of
-                            // the activations exist (`i + $m ≤ rows`), `lda` floats apart,
-                            // and the kernel reads `width · kc` floats of each from
-                            // `a0 = width · k0` on (`k0 + kc ≤ kp`); the panel has `kp` rows of `NR` words, of which it
-                            // reads `kc` from `k0`, columns `c0..c0 + 8 · $v ≤ NR`; `c` has
-                            // `rows` rows of `cols` floats (the caller's contract), of which
-                            // it writes columns `c0..cols` of rows `i..i + $m`.
-                            unsafe {
-                                avx2::$f::<$m, $v>(
-                                    ap.add(i * lda + a0),
-                                    lda,
-                                    kc,
-                                    $b.add(k0 * NR + c0),
-                                    c.add(i * ldc + c0),
-                                    ldc,
-                                    cols - c0,
-                                    add,
-                                )
-                            }
-                        }
-                        i += $m;
-                    }};
-                }
-                let left = rows - i;
-                match format {
-                    Format::F32 => {
-                        let b = panel.as_ptr() as *const f32;
-                        match left {
-                            6.. => run!(f32_block, b, 6, 2),
-                            5 => run!(f32_block, b, 5, 2),
-                            4 => run!(f32_block, b, 4, 2),
-                            3 => run!(f32_block, b, 3, 2),
-                            2 => run!(f32_block, b, 2, 4),
-                            _ => run!(f32_block, b, 1, 8),
-                        }
-                    }
-                    Format::Bf16 => {
-                        let b = panel.as_ptr();
-                        match left {
-                            4.. => run!(bf16_block, b, 4, 2),
-                            3 => run!(bf16_block, b, 3, 2),
-                            2 => run!(bf16_block, b, 2, 4),
-                            _ => run!(bf16_block, b, 1, 8),
-                        }
-                    }
-                }
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (a, rows, lda, kp, panel, c, ldc, cols, format);
-        unreachable!("no AVX2 on this target")
-    }
+    let pick: fn(Format, usize) -> Pick = match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 if avx2() => avx2::pick,
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon => neon::pick,
+        other => panic!("no {other:?} row-block kernels on this CPU"),
+    };
+    // SAFETY: `pick`'s family runs on this CPU (checked above: `avx2()`, or NEON, which is in
+    // the aarch64 baseline); the caller's contract on `c`.
+    unsafe { simd::run_task(pick, a, rows, lda, kp, panel, c, ldc, cols, format) }
 }
 
 /// `C[mr × cols] = A[mr × kp] · panel`, written at `c` with row stride `ldc`.
@@ -776,6 +674,9 @@ fn block(
 mod avx2;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+mod simd;
+
+use simd::{Pick, SubBlock};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {

@@ -529,6 +529,8 @@ impl CustomOp3 for Attention<'_> {
             .into_iter()
             .map(|(lo, hi)| (lo - lo % LANES, hi.div_ceil(LANES) * LANES))
             .collect();
+        // (AVX-512 is x86-only: elsewhere `native` is always false and unused.)
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
         let native = self.native;
         let g = nh / nk;
         let z_len = b * t * nh * dh;

@@ -13,7 +13,7 @@
 //! The caller passes pointers and strides: the functions here are `unsafe`, and the safe
 //! dispatch in [`super`] checks the CPU's features and the bounds.
 
-use super::NR;
+use super::{Format, Pick, SubBlock, NR};
 use std::arch::x86_64::*;
 
 /// The panel row this many steps ahead is prefetched into L1 (one line per step, the
@@ -66,16 +66,18 @@ unsafe fn store<const M: usize, const V: usize>(
 /// `kc` rows (stride `NR`) of `8V` readable floats; `c` as in [`store`].
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn f32_block<const M: usize, const V: usize>(
+unsafe fn f32_block<const M: usize, const V: usize>(
     a: *const f32,
     lda: usize,
     kc: usize,
-    b: *const f32,
+    b: *const u32,
     c: *mut f32,
     ldc: usize,
     cols: usize,
     add: bool,
 ) {
+    // (The panel's words are f32 bits.)
+    let b = b as *const f32;
     let mut acc = [[_mm256_setzero_ps(); V]; M];
     for q in 0..kc {
         let bq = b.add(q * NR);
@@ -104,7 +106,7 @@ pub(super) unsafe fn f32_block<const M: usize, const V: usize>(
 /// has `kc` rows (stride `NR`) of `8V` readable words; `c` as in [`store`].
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn bf16_block<const M: usize, const V: usize>(
+unsafe fn bf16_block<const M: usize, const V: usize>(
     a: *const f32,
     lda: usize,
     kc: usize,
@@ -137,4 +139,27 @@ pub(super) unsafe fn bf16_block<const M: usize, const V: usize>(
         }
     }
     store(&acc, c, ldc, cols, add);
+}
+
+/// The kernel for the `left` rows still to run: f32 6 × 16 (12 of the 16 ymm registers hold
+/// accumulators), bf16 4 × 16 (each pair word widens to two vectors); the last rows and
+/// generation's single rows use wider sub-blocks, up to the whole panel for one row.
+pub(super) fn pick(format: Format, left: usize) -> Pick {
+    let p = |kernel: SubBlock, rows: usize, v: usize| Pick {
+        kernel,
+        rows,
+        cols: 8 * v,
+    };
+    match (format, left) {
+        (Format::F32, 6..) => p(f32_block::<6, 2>, 6, 2),
+        (Format::F32, 5) => p(f32_block::<5, 2>, 5, 2),
+        (Format::F32, 4) => p(f32_block::<4, 2>, 4, 2),
+        (Format::F32, 3) => p(f32_block::<3, 2>, 3, 2),
+        (Format::F32, 2) => p(f32_block::<2, 4>, 2, 4),
+        (Format::F32, _) => p(f32_block::<1, 8>, 1, 8),
+        (Format::Bf16, 4..) => p(bf16_block::<4, 2>, 4, 2),
+        (Format::Bf16, 3) => p(bf16_block::<3, 2>, 3, 2),
+        (Format::Bf16, 2) => p(bf16_block::<2, 4>, 2, 4),
+        (Format::Bf16, _) => p(bf16_block::<1, 8>, 1, 8),
+    }
 }

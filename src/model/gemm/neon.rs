@@ -9,16 +9,13 @@
 //!   bf16 and stored as f32 by the caller), so the products are exactly the portable kernel's,
 //!   up to summation order.
 //!
-//! NEON is part of the aarch64 baseline: no run-time detection is needed. [`task`] is the
-//! bounds-checked entry the packed matmul calls per (row range × panel) task. Tested under
+//! NEON is part of the aarch64 baseline: no run-time detection is needed. [`pick`] gives the
+//! packed matmul's row-block driver (`gemm::simd_task`, shared with AVX2) the kernel for the
+//! rows left. Tested under
 //! qemu-user by `scripts/test-neon.sh` (a harness crate in `scripts/neon/` includes this file).
 
-use super::{Format, NR};
+use super::{Format, Pick, SubBlock, NR};
 use std::arch::aarch64::*;
-
-/// Input steps per chunk: the panel's slice stays in L2 across a task's rows (as
-/// `KC_AVX2`).
-const KC: usize = 256;
 
 /// Store (`add == false`) or add to (`add == true`) `c`, row stride `ldc`, an `M × 4V` block
 /// of accumulators, only the first `cols` columns.
@@ -59,17 +56,18 @@ unsafe fn store<const M: usize, const V: usize>(
 /// `a` has `M` rows (stride `lda`) of `kc` readable floats; `b` has `kc` rows (stride `NR`) of
 /// `4V` readable floats; `c` as in [`store`].
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
 unsafe fn f32_block<const M: usize, const V: usize>(
     a: *const f32,
     lda: usize,
     kc: usize,
-    b: *const f32,
+    b: *const u32,
     c: *mut f32,
     ldc: usize,
     cols: usize,
     add: bool,
 ) {
+    // (The panel's words are f32 bits.)
+    let b = b as *const f32;
     let mut acc = [[vdupq_n_f32(0.0); V]; M];
     for q in 0..kc {
         let bq = b.add(q * NR);
@@ -95,7 +93,6 @@ unsafe fn f32_block<const M: usize, const V: usize>(
 /// `a` has `M` rows (stride `lda`) of `2 · kc` readable floats; `b` has `kc` rows (stride `NR`)
 /// of `4V` readable words; `c` as in [`store`].
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
 unsafe fn bf16_block<const M: usize, const V: usize>(
     a: *const f32,
     lda: usize,
@@ -130,92 +127,25 @@ unsafe fn bf16_block<const M: usize, const V: usize>(
     store(&acc, c, ldc, cols, add);
 }
 
-/// `C[rows × cols] = A · panel` with the NEON kernels, `a` `rows × lda`: f32 activations
-/// (`lda = kp`), or the bf16-rounded activations as f32 bits (`lda = 2 · kp`). Rows go 6 (f32)
-/// or 4 (bf16) at a time against 16-column sub-blocks; the rows left over (and generation's
-/// single rows) use wider sub-blocks.
-///
-/// # Safety
-/// `c` has `rows` rows (stride `ldc`) of `cols ≤ NR` writable floats. (The slices' lengths are
-/// checked here.)
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn task(
-    a: &[u32],
-    rows: usize,
-    lda: usize,
-    kp: usize,
-    panel: &[u32],
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    format: Format,
-) {
-    let width = match format {
-        Format::F32 => 1,
-        Format::Bf16 => 2,
+/// The kernel for the `left` rows still to run: f32 6 × 16 (24 of the 32 registers hold
+/// accumulators), bf16 4 × 16; the last rows and generation's single rows use wider
+/// sub-blocks.
+pub(super) fn pick(format: Format, left: usize) -> Pick {
+    let p = |kernel: SubBlock, rows: usize, v: usize| Pick {
+        kernel,
+        rows,
+        cols: 4 * v,
     };
-    assert!(lda == width * kp && a.len() == rows * lda);
-    assert!(panel.len() == kp * NR && cols <= NR);
-    let ap = a.as_ptr() as *const f32;
-    // Equal chunks of at most `KC` steps (none at all: one empty chunk, which stores zeros).
-    let chunks = kp.div_ceil(KC).max(1);
-    let kcs = kp.div_ceil(chunks);
-    for k0 in (0..chunks).map(|j| j * kcs) {
-        let kc = kcs.min(kp - k0);
-        // The first chunk stores, the others add to it.
-        let add = k0 > 0;
-        let a0 = width * k0;
-        let mut i = 0;
-        while i < rows {
-            macro_rules! run {
-                ($f:ident, $b:expr, $m:literal, $v:literal) => {{
-                    for c0 in (0..cols).step_by(4 * $v) {
-                        // SAFETY: rows `i..i + $m` of the activations exist (`i + $m ≤ rows`),
-                        // `lda` floats apart, and the kernel reads `width · kc` floats of each
-                        // from `a0 = width · k0` on (`k0 + kc ≤ kp`); the panel has `kp` rows
-                        // of `NR` words, of which it reads `kc` from `k0`, columns
-                        // `c0..c0 + 4 · $v ≤ NR`; `c` has `rows` rows of `cols` floats (the
-                        // caller's contract), of which it writes columns `c0..cols` of rows
-                        // `i..i + $m`.
-                        unsafe {
-                            $f::<$m, $v>(
-                                ap.add(i * lda + a0),
-                                lda,
-                                kc,
-                                $b.add(k0 * NR + c0),
-                                c.add(i * ldc + c0),
-                                ldc,
-                                cols - c0,
-                                add,
-                            )
-                        }
-                    }
-                    i += $m;
-                }};
-            }
-            let left = rows - i;
-            match format {
-                Format::F32 => {
-                    let b = panel.as_ptr() as *const f32;
-                    match left {
-                        6.. => run!(f32_block, b, 6, 4),
-                        5 => run!(f32_block, b, 5, 4),
-                        4 => run!(f32_block, b, 4, 4),
-                        3 => run!(f32_block, b, 3, 4),
-                        2 => run!(f32_block, b, 2, 8),
-                        _ => run!(f32_block, b, 1, 8),
-                    }
-                }
-                Format::Bf16 => {
-                    let b = panel.as_ptr();
-                    match left {
-                        4.. => run!(bf16_block, b, 4, 4),
-                        3 => run!(bf16_block, b, 3, 4),
-                        2 => run!(bf16_block, b, 2, 4),
-                        _ => run!(bf16_block, b, 1, 8),
-                    }
-                }
-            }
-        }
+    match (format, left) {
+        (Format::F32, 6..) => p(f32_block::<6, 4>, 6, 4),
+        (Format::F32, 5) => p(f32_block::<5, 4>, 5, 4),
+        (Format::F32, 4) => p(f32_block::<4, 4>, 4, 4),
+        (Format::F32, 3) => p(f32_block::<3, 4>, 3, 4),
+        (Format::F32, 2) => p(f32_block::<2, 8>, 2, 8),
+        (Format::F32, _) => p(f32_block::<1, 8>, 1, 8),
+        (Format::Bf16, 4..) => p(bf16_block::<4, 4>, 4, 4),
+        (Format::Bf16, 3) => p(bf16_block::<3, 4>, 3, 4),
+        (Format::Bf16, 2) => p(bf16_block::<2, 4>, 2, 4),
+        (Format::Bf16, _) => p(bf16_block::<1, 8>, 1, 8),
     }
 }

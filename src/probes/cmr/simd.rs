@@ -28,6 +28,7 @@ pub(crate) struct Ops {
     /// `#{j : c_j < target}`.
     pub count_below: fn(&[f32], f32) -> usize,
     /// Whether [`Avx2x13`] may be used (AVX2 detected and vectors of 13·8 lanes).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub avx2_13: bool,
 }
 
