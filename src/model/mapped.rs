@@ -32,10 +32,12 @@ mod avx2;
 #[cfg(test)]
 mod tests;
 
-/// Activation rows up to which the dot-product (GEMV) kernel runs.
-pub const GEMV_ROWS: usize = 4;
-/// Output columns per parallel task of the dot-product kernel.
-const GEMV_COLS: usize = 32;
+/// Activation rows up to which the dot-product kernel runs (above, widening the weights once
+/// per call and candle's f32 matmul win).
+pub const GEMV_ROWS: usize = 64;
+/// Weight bytes per parallel task of the dot-product kernel (the task's rows stay in L2 while
+/// every activation row runs against them).
+const GEMV_TASK_BYTES: usize = 64 << 10;
 /// f32 bytes of weight rows widened at a time by the many-row path (16 MiB).
 const CHUNK_BYTES: usize = 16 << 20;
 
@@ -369,14 +371,15 @@ impl MappedLinear {
         Ok(y)
     }
 
-    /// The dot-product kernel for a few rows: tasks of [`GEMV_COLS`] output columns, each
-    /// reading its weight rows once for all `m` rows of `x`.
+    /// The dot-product kernel for a few rows: tasks of [`GEMV_TASK_BYTES`] of weight rows (4 to
+    /// 64 output columns), each reading its weight rows once for all `m` rows of `x`.
     fn gemv(&self, x: &[f32], m: usize, kernel: MappedKernel) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
-        let blocks: Vec<Vec<f32>> = (0..n.div_ceil(GEMV_COLS))
+        let cols = (GEMV_TASK_BYTES / (2 * k)).clamp(4, 64) / 4 * 4;
+        let blocks: Vec<Vec<f32>> = (0..n.div_ceil(cols))
             .into_par_iter()
             .map(|t| {
-                let (c0, c1) = (t * GEMV_COLS, ((t + 1) * GEMV_COLS).min(n));
+                let (c0, c1) = (t * cols, ((t + 1) * cols).min(n));
                 let rows: Vec<&[u8]> = (c0..c1).map(|r| self.row(r)).collect();
                 let mut out = vec![0f32; m * (c1 - c0)];
                 dot_rows(x, m, k, &rows, &mut out, self.half, kernel);
@@ -385,7 +388,7 @@ impl MappedLinear {
             .collect();
         let mut y = vec![0f32; m * n];
         for (t, b) in blocks.iter().enumerate() {
-            let c0 = t * GEMV_COLS;
+            let c0 = t * cols;
             let w = b.len() / m;
             for i in 0..m {
                 y[i * n + c0..i * n + c0 + w].copy_from_slice(&b[i * w..(i + 1) * w]);

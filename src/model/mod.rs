@@ -80,7 +80,8 @@ pub struct ModelSpec {
     pub revision: Option<String>,
     /// A tokenizer.json to use instead of the model's own.
     pub tokenizer: Option<PathBuf>,
-    /// Precision of the linear layers' products: `f32` or `bf16`.
+    /// Precision of the linear layers' products: `f32` or `bf16` (on a 16-bit safetensors
+    /// checkpoint, the mapped weights: [`LoadOptions::bf16_matmul`]).
     pub matmul: String,
 }
 

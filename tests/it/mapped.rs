@@ -72,7 +72,7 @@ fn mapped_weights_give_the_f32_logits() {
         // Greedy generation through the KV cache (single-row products).
         let ids = dense.encode("hello").unwrap();
         let ga = dense
-            .generate(&[ids.clone()], 6, &mut Hooks::none())
+            .generate(std::slice::from_ref(&ids), 6, &mut Hooks::none())
             .unwrap();
         let gb = mapped.generate(&[ids], 6, &mut Hooks::none()).unwrap();
         assert_eq!(ga, gb, "{family:?}");
