@@ -94,7 +94,8 @@ pub fn check_fits(src: &dyn WeightSource, dtype: DType, what: &str) -> Result<()
             gb(need),
             gb(have),
             if dtype == DType::F32 {
-                " (--dtype bf16 halves it)"
+                " (--dtype bf16 halves it; --matmul bf16 on a bf16 safetensors checkpoint uses \
+                 the weights where they lie in the file, without a copy)"
             } else {
                 ""
             }

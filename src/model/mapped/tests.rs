@@ -133,6 +133,23 @@ fn non_finite_values_are_counted_and_blocks_must_agree() -> Result<()> {
         w[30] = f32::NEG_INFINITY;
         let r = MappedRows::from_f32(&w, 4, 10, half)?;
         assert_eq!(r.non_finite_count(), 3, "{half:?}");
+        // Every position of a word and the tail past the last whole word; none at all.
+        for bad in 0..11 {
+            let mut w = values(11, 4);
+            assert_eq!(MappedRows::from_f32(&w, 1, 11, half)?.non_finite_count(), 0);
+            w[bad] = if bad % 2 == 0 { f32::NAN } else { f32::NEG_INFINITY };
+            let r = MappedRows::from_f32(&w, 1, 11, half)?;
+            assert_eq!(r.non_finite_count(), 1, "{half:?} at {bad}");
+        }
+        // Large finite values are not counted (±65504, f16's largest); 3e38 is finite in bf16
+        // but overflows f16 to +inf.
+        let big = [65504.0f32, -65504.0, 3.0e38, 1.0];
+        let n = if half == Half::F16 { 1 } else { 0 };
+        assert_eq!(
+            MappedRows::from_f32(&big, 1, 4, half)?.non_finite_count(),
+            n,
+            "{half:?}"
+        );
     }
     let a = MappedRows::from_f32(&values(6, 1), 2, 3, Half::Bf16)?;
     let b = MappedRows::from_f32(&values(8, 1), 2, 4, Half::Bf16)?;
