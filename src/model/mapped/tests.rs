@@ -137,7 +137,11 @@ fn non_finite_values_are_counted_and_blocks_must_agree() -> Result<()> {
         for bad in 0..11 {
             let mut w = values(11, 4);
             assert_eq!(MappedRows::from_f32(&w, 1, 11, half)?.non_finite_count(), 0);
-            w[bad] = if bad % 2 == 0 { f32::NAN } else { f32::NEG_INFINITY };
+            w[bad] = if bad % 2 == 0 {
+                f32::NAN
+            } else {
+                f32::NEG_INFINITY
+            };
             let r = MappedRows::from_f32(&w, 1, 11, half)?;
             assert_eq!(r.non_finite_count(), 1, "{half:?} at {bad}");
         }
