@@ -66,7 +66,9 @@ pub struct ModelArgs {
     pub tokenizer: Option<PathBuf>,
     /// Precision of the linear layers' products: f32, or bf16 (weights and activations rounded
     /// to bf16, f32 accumulation: 1.4–2× faster on CPUs with AMX or AVX512-BF16, logits within
-    /// ~1% of f32; needs --dtype f32 on the CPU)
+    /// ~1% of f32; needs --dtype f32 on the CPU). On a bf16/f16 safetensors checkpoint the
+    /// weights are used where they lie in the file (no copy: memory ≈ the file's size) with f32
+    /// activations; ENGRAM_PACK_BF16=1 packs them instead
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub matmul: String,
 }

@@ -19,7 +19,12 @@ pub fn info(args: &ModelArgs, list_hooks: bool) -> Result<()> {
     println!("path         {}", m.source.path.display());
     println!("arch         {}", c.arch.name());
     println!("dtype        {dtype}");
-    if m.bf16_matmul() {
+    if m.mapped_weights() > 0 {
+        println!(
+            "matmul       16-bit weights where they lie in the file ({} mapped), f32 activations",
+            m.mapped_weights()
+        );
+    } else if m.bf16_matmul() {
         println!("matmul       bf16 (f32 accumulation)");
     }
     println!("layers       {}", c.n_layers);

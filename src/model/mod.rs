@@ -15,6 +15,8 @@ pub mod gemm;
 mod generate;
 pub mod grad;
 pub mod kernels;
+pub mod mapped;
+pub mod random_checkpoint;
 mod record;
 pub mod source;
 pub mod tokenizer;
@@ -46,7 +48,9 @@ pub struct LoadOptions {
     /// Use this tokenizer.json instead of the one beside the weights or inside the GGUF.
     pub tokenizer: Option<PathBuf>,
     /// Run the linear layers' products in bf16 (f32 CPU models only; see
-    /// [`Transformer::use_bf16_matmul`]).
+    /// [`Transformer::use_bf16_matmul`]). On a bf16 / f16 safetensors checkpoint the weights
+    /// are then multiplied where they lie in the file's map, with f32 activations
+    /// ([`mapped`]; `ENGRAM_PACK_BF16=1` packs them instead).
     pub bf16_matmul: bool,
 }
 
@@ -76,7 +80,8 @@ pub struct ModelSpec {
     pub revision: Option<String>,
     /// A tokenizer.json to use instead of the model's own.
     pub tokenizer: Option<PathBuf>,
-    /// Precision of the linear layers' products: `f32` or `bf16`.
+    /// Precision of the linear layers' products: `f32` or `bf16` (on a 16-bit safetensors
+    /// checkpoint, the mapped weights: [`LoadOptions::bf16_matmul`]).
     pub matmul: String,
 }
 
@@ -180,6 +185,17 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
+/// Whether a safetensors load takes the 16-bit linear weights where they lie
+/// ([`mapped`]): `--matmul bf16` on an f32 CPU model, unless `ENGRAM_PACK_BF16=1` asks for
+/// today's packed bf16 panels (comparisons; AMX CPUs, where the packed products of long
+/// batches are faster).
+fn maps_weights(opts: &LoadOptions) -> bool {
+    opts.bf16_matmul
+        && opts.dtype == DType::F32
+        && opts.device.is_cpu()
+        && std::env::var_os("ENGRAM_PACK_BF16").is_none_or(|v| v == "0")
+}
+
 /// A loaded model: the transformer, its tokenizer, and where it came from.
 pub struct Model {
     pub transformer: Transformer,
@@ -231,10 +247,13 @@ impl Model {
                 let cfg = read_hf_config(&source.path)?;
                 let w = weights::SafetensorsWeights::open_dir(&source.path)?;
                 let what = source.path.display().to_string();
-                weights::check_fits(&w, opts.dtype, &what)?;
+                let map = maps_weights(opts);
+                // Mapped weights need no copy: the file's own size is what must fit.
+                let need = if map { DType::BF16 } else { opts.dtype };
+                weights::check_fits(&w, need, &what)?;
                 weights::check_layers(&w, cfg.n_layers, &what)?;
                 let (t, tok) = rayon::join(
-                    || Transformer::load(&w, cfg, opts.dtype, &opts.device),
+                    || Transformer::load_with(&w, cfg, opts.dtype, &opts.device, map),
                     || load_tokenizer(&source, None),
                 );
                 (t?, tok?)

@@ -105,7 +105,10 @@ impl crate::report::ModelRecord {
             revision: m.source.commit.clone().or(m.source.revision.clone()),
             sha256: Some(sha),
             arch: m.cfg().arch.name().to_string(),
-            dtype: if m.bf16_matmul() {
+            // Mapped 16-bit weights multiply unrounded f32 activations: not the packed numbers.
+            dtype: if m.mapped_weights() > 0 {
+                format!("{dtype}+bf16-mapped")
+            } else if m.bf16_matmul() {
                 format!("{dtype}+bf16-matmul")
             } else {
                 dtype

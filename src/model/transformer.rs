@@ -30,6 +30,7 @@ use candle_core::{DType, Device, Tensor, D};
 use super::config::{ModelConfig, NormKind};
 use super::gemm::{Format, PackedLinear};
 use super::kernels;
+use super::mapped::MappedLinear;
 use crate::hooks::{HookPoint, Hooks};
 use crate::Result;
 
@@ -205,25 +206,86 @@ pub struct Transformer {
     pub cfg: ModelConfig,
     pub device: Device,
     pub dtype: DType,
-    embed: Tensor,
+    embed: Table,
     /// Learned absolute positions `[max_position_embeddings, d_model]` (GPT-2).
     pos_embed: Option<Tensor>,
     blocks: Vec<Block>,
     norm: Norm,
-    lm_head: Tensor,
+    lm_head: Table,
     inv_freqs: Vec<Vec<f32>>,
     fused: bool,
     /// The unembedding packed in bf16 when the products run in bf16
     /// ([`Transformer::use_bf16_matmul`]).
     lm_head_bf16: Option<PackedLinear>,
+    /// The linear layers run in bf16: packed, or mapped from a 16-bit checkpoint.
+    bf16_products: bool,
 }
 
-/// A linear layer's weight `[out, in]`: as loaded (candle's matmul) or packed once for the
+/// A linear layer's weight `[out, in]`: as loaded (candle's matmul), packed once for the
 /// [`super::gemm`] kernels (f32 CPU models with AVX-512, or AVX2 with `ENGRAM_PACK_F32=1`;
-/// `--matmul bf16`).
+/// `--matmul bf16`), or bf16 / f16 rows read where they lie in the checkpoint's mmap
+/// ([`super::mapped`]: `--matmul bf16` on a 16-bit safetensors checkpoint).
 enum Linear {
     Dense(Tensor),
     Packed(PackedLinear),
+    Mapped(MappedLinear),
+}
+
+/// The embedding or unembedding matrix `[vocab, d_model]`: a tensor, or mapped 16-bit rows
+/// that the lookup gathers and the unembedding multiplies directly; a mapped table becomes a
+/// tensor (in the model's dtype) only when a weight view asks for one ([`Table::tensor`]).
+struct Table {
+    mapped: Option<MappedLinear>,
+    dense: std::sync::OnceLock<Tensor>,
+    dtype: DType,
+    device: Device,
+}
+
+impl Table {
+    fn dense(t: Tensor) -> Table {
+        let (dtype, device) = (t.dtype(), t.device().clone());
+        Table {
+            mapped: None,
+            dense: t.into(),
+            dtype,
+            device,
+        }
+    }
+
+    fn mapped(m: MappedLinear, dtype: DType, device: &Device) -> Table {
+        Table {
+            mapped: Some(m),
+            dense: std::sync::OnceLock::new(),
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// The matrix as a tensor (a mapped one widened on first use, then kept).
+    fn tensor(&self) -> &Tensor {
+        self.dense.get_or_init(|| {
+            let m = self.mapped.as_ref().expect("a table is dense or mapped");
+            // Widening 16-bit values into a new CPU tensor has no failure mode but running out
+            // of memory, which aborts anyway.
+            m.unpack(self.dtype, &self.device)
+                .expect("widening a mapped table")
+        })
+    }
+
+    /// The same matrix, shared (a tied unembedding).
+    fn share(&self) -> Table {
+        match &self.mapped {
+            Some(m) => Table::mapped(m.clone(), self.dtype, &self.device),
+            None => Table::dense(self.tensor().clone()),
+        }
+    }
+
+    fn dims(&self) -> Result<(usize, usize)> {
+        match &self.mapped {
+            Some(m) => Ok(m.dims()),
+            None => Ok(self.tensor().dims2()?),
+        }
+    }
 }
 
 impl Linear {
@@ -241,6 +303,14 @@ impl Linear {
                     None => y,
                 })
             }
+            Linear::Mapped(m) if x.track_op() => linear(x, &m.unpack(x.dtype(), x.device())?, b),
+            Linear::Mapped(m) => {
+                let y = m.matmul_t(x)?;
+                Ok(match b {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                })
+            }
         }
     }
 
@@ -249,11 +319,15 @@ impl Linear {
         match self {
             Linear::Dense(w) => Ok(w.clone()),
             Linear::Packed(p) => p.unpack(device),
+            Linear::Mapped(m) => m.unpack(DType::F32, device),
         }
     }
 
+    /// Pack a loaded weight in `format` (a mapped one stays where it lies).
     fn pack(&mut self, format: Format, device: &Device) -> Result<()> {
-        if matches!(self, Linear::Packed(p) if p.format() == format) {
+        if matches!(self, Linear::Packed(p) if p.format() == format)
+            || matches!(self, Linear::Mapped(_))
+        {
             return Ok(());
         }
         *self = Linear::Packed(PackedLinear::pack(&self.tensor(device)?, format)?);
@@ -579,10 +653,13 @@ impl Transformer {
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let mut x =
-            self.embed
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((b, t, cfg.d_model))?;
+        let rows = match &self.embed.mapped {
+            Some(m) => m
+                .gather(&ids.flatten_all()?.to_vec1::<u32>()?, &self.device)?
+                .to_dtype(self.dtype)?,
+            None => self.embed.tensor().index_select(&ids.flatten_all()?, 0)?,
+        };
+        let mut x = rows.reshape((b, t, cfg.d_model))?;
         if let Some(s) = cfg.embed_scale {
             // transformers multiplies by the scale rounded to the weights' dtype.
             let s = Tensor::new(s as f32, &self.device)?.to_dtype(self.dtype)?;
@@ -627,16 +704,36 @@ impl Transformer {
     /// Run the linear layers' products in bf16 (weights and activations rounded to bf16, f32
     /// accumulation; AMX tiles or AVX512-BF16 where the CPU has them): 1.4–2× the f32
     /// throughput, logits within ~1% of f32. Needs an f32 model on the CPU. The weight views then return the bf16
-    /// values (as f32) that the products use.
+    /// values (as f32) that the products use. Weights mapped at load ([`super::mapped`]) stay
+    /// as they are: only the loaded ones are packed.
     pub fn use_bf16_matmul(&mut self) -> Result<()> {
         if self.dtype != DType::F32 || !self.device.is_cpu() {
             crate::bail!("bf16 matmul needs an f32 model on the CPU (--dtype f32 --device cpu)");
         }
-        if self.lm_head_bf16.is_none() {
+        if !self.bf16_matmul() {
             self.pack_blocks(Format::Bf16)?;
-            self.lm_head_bf16 = Some(PackedLinear::pack(&self.lm_head, Format::Bf16)?);
+            if self.lm_head.mapped.is_none() {
+                self.lm_head_bf16 = Some(PackedLinear::pack(self.lm_head.tensor(), Format::Bf16)?);
+            }
+            self.bf16_products = true;
         }
         Ok(())
+    }
+
+    /// How many of the linear weights (four per block) and tables (embedding, unembedding) read
+    /// 16-bit weights where they lie in the checkpoint's map ([`super::mapped`]); 0 when none.
+    pub fn mapped_weights(&self) -> usize {
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                [&b.w_qkv, &b.w_o, &b.w_gate_up, &b.w_down]
+                    .iter()
+                    .filter(|l| matches!(l, Linear::Mapped(_)))
+                    .count()
+            })
+            .sum();
+        blocks + self.embed.mapped.is_some() as usize + self.lm_head.mapped.is_some() as usize
     }
 
     /// Pack every block's linear weights in `format` (replacing the loaded tensors).
@@ -658,7 +755,7 @@ impl Transformer {
 
     /// Whether the linear layers run in bf16 ([`Transformer::use_bf16_matmul`]).
     pub fn bf16_matmul(&self) -> bool {
-        self.lm_head_bf16.is_some()
+        self.bf16_products
     }
 
     /// Whether the fused CPU kernels ([`kernels`], and the packed f32 matmul) run on these

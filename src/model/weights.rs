@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::model::mapped::{Half, MappedRows};
 use crate::{Context, Error, Result};
 
 mod gguf;
@@ -32,6 +33,13 @@ pub trait WeightSource: Send + Sync {
     /// read), for the memory check of [`check_fits`]; `None` when unknown.
     fn element_count(&self) -> Option<u64> {
         None
+    }
+    /// A 2-D bf16 / f16 tensor as it lies in a memory map, for the mapped products
+    /// ([`crate::model::mapped`]); `None` when this source has no map or the tensor is stored in
+    /// another dtype or rank.
+    fn mapped(&self, name: &str) -> Result<Option<MappedRows>> {
+        let _ = name;
+        Ok(None)
     }
 }
 
@@ -86,7 +94,8 @@ pub fn check_fits(src: &dyn WeightSource, dtype: DType, what: &str) -> Result<()
             gb(need),
             gb(have),
             if dtype == DType::F32 {
-                " (--dtype bf16 halves it)"
+                " (--dtype bf16 halves it; --matmul bf16 on a bf16 safetensors checkpoint uses \
+                 the weights where they lie in the file, without a copy)"
             } else {
                 ""
             }
@@ -153,6 +162,21 @@ impl WeightSource for Finite<'_> {
     fn element_count(&self) -> Option<u64> {
         self.0.element_count()
     }
+    fn mapped(&self, name: &str) -> Result<Option<MappedRows>> {
+        let Some(r) = self.0.mapped(name)? else {
+            return Ok(None);
+        };
+        let n = r.non_finite_count();
+        if n > 0 {
+            let (a, b) = r.dims();
+            return Err(Error::msg(format!(
+                "{name} holds {n} NaN or infinite values of {}: the checkpoint is corrupt (or \
+                 was saved from a diverged run); nothing was computed",
+                a * b
+            )));
+        }
+        Ok(Some(r))
+    }
 }
 
 /// Load every tensor of `src` as f32 in parallel (rayon) into memory.
@@ -205,6 +229,11 @@ impl WeightSource for Prefetched {
 /// Memory-mapped safetensors files.
 pub struct SafetensorsWeights {
     st: candle_core::safetensors::MmapedSafetensors,
+    /// The same files mapped for [`WeightSource::mapped`] (pages are read only through the
+    /// map that a tensor is taken from).
+    maps: Vec<std::sync::Arc<memmap2::Mmap>>,
+    /// Where each tensor lies: its file, dtype and shape, and its first byte in the file.
+    layout: HashMap<String, TensorAt>,
     names: Vec<String>,
     /// Prefix that maps `model.` names onto this checkpoint (e.g. `model.language_model.`).
     prefix_map: Option<(String, String)>,
@@ -247,6 +276,18 @@ impl SafetensorsWeights {
     }
 
     pub fn open_files(files: &[PathBuf]) -> Result<Self> {
+        let mut maps = Vec::with_capacity(files.len());
+        let mut layout = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            let file = std::fs::File::open(f).map_err(|e| Error::io(f, e))?;
+            // SAFETY: mapped read-only, as candle's loader below does; modifying a checkpoint
+            // while it is mapped is the caller's responsibility, as with every mmap loader.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(f, e))?;
+            for (name, at) in read_layout(&map, f)? {
+                layout.insert(name, TensorAt { file: i, ..at });
+            }
+            maps.push(std::sync::Arc::new(map));
+        }
         // SAFETY: the files are memory-mapped read-only; modifying them while mapped is the
         // caller's responsibility, as with every mmap-based loader.
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }
@@ -267,6 +308,8 @@ impl SafetensorsWeights {
         };
         Ok(SafetensorsWeights {
             st,
+            maps,
+            layout,
             names,
             prefix_map,
         })
@@ -301,6 +344,23 @@ impl WeightSource for SafetensorsWeights {
     fn names(&self) -> Vec<String> {
         self.names.clone()
     }
+    fn mapped(&self, name: &str) -> Result<Option<MappedRows>> {
+        let real = self.real_name(name);
+        let Some(at) = self.layout.get(&real) else {
+            return Err(Error::MissingTensor(name.to_string()));
+        };
+        let half = match at.dtype.as_str() {
+            "BF16" => Half::Bf16,
+            "F16" => Half::F16,
+            _ => return Ok(None),
+        };
+        let &[rows, cols] = at.shape.as_slice() else {
+            return Ok(None);
+        };
+        MappedRows::new(self.maps[at.file].clone(), at.start, rows, cols, half)
+            .map(Some)
+            .map_err(|e| Error::msg(format!("tensor `{real}`: {e}")))
+    }
     fn element_count(&self) -> Option<u64> {
         Some(
             self.st
@@ -310,6 +370,93 @@ impl WeightSource for SafetensorsWeights {
                 .sum(),
         )
     }
+}
+
+/// Where a tensor lies in a safetensors file.
+#[derive(Clone, Debug)]
+struct TensorAt {
+    file: usize,
+    dtype: String,
+    shape: Vec<usize>,
+    /// The first byte of its data in the file.
+    start: usize,
+}
+
+/// The tensors a safetensors file's header declares, each checked to lie inside the file: a
+/// truncated shard is refused naming the file and the first tensor it cuts.
+fn read_layout(bytes: &[u8], path: &Path) -> Result<Vec<(String, TensorAt)>> {
+    let bad = |what: String| Error::msg(format!("{}: {what}", path.display()));
+    let len = bytes.len();
+    if len < 8 {
+        return Err(bad(format!(
+            "{len} bytes, too short for a safetensors file (truncated?)"
+        )));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default()) as usize;
+    if n > len - 8 {
+        return Err(bad(format!(
+            "the header declares {n} bytes but the file has {len} (truncated, or not \
+             safetensors?)"
+        )));
+    }
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])
+        .map_err(|e| bad(format!("unreadable safetensors header: {e}")))?;
+    let obj = header
+        .as_object()
+        .ok_or_else(|| bad("the safetensors header is not an object".into()))?;
+    let data = 8 + n;
+    let mut out = Vec::with_capacity(obj.len());
+    let mut cut: Option<(usize, String)> = None;
+    for (name, v) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let field = |k: &str| {
+            v.get(k)
+                .ok_or_else(|| bad(format!("tensor `{name}`: no `{k}` in the header")))
+        };
+        let dtype = field("dtype")?.as_str().unwrap_or_default().to_string();
+        let nums = |k: &str| -> Result<Vec<usize>> {
+            field(k)?
+                .as_array()
+                .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect())
+                .ok_or_else(|| bad(format!("tensor `{name}`: `{k}` is not a list of integers")))
+        };
+        let shape = nums("shape")?;
+        let offs = nums("data_offsets")?;
+        let &[s, e] = offs.as_slice() else {
+            return Err(bad(format!(
+                "tensor `{name}`: data_offsets needs two numbers"
+            )));
+        };
+        if s > e {
+            return Err(bad(format!(
+                "tensor `{name}`: data_offsets [{s}, {e}] run backwards"
+            )));
+        }
+        if data.saturating_add(e) > len && cut.as_ref().is_none_or(|(c, _)| s < *c) {
+            let why = format!(
+                "truncated: tensor `{name}` ({dtype} {shape:?}) needs bytes {}..{} but the file \
+                 has {len} (an interrupted download or copy?)",
+                data + s,
+                data.saturating_add(e)
+            );
+            cut = Some((s, why));
+        }
+        out.push((
+            name.clone(),
+            TensorAt {
+                file: 0,
+                dtype,
+                shape,
+                start: data + s,
+            },
+        ));
+    }
+    if let Some((_, why)) = cut {
+        return Err(bad(why));
+    }
+    Ok(out)
 }
 
 /// Collect every tensor a source holds into a name → tensor map (used by `convert`).

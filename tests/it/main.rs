@@ -18,6 +18,7 @@ mod hub;
 #[cfg(unix)]
 mod interrupt;
 mod lens;
+mod mapped;
 mod neurons;
 mod parity;
 mod real_models;

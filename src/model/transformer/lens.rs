@@ -20,9 +20,10 @@ impl Transformer {
 
     /// Logits of the final norm's output `h` `[b, t, d_model]`.
     pub(super) fn logits_of_normed(&self, h: &Tensor) -> Result<Tensor> {
-        let logits = match &self.lm_head_bf16 {
-            Some(p) if !h.track_op() => p.matmul_t(h)?,
-            _ => linear(h, &self.lm_head, None)?.to_dtype(DType::F32)?,
+        let logits = match (&self.lm_head_bf16, &self.lm_head.mapped) {
+            (Some(p), _) if !h.track_op() => p.matmul_t(h)?,
+            (_, Some(m)) if !h.track_op() => m.matmul_t(&h.to_dtype(DType::F32)?)?,
+            _ => linear(h, self.lm_head.tensor(), None)?.to_dtype(DType::F32)?,
         };
         match self.cfg.final_softcap {
             Some(cap) => softcap(&logits, cap),

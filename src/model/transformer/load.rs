@@ -16,9 +16,10 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{Block, Linear, Norm, Transformer};
+use super::{Block, Linear, Norm, Table, Transformer};
 use crate::model::config::{Arch, ModelConfig, NormKind, QkNorm};
 use crate::model::gemm::Format;
+use crate::model::mapped::{MappedLinear, MappedRows};
 use crate::model::weights::WeightSource;
 use crate::Result;
 
@@ -180,6 +181,52 @@ fn neox_deinterleave(t: &Tensor, n_heads: usize, d_head: usize, inverse: bool) -
         .reshape(dims)?)
 }
 
+/// A projection's weight as read: a tensor, or 16-bit rows left in the checkpoint's map.
+enum Weight {
+    Loaded(Tensor),
+    Mapped(MappedRows),
+}
+
+impl Weight {
+    fn dims(&self) -> Vec<usize> {
+        match self {
+            Weight::Loaded(t) => t.dims().to_vec(),
+            Weight::Mapped(m) => vec![m.dims().0, m.dims().1],
+        }
+    }
+
+    fn tensor(&self, dtype: DType, device: &Device) -> Result<Tensor> {
+        match self {
+            Weight::Loaded(t) => Ok(t.clone()),
+            Weight::Mapped(m) => MappedLinear::new(vec![m.clone()])?.unpack(dtype, device),
+        }
+    }
+}
+
+/// The linear layer whose rows are `parts`' rows in order: mapped when every part is (no
+/// copy), else one loaded tensor (concatenated).
+fn stack(parts: Vec<Weight>, dtype: DType, device: &Device) -> Result<Linear> {
+    if parts.iter().all(|p| matches!(p, Weight::Mapped(_))) {
+        let rows = parts
+            .into_iter()
+            .filter_map(|p| match p {
+                Weight::Mapped(m) => Some(m),
+                Weight::Loaded(_) => None,
+            })
+            .collect();
+        return Ok(Linear::Mapped(MappedLinear::new(rows)?));
+    }
+    let ts = parts
+        .iter()
+        .map(|p| p.tensor(dtype, device))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Linear::Dense(if ts.len() == 1 {
+        ts[0].clone()
+    } else {
+        Tensor::cat(&ts, 0)?
+    }))
+}
+
 impl Transformer {
     /// Load every weight of `cfg` from a source (each family's Hugging Face names, see
     /// [`hf_name`]).
@@ -189,6 +236,23 @@ impl Transformer {
         dtype: DType,
         device: &Device,
     ) -> Result<Transformer> {
+        Self::load_with(src, cfg, dtype, device, false)
+    }
+
+    /// [`Transformer::load`]; with `map` (an f32 model on the CPU), every linear weight and
+    /// table that the source holds as a 2-D bf16 / f16 tensor in a memory map
+    /// ([`WeightSource::mapped`]: safetensors) stays there and is multiplied where it lies
+    /// ([`crate::model::mapped`]); q,k,v and gate/up stay separate blocks of rows instead of
+    /// a concatenated copy. Weights the load must transform (GPT-2's Conv1D transpose,
+    /// GPT-NeoX's interleaved q,k,v), other dtypes, norms and biases are loaded as usual.
+    pub fn load_with(
+        src: &dyn WeightSource,
+        cfg: ModelConfig,
+        dtype: DType,
+        device: &Device,
+        map: bool,
+    ) -> Result<Transformer> {
+        let map = map && dtype == DType::F32 && device.is_cpu();
         // Every tensor is checked for NaN / inf as it is read.
         let finite = crate::model::weights::Finite(src);
         // Dequantizing GGUF tensors is CPU-bound: do it on all cores first.
@@ -205,14 +269,30 @@ impl Transformer {
                 crate::Error::msg(format!("{}: no {slot:?} weight", cfg.arch.name()))
             })
         };
+        // A 2-D 16-bit tensor left where it lies (with `map`, for weights used as stored).
+        let mapped = |slot: Option<Slot>, n: &str| -> Result<Option<MappedRows>> {
+            let transformed = slot.is_some_and(|s| {
+                conv1d(cfg.arch, s) || (cfg.arch == Arch::GptNeox && s == Slot::Qkv)
+            });
+            if !map || transformed {
+                return Ok(None);
+            }
+            src.mapped(n)
+        };
         // A projection `[out, in]` (Conv1D transposed) and its bias when the config has one.
-        let proj = |slot: Slot, l: usize| -> Result<(Tensor, Option<Tensor>)> {
+        let proj = |slot: Slot, l: usize| -> Result<(Weight, Option<Tensor>)> {
             let n = need(slot, l)?;
-            let w = src.get(&format!("{n}.weight"), dtype, device)?;
-            let w = if conv1d(cfg.arch, slot) {
-                w.t()?.contiguous()?
-            } else {
-                w
+            let wn = format!("{n}.weight");
+            let w = match mapped(Some(slot), &wn)? {
+                Some(m) => Weight::Mapped(m),
+                None => {
+                    let w = src.get(&wn, dtype, device)?;
+                    Weight::Loaded(if conv1d(cfg.arch, slot) {
+                        w.t()?.contiguous()?
+                    } else {
+                        w
+                    })
+                }
             };
             let b = if has_bias(&cfg, slot) {
                 Some(src.get(&format!("{n}.bias"), dtype, device)?)
@@ -238,8 +318,15 @@ impl Transformer {
             };
             Ok(Some(Norm { w, b }))
         };
-        let embed = src.get(&format!("{}.weight", need(Slot::Embed, 0)?), dtype, device)?;
-        let (v, d) = embed.dims2()?;
+        // The embedding and unembedding tables: mapped where they lie, or loaded.
+        let table = |n: &str| -> Result<Table> {
+            Ok(match mapped(None, n)? {
+                Some(m) => Table::mapped(MappedLinear::new(vec![m])?, dtype, device),
+                None => Table::dense(src.get(n, dtype, device)?),
+            })
+        };
+        let embed = table(&format!("{}.weight", need(Slot::Embed, 0)?))?;
+        let (v, d) = embed.dims()?;
         if v < cfg.vocab_size || d != cfg.d_model {
             crate::bail!(
                 "embedding matrix is {v}×{d}, the config says {}×{}",
@@ -265,7 +352,7 @@ impl Transformer {
         let (nq, nk) = (cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head);
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
-            let expect = |t: &Tensor, rows: usize, cols: usize, what: &str| -> Result<()> {
+            let expect = |t: &Weight, rows: usize, cols: usize, what: &str| -> Result<()> {
                 if t.dims() != [rows, cols] {
                     crate::bail!(
                         "layer {i}: {what} has shape {:?}, expected [{rows}, {cols}]",
@@ -279,9 +366,10 @@ impl Transformer {
                 expect(&w, nq + 2 * nk, cfg.d_model, "the fused qkv projection")?;
                 if cfg.arch == Arch::GptNeox {
                     let f = |t: &Tensor| neox_deinterleave(t, cfg.n_heads, cfg.d_head, false);
-                    (f(&w)?, b.as_ref().map(f).transpose()?)
+                    let w = Linear::Dense(f(&w.tensor(dtype, device)?)?);
+                    (w, b.as_ref().map(f).transpose()?)
                 } else {
-                    (w, b)
+                    (stack(vec![w], dtype, device)?, b)
                 }
             } else {
                 let (q, bq) = proj(Slot::Q, i)?;
@@ -294,46 +382,52 @@ impl Transformer {
                     (Some(a), Some(b), Some(c)) => Some(Tensor::cat(&[a, b, c], 0)?),
                     _ => None,
                 };
-                (Tensor::cat(&[&q, &k, &vv], 0)?, b)
+                (stack(vec![q, k, vv], dtype, device)?, b)
             };
             let (w_o, b_o) = proj(Slot::O, i)?;
             expect(&w_o, cfg.d_model, nq, "the output projection")?;
-            let (w_gate_up, b_in) = if !cfg.gated_mlp {
-                proj(Slot::Up, i)?
-            } else if name(Slot::GateUp, i).is_some() {
-                proj(Slot::GateUp, i)?
+            let (w_gate_up, b_in) = if !cfg.gated_mlp || name(Slot::GateUp, i).is_some() {
+                let slot = if cfg.gated_mlp {
+                    Slot::GateUp
+                } else {
+                    Slot::Up
+                };
+                let (w, b) = proj(slot, i)?;
+                let rows = if cfg.gated_mlp { 2 } else { 1 } * cfg.d_mlp;
+                expect(&w, rows, cfg.d_model, "the MLP input")?;
+                (stack(vec![w], dtype, device)?, b)
             } else {
                 let (g, _) = proj(Slot::Gate, i)?;
                 let (u, _) = proj(Slot::Up, i)?;
-                (Tensor::cat(&[&g, &u], 0)?, None)
+                expect(&g, cfg.d_mlp, cfg.d_model, "gate_proj")?;
+                expect(&u, cfg.d_mlp, cfg.d_model, "up_proj")?;
+                (stack(vec![g, u], dtype, device)?, None)
             };
-            let rows = if cfg.gated_mlp { 2 } else { 1 } * cfg.d_mlp;
-            expect(&w_gate_up, rows, cfg.d_model, "the MLP input")?;
             let (w_down, b_down) = proj(Slot::Down, i)?;
             expect(&w_down, cfg.d_model, cfg.d_mlp, "the MLP output")?;
+            let w_o = stack(vec![w_o], dtype, device)?;
+            let w_down = stack(vec![w_down], dtype, device)?;
             let qk = |slot: Slot| -> Result<Option<Tensor>> { Ok(norm(slot, i)?.map(|n| n.w)) };
             blocks.push(Block {
                 ln1: norm(Slot::Ln1, i)?,
-                w_qkv: Linear::Dense(w_qkv),
+                w_qkv,
                 b_qkv,
-                w_o: Linear::Dense(w_o),
+                w_o,
                 b_o,
                 q_norm: qk(Slot::QNorm)?,
                 k_norm: qk(Slot::KNorm)?,
                 post_attn_ln: norm(Slot::PostAttnNorm, i)?,
                 ln2: norm(Slot::Ln2, i)?,
-                w_gate_up: Linear::Dense(w_gate_up),
+                w_gate_up,
                 b_in,
-                w_down: Linear::Dense(w_down),
+                w_down,
                 b_down,
                 post_ff_ln: norm(Slot::PostFfNorm, i)?,
             });
         }
         let lm_head = match name(Slot::LmHead, 0) {
-            Some(n) if src.contains(&format!("{n}.weight")) => {
-                src.get(&format!("{n}.weight"), dtype, device)?
-            }
-            _ => embed.clone(),
+            Some(n) if src.contains(&format!("{n}.weight")) => table(&format!("{n}.weight"))?,
+            _ => embed.share(),
         };
         let inv_freqs = cfg
             .ropes
@@ -348,6 +442,7 @@ impl Transformer {
             lm_head,
             inv_freqs,
             lm_head_bf16: None,
+            bf16_products: false,
             fused: dtype == DType::F32
                 && device.is_cpu()
                 && std::env::var_os("ENGRAM_UNFUSED").is_none_or(|v| v == "0"),
@@ -401,13 +496,13 @@ impl Transformer {
                 None => Ok(()),
             }
         };
-        put(Slot::Embed, 0, self.embed.clone(), None)?;
+        put(Slot::Embed, 0, self.embed.tensor().clone(), None)?;
         if let Some(p) = &self.pos_embed {
             put(Slot::PosEmbed, 0, p.clone(), None)?;
         }
         put_norm(&mut put, Slot::FinalNorm, 0, Some(&self.norm))?;
         if !c.tie_word_embeddings {
-            put(Slot::LmHead, 0, self.lm_head.clone(), None)?;
+            put(Slot::LmHead, 0, self.lm_head.tensor().clone(), None)?;
         }
         for (i, b) in self.blocks.iter().enumerate() {
             let (nq, nk) = (c.n_heads * c.d_head, c.n_kv_heads * c.d_head);

@@ -14,14 +14,16 @@ impl Transformer {
         })
     }
 
-    /// `W_E`: `[vocab, d_model]`.
+    /// `W_E`: `[vocab, d_model]` (a mapped embedding is widened into a tensor on the first
+    /// call, and kept).
     pub fn w_e(&self) -> &Tensor {
-        &self.embed
+        self.embed.tensor()
     }
 
-    /// `W_U`ᵀ as stored: `[vocab, d_model]` (the unembedding rows).
+    /// `W_U`ᵀ as stored: `[vocab, d_model]` (the unembedding rows; widened on the first call
+    /// when mapped).
     pub fn unembed_rows(&self) -> &Tensor {
-        &self.lm_head
+        self.lm_head.tensor()
     }
 
     /// Rows `first_head..first_head + heads` (in heads of `d_head`) of layer `l`'s fused q,k,v

@@ -74,7 +74,7 @@ pub fn patching(
         logits: LogitsAt::Last,
         stop_at_layer: None,
     };
-    let dev = model.w_e().device().clone();
+    let dev = model.device.clone();
     for (tc, fc) in trues
         .chunks(params.batch_size.max(1))
         .zip(falses.chunks(params.batch_size.max(1)))

@@ -214,7 +214,7 @@ pub fn completions(
 
 /// Hooks projecting `direction` out of every layer's residual stream (pre, mid, post).
 pub fn ablation_hooks(model: &Model, direction: &[f32]) -> Result<Hooks> {
-    let dev = model.w_e().device().clone();
+    let dev = model.device.clone();
     let d = Tensor::from_vec(direction.to_vec(), direction.len(), &dev)?;
     let mut hooks = Hooks::none();
     for l in 0..model.cfg().n_layers {
@@ -246,7 +246,7 @@ pub fn refusal_point(n_layers: usize, l: usize) -> HookPoint {
 
 /// Hooks adding `coef · direction` (unit) at refusal layer `layer` at every position.
 pub fn addition_hooks(model: &Model, direction: &[f32], coef: f64, layer: usize) -> Result<Hooks> {
-    let dev = model.w_e().device().clone();
+    let dev = model.device.clone();
     let d = Tensor::from_vec(unit(direction), direction.len(), &dev)?;
     Ok(Hooks::none().with(Intervention::new(
         refusal_point(model.cfg().n_layers, layer),

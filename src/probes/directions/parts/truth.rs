@@ -135,7 +135,7 @@ pub fn truth_intervention(
 ) -> Result<TruthIntervention> {
     let ids = answer_ids(model)?;
     let shots = &samples.shots[..params.shots.min(samples.shots.len())];
-    let dev = model.w_e().device().clone();
+    let dev = model.device.clone();
     let mut res = TruthIntervention::default();
     for label in [false, true] {
         let rows: Vec<&Statement> = samples

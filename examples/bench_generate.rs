@@ -1,0 +1,88 @@
+//! Load + greedy generation benchmark: load time, RSS after the load, prefill and decode time
+//! of `NEW` tokens after a `PROMPT`-token random prompt, peak RSS; one JSON object.
+//!
+//!     DTYPE=f32|bf16 MATMUL=f32|bf16 cargo run --release --example bench_generate -- MODEL [PROMPT] [NEW]
+//!
+//! `MATMUL=bf16` on a bf16 safetensors checkpoint runs the mapped weights
+//! (`engram::model::mapped`); `ENGRAM_PACK_BF16=1` packs them instead.
+
+use std::time::Instant;
+
+use engram::hooks::Hooks;
+use engram::model::transformer::KvCache;
+use engram::model::{Batch, LoadOptions, LogitsAt, Model, RunOptions};
+
+fn status_mb(key: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn main() -> engram::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let spec = args.get(1).map(String::as_str).unwrap_or("smollm2");
+    let p: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(16);
+    let new: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(16);
+    let dtype = match std::env::var("DTYPE").as_deref() {
+        Ok("bf16") => candle_core::DType::BF16,
+        _ => candle_core::DType::F32,
+    };
+    let opts = LoadOptions {
+        dtype,
+        bf16_matmul: std::env::var("MATMUL").as_deref() == Ok("bf16"),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let model = Model::load(spec, &opts)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let rss_load = status_mb("VmRSS:");
+    let vocab = model.cfg().vocab_size as u32;
+    let prompt: Vec<u32> = (0..p as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let last = RunOptions {
+        logits: LogitsAt::Last,
+        stop_at_layer: None,
+    };
+    let mut cache = KvCache::new();
+    let t1 = Instant::now();
+    let mut logits = model.forward_cached(
+        &Batch::single(&prompt)?,
+        &mut Hooks::none(),
+        last,
+        &mut cache,
+    )?;
+    let prefill_s = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let mut out = vec![];
+    for _ in 0..new {
+        let v: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        let next = (0..v.len())
+            .max_by(|&a, &b| v[a].total_cmp(&v[b]))
+            .unwrap_or(0) as u32;
+        out.push(next);
+        logits = model.forward_cached(
+            &Batch::single(&[next])?,
+            &mut Hooks::none(),
+            last,
+            &mut cache,
+        )?;
+    }
+    let decode_s = t2.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "model": spec, "dtype": format!("{dtype:?}"), "matmul_bf16": opts.bf16_matmul,
+            "mapped_weights": model.mapped_weights(), "threads": rayon::current_num_threads(),
+            "load_s": load_s, "rss_after_load_mb": rss_load,
+            "prompt": p, "prefill_s": prefill_s, "new": new, "decode_s": decode_s,
+            "decode_tok_s": new as f64 / decode_s, "peak_rss_mb": status_mb("VmHWM:"),
+            "tokens": out,
+        })
+    );
+    Ok(())
+}
