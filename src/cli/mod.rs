@@ -68,7 +68,8 @@ pub struct ModelArgs {
     /// to bf16, f32 accumulation: 1.4–2× faster on CPUs with AMX or AVX512-BF16, logits within
     /// ~1% of f32; needs --dtype f32 on the CPU). On a bf16/f16 safetensors checkpoint the
     /// weights are used where they lie in the file (no copy: memory ≈ the file's size) with f32
-    /// activations; ENGRAM_PACK_BF16=1 packs them instead
+    /// activations — except on AMX / AVX512-BF16 CPUs when the f32 load fits in memory, which
+    /// pack them (faster); ENGRAM_PACK_BF16=1 always packs them
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub matmul: String,
 }

@@ -50,8 +50,12 @@ pub struct LoadOptions {
     /// Run the linear layers' products in bf16 (f32 CPU models only; see
     /// [`Transformer::use_bf16_matmul`]). On a bf16 / f16 safetensors checkpoint the weights
     /// are then multiplied where they lie in the file's map, with f32 activations
-    /// ([`mapped`]; `ENGRAM_PACK_BF16=1` packs them instead).
+    /// ([`mapped`]) unless this CPU has native bf16 products (AMX, AVX512-BF16) and the f32
+    /// load fits in memory; `ENGRAM_PACK_BF16=1` always packs them.
     pub bf16_matmul: bool,
+    /// Force the choice between mapped (`Some(true)`) and packed (`Some(false)`) bf16 weights
+    /// for `bf16_matmul` on a 16-bit safetensors checkpoint; `None`: the rule above.
+    pub map_weights: Option<bool>,
 }
 
 impl Default for LoadOptions {
@@ -62,6 +66,7 @@ impl Default for LoadOptions {
             revision: None,
             tokenizer: None,
             bf16_matmul: false,
+            map_weights: None,
         }
     }
 }
@@ -130,6 +135,7 @@ impl ModelSpec {
             revision: self.revision.clone(),
             tokenizer: self.tokenizer.clone(),
             bf16_matmul,
+            map_weights: None,
         })
     }
 
@@ -185,15 +191,25 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
-/// Whether a safetensors load takes the 16-bit linear weights where they lie
-/// ([`mapped`]): `--matmul bf16` on an f32 CPU model, unless `ENGRAM_PACK_BF16=1` asks for
-/// today's packed bf16 panels (comparisons; AMX CPUs, where the packed products of long
-/// batches are faster).
-fn maps_weights(opts: &LoadOptions) -> bool {
+/// Whether a safetensors load may take the 16-bit linear weights where they lie ([`mapped`]):
+/// `--matmul bf16` on an f32 CPU model, unless `ENGRAM_PACK_BF16=1` asks for the packed bf16
+/// panels or [`LoadOptions::map_weights`] decides.
+fn may_map_weights(opts: &LoadOptions) -> bool {
     opts.bf16_matmul
         && opts.dtype == DType::F32
         && opts.device.is_cpu()
+        && opts.map_weights != Some(false)
         && std::env::var_os("ENGRAM_PACK_BF16").is_none_or(|v| v == "0")
+}
+
+/// Mapped or packed bf16 weights for a checkpoint that could be mapped: mapped unless this CPU
+/// multiplies packed bf16 natively (AMX tiles or AVX512-BF16, several times faster than the
+/// mapped products on long batches) and the f32 load that packing needs fits in memory;
+/// `LoadOptions::map_weights = Some(true)` maps regardless.
+fn map_or_pack(opts: &LoadOptions, src: &dyn weights::WeightSource, what: &str) -> bool {
+    use gemm::{Format, Kernel};
+    let native = matches!(Kernel::best(Format::Bf16), Kernel::Amx | Kernel::Avx512);
+    opts.map_weights == Some(true) || !native || weights::check_fits(src, DType::F32, what).is_err()
 }
 
 /// A loaded model: the transformer, its tokenizer, and where it came from.
@@ -247,7 +263,7 @@ impl Model {
                 let cfg = read_hf_config(&source.path)?;
                 let w = weights::SafetensorsWeights::open_dir(&source.path)?;
                 let what = source.path.display().to_string();
-                let map = maps_weights(opts);
+                let map = may_map_weights(opts) && map_or_pack(opts, &w, &what);
                 // Mapped weights need no copy: the file's own size is what must fit.
                 let need = if map { DType::BF16 } else { opts.dtype };
                 weights::check_fits(&w, need, &what)?;

@@ -27,6 +27,8 @@ fn tiny(family: Family, tied: bool) -> Shape {
 fn load(dir: &std::path::Path, mapped: bool) -> engram::Result<Model> {
     let opts = LoadOptions {
         bf16_matmul: mapped,
+        // Mapped on every CPU (AMX / AVX512-BF16 hosts would pack by default).
+        map_weights: Some(mapped),
         ..Default::default()
     };
     Model::load(dir.to_str().unwrap(), &opts)
@@ -162,4 +164,28 @@ fn a_nan_in_a_mapped_weight_is_refused_by_name() {
         let msg = load(tmp.path(), mapped).err().unwrap().to_string();
         assert!(msg.contains("lm_head.weight holds 1 NaN"), "{msg}");
     }
+}
+
+/// `map_weights` decides between mapped and packed bf16 weights (the default packs on CPUs
+/// with native bf16 products when the f32 load fits, and maps elsewhere).
+#[test]
+fn map_weights_forces_mapped_or_packed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shape = tiny(Family::Llama, false);
+    write(&shape, tmp.path(), 3, 1 << 30).unwrap();
+    let with = |map: Option<bool>| {
+        let opts = LoadOptions {
+            bf16_matmul: true,
+            map_weights: map,
+            ..Default::default()
+        };
+        Model::load(tmp.path().to_str().unwrap(), &opts).unwrap()
+    };
+    let packed = with(Some(false));
+    assert!(packed.bf16_matmul());
+    assert_eq!(packed.mapped_weights(), 0);
+    assert_eq!(with(Some(true)).mapped_weights(), 4 * shape.layers + 2);
+    use engram::model::gemm::{Format, Kernel};
+    let native = matches!(Kernel::best(Format::Bf16), Kernel::Amx | Kernel::Avx512);
+    assert_eq!(with(None).mapped_weights() == 0, native);
 }
