@@ -134,6 +134,10 @@ fn gated_row(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>], act: GatedA
     }
 }
 
+/// Tests: every multiversioned kernel runs its baseline variant (to compare the variants).
+#[cfg(test)]
+static FORCE_BASELINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 macro_rules! multiversion {
     ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
         $(#[$m])*
@@ -142,6 +146,10 @@ macro_rules! multiversion {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
             fn generic($($arg: $ty),*) $body
+            #[cfg(test)]
+            if FORCE_BASELINE.load(std::sync::atomic::Ordering::Relaxed) {
+                return generic($($arg),*);
+            }
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
@@ -848,6 +856,50 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap()
+    }
+
+    /// The multiversioned kernels (one source compiled for AVX-512, AVX2 and the baseline)
+    /// give the baseline's bits in the variant this CPU selects: softmax, gated activations and
+    /// the attention kernel's portable blocks, at odd sizes. (Rust does not reassociate or
+    /// contract float operations, so the variants must agree exactly.)
+    #[test]
+    fn every_kernel_variant_gives_the_baselines_bits() -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let dev = Device::Cpu;
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        // (t, f): odd query/key counts and widths.
+        let mut inputs = vec![];
+        for (t, f) in [(1, 1), (7, 17), (17, 63), (65, 65)] {
+            inputs.push((
+                Tensor::randn(0f32, 3.0, (1, 2, t, t), &dev)?,
+                Tensor::zeros((1, 1, t, t), DType::F32, &dev)?,
+                Tensor::randn(0f32, 2.0, (3, 2 * f), &dev)?,
+                Tensor::randn(0f32, 1.0, (1, 2, t, f), &dev)?,
+                Tensor::randn(0f32, 1.0, (1, 1, t, f), &dev)?,
+            ));
+        }
+        let run = |baseline: bool| -> Result<Vec<Vec<u32>>> {
+            FORCE_BASELINE.store(baseline, Ordering::Relaxed);
+            let mut out = vec![];
+            for (scores, mask, gu, q, k) in &inputs {
+                out.push(bits(&masked_softmax(scores, mask, 0.3, Some(4.0))?));
+                for act in [GatedAct::Silu, GatedAct::GeluTanh] {
+                    out.push(bits(&gated_act(gu, act)?));
+                }
+                let (z, p) = attention_with(q, k, k, mask, 0.2, None, true, false)?;
+                out.push(bits(&z));
+                out.push(bits(&p.unwrap()));
+            }
+            Ok(out)
+        };
+        let fast = run(false);
+        let slow = run(true);
+        FORCE_BASELINE.store(false, Ordering::Relaxed);
+        assert!(fast? == slow?, "a kernel variant differs from the baseline");
+        Ok(())
     }
 
     #[test]
