@@ -408,7 +408,7 @@ impl PackedLinear {
                 converted = v;
                 &converted
             }
-            Format::Bf16 if kernel.widens_bf16() => {
+            Format::Bf16 if kernel.row_blocks().is_some() => {
                 // The activations rounded to bf16 and kept as f32 bits, `2 · kp` per row
                 // (features `2q`, `2q + 1` of pair step `q`), zeros past `k`.
                 let mut v = vec![0u32; m * 2 * kp];
@@ -472,19 +472,19 @@ impl PackedLinear {
                     );
                 }
             });
-        } else if kernel.widens_bf16() {
+        } else if let Some(pick) = kernel.row_blocks() {
             let lda = match self.format {
                 Format::F32 => kp,
                 Format::Bf16 => 2 * kp,
             };
             self.par_panel_tasks(m, |p, panel, cols, r0, r1| {
-                // SAFETY: `cp` is offset to row `r0`, column `p · NR` of the `m × n` output,
-                // and `r1 - r0` rows of `cols` columns from there are inside it; tasks write
-                // disjoint (row range × column panel) blocks of `c`, which outlives the
-                // parallel loop.
+                // SAFETY: `pick`'s family runs on this CPU (`row_blocks`); `cp` is offset to
+                // row `r0`, column `p · NR` of the `m × n` output, and `r1 - r0` rows of
+                // `cols` columns from there are inside it; tasks write disjoint (row range ×
+                // column panel) blocks of `c`, which outlives the parallel loop.
                 unsafe {
-                    simd_task(
-                        kernel,
+                    simd::run_task(
+                        pick,
                         &a[r0 * lda..r1 * lda],
                         r1 - r0,
                         lda,
@@ -566,41 +566,18 @@ impl SendPtr {
 }
 
 impl Kernel {
-    /// The kernels that take bf16 activations widened back to f32 (`2 · kp` per row) and the
-    /// row-block tasks of [`simd_task`].
-    fn widens_bf16(self) -> bool {
-        matches!(self, Kernel::Avx2 | Kernel::Neon)
+    /// The row-block family's kernel choice ([`simd::run_task`]) when this kernel is the AVX2
+    /// or NEON family and runs on this CPU (NEON is in the aarch64 baseline). Those families
+    /// also take bf16 activations widened back to f32 (`2 · kp` per row).
+    fn row_blocks(self) -> Option<fn(Format, usize) -> Pick> {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 if avx2() => Some(avx2::pick),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => Some(neon::pick),
+            _ => None,
+        }
     }
-}
-
-/// One (row range × panel) task on the AVX2 or the NEON kernels (`kernel`), through the
-/// shared row-block driver [`simd::run_task`].
-///
-/// # Safety
-/// As [`simd::run_task`]. (The CPU's features are checked here.)
-#[allow(clippy::too_many_arguments)]
-unsafe fn simd_task(
-    kernel: Kernel,
-    a: &[u32],
-    rows: usize,
-    lda: usize,
-    kp: usize,
-    panel: &[u32],
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    format: Format,
-) {
-    let pick: fn(Format, usize) -> Pick = match kernel {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 if avx2() => avx2::pick,
-        #[cfg(target_arch = "aarch64")]
-        Kernel::Neon => neon::pick,
-        other => panic!("no {other:?} row-block kernels on this CPU"),
-    };
-    // SAFETY: `pick`'s family runs on this CPU (checked above: `avx2()`, or NEON, which is in
-    // the aarch64 baseline); the caller's contract on `c`.
-    unsafe { simd::run_task(pick, a, rows, lda, kp, panel, c, ldc, cols, format) }
 }
 
 /// `C[mr × cols] = A[mr × kp] · panel`, written at `c` with row stride `ldc`.

@@ -80,8 +80,13 @@ pub trait Probe {
         Ok(())
     }
 
+    /// Whether [`Probe::check_model`] checks anything: only then is the model's config read
+    /// ahead of the load (a GGUF header takes up to ~0.6 s to read); otherwise it runs after
+    /// the load.
+    const CHECKS_MODEL: bool = false;
+
     /// Check the parameters that depend on the model (layer ranges, hook points) against its
-    /// config, read before the weights load.
+    /// config, read before the weights load (when [`Probe::CHECKS_MODEL`]).
     fn check_model(_params: &Self::Params, _cfg: &crate::model::ModelConfig) -> Result<()> {
         Ok(())
     }

@@ -134,12 +134,19 @@ pub(super) fn run_checked<P: Probe>(
         (ModelUse::None, _) | (ModelUse::Optional, None) => None,
         (ModelUse::Required, None) => crate::bail!("{}: no model given", P::NAME),
         (_, Some(s)) => {
-            // Layer and width parameters are checked against the config before the load.
-            match session.loaded_model(s) {
-                Some(m) => P::check_model(params, m.cfg())?,
-                None => P::check_model(params, &s.config()?)?,
+            // Layer and width parameters are checked against the config before the load (the
+            // held model's, or read ahead for a probe with such checks), else right after it.
+            let early = session.loaded_model(s).is_some() || P::CHECKS_MODEL;
+            if early {
+                match session.loaded_model(s) {
+                    Some(m) => P::check_model(params, m.cfg())?,
+                    None => P::check_model(params, &s.config()?)?,
+                }
             }
             let (m, record, secs) = session.model(s)?;
+            if !early {
+                P::check_model(params, m.cfg())?;
+            }
             match secs {
                 Some(secs) => manifest.record_timing("load", secs),
                 None => manifest.note("model already loaded by this process (an earlier step)"),

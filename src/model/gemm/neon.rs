@@ -10,7 +10,7 @@
 //!   up to summation order.
 //!
 //! NEON is part of the aarch64 baseline: no run-time detection is needed. [`pick`] gives the
-//! packed matmul's row-block driver (`gemm::simd_task`, shared with AVX2) the kernel for the
+//! packed matmul's row-block driver (`gemm::simd::run_task`, shared with AVX2) the kernel for the
 //! rows left. Tested under
 //! qemu-user by `scripts/test-neon.sh` (a harness crate in `scripts/neon/` includes this file).
 

@@ -52,6 +52,8 @@ impl Probe for Directions {
         Ok(())
     }
 
+    const CHECKS_MODEL: bool = true;
+
     fn check_model(p: &DirectionsParams, cfg: &crate::model::ModelConfig) -> Result<()> {
         if p.toy_pair {
             return Ok(());

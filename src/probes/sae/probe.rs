@@ -285,6 +285,8 @@ impl Probe for Collect {
         Ok(())
     }
 
+    const CHECKS_MODEL: bool = true;
+
     fn check_model(p: &CollectArgs, cfg: &crate::model::ModelConfig) -> Result<()> {
         super::store::store_point(cfg, &p.hook).map(drop)
     }
@@ -525,6 +527,8 @@ impl Probe for Run {
         crate::data::require_file(&p.collect.corpus, "corpus")?;
         Ok(())
     }
+
+    const CHECKS_MODEL: bool = true;
 
     fn check_model(p: &RunArgs, cfg: &crate::model::ModelConfig) -> Result<()> {
         super::store::store_point(cfg, &p.hook_in(cfg)).map(drop)

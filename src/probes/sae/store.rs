@@ -437,7 +437,9 @@ impl Windows<'_> {
     /// The activations documents `from..` give to a collection of `need` more in rounds of
     /// `round_cap` (as [`collect`] runs: a round takes whole documents until it is full and
     /// drops the rest of its last one), counted until `need` is reached: the collection is
-    /// refused up front when the corpus cannot fill the store.
+    /// refused up front when the corpus cannot fill the store. Also returns the token ids of
+    /// the documents it read (`from..`), which the collection then takes instead of
+    /// tokenizing them again.
     fn available(
         &self,
         docs: &Docs<'_>,
@@ -445,8 +447,9 @@ impl Windows<'_> {
         need: usize,
         round_cap: usize,
         tokenizer: Option<&crate::model::Tokenizer>,
-    ) -> Result<usize> {
+    ) -> Result<(usize, Vec<Vec<u32>>)> {
         let (mut total, mut round) = (0, 0);
+        let mut read = vec![];
         for i in from..docs.len() {
             if total >= need {
                 break;
@@ -459,13 +462,14 @@ impl Windows<'_> {
                     .filter(|&(p, &id)| self.stored(p, id))
                     .count();
             }
+            read.push(ids);
             let want = round_cap.min(need - total);
             if round >= want {
                 total += want;
                 round = 0;
             }
         }
-        Ok(total + round)
+        Ok((total + round, read))
     }
 }
 
@@ -563,7 +567,8 @@ pub fn collect(
     };
     let need = store.meta.target_tokens.saturating_sub(store.meta.n_tokens);
     let round_cap = store.meta.shard_size * store.meta.shards_per_round;
-    let available = windows.available(&docs, store.meta.next_doc, need, round_cap, tokenizer)?;
+    let first = store.meta.next_doc;
+    let (available, mut tokenized) = windows.available(&docs, first, need, round_cap, tokenizer)?;
     if available < need {
         let (done, from) = (store.meta.n_tokens, store.meta.next_doc);
         if store.meta.rounds == 0 {
@@ -649,7 +654,11 @@ pub fn collect(
                 Ok(())
             };
         while toks.len() < want && doc < n_docs {
-            let ids = docs.ids(doc, tokenizer)?;
+            // Counted above (every document the collection reaches), else tokenized now.
+            let ids = match tokenized.get_mut(doc - first) {
+                Some(ids) => std::mem::take(ids),
+                None => docs.ids(doc, tokenizer)?,
+            };
             doc += 1;
             for row in windows.rows(&ids) {
                 pending.push(row);
