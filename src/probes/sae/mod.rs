@@ -11,6 +11,8 @@
 //! saved SAE always maps raw activations to raw activations.
 
 pub mod atoms;
+mod commands;
+pub use commands::*;
 pub mod eval;
 pub mod probe;
 pub mod store;
@@ -35,6 +37,14 @@ pub enum SaeKind {
     TopK,
     /// ReLU with an L1 penalty (the "standard" SAE).
     Relu,
+    /// BatchTopK (Bussmann et al. 2024): the k·B largest pre-activations of a training batch
+    /// are kept; after training, one global threshold θ (the mean over batches of the smallest
+    /// kept activation) makes it a JumpReLU SAE, saved as SAELens saves it.
+    #[serde(rename = "batchtopk")]
+    BatchTopK,
+    /// Matryoshka BatchTopK (Bussmann et al. 2025): BatchTopK with the reconstruction losses
+    /// of nested latent prefixes summed; saved as a JumpReLU SAE like BatchTopK.
+    Matryoshka,
 }
 
 impl SaeKind {
@@ -43,19 +53,53 @@ impl SaeKind {
             SaeKind::Threshold => "threshold",
             SaeKind::TopK => "topk",
             SaeKind::Relu => "relu",
+            SaeKind::BatchTopK => "batchtopk",
+            SaeKind::Matryoshka => "matryoshka",
         }
     }
 
-    /// SAELens's `architecture` string.
+    /// Whether inference is a JumpReLU with a per-latent threshold (threshold SAEs, and
+    /// BatchTopK / Matryoshka after their global threshold is set).
+    pub fn jumps(self) -> bool {
+        matches!(
+            self,
+            SaeKind::Threshold | SaeKind::BatchTopK | SaeKind::Matryoshka
+        )
+    }
+
+    /// Whether training selects the largest pre-activations (per sample or per batch).
+    pub fn selects(self) -> bool {
+        matches!(
+            self,
+            SaeKind::TopK | SaeKind::BatchTopK | SaeKind::Matryoshka
+        )
+    }
+
+    /// Whether training keeps the k·B largest pre-activations of the whole batch.
+    pub fn batch(self) -> bool {
+        matches!(self, SaeKind::BatchTopK | SaeKind::Matryoshka)
+    }
+
+    /// SAELens's `architecture` string of the saved (inference) SAE.
     pub fn architecture(self) -> &'static str {
         match self {
             SaeKind::Threshold => "jumprelu",
             SaeKind::TopK => "topk",
             SaeKind::Relu => "standard",
+            SaeKind::BatchTopK | SaeKind::Matryoshka => "jumprelu",
         }
     }
 
-    pub const ALL: [SaeKind; 3] = [SaeKind::Threshold, SaeKind::TopK, SaeKind::Relu];
+    pub const ALL: [SaeKind; 5] = [
+        SaeKind::Threshold,
+        SaeKind::TopK,
+        SaeKind::Relu,
+        SaeKind::BatchTopK,
+        SaeKind::Matryoshka,
+    ];
+
+    /// What `sae run` trains unless told otherwise.
+    pub const DEFAULT_RUN: [SaeKind; 3] = [SaeKind::Threshold, SaeKind::TopK, SaeKind::Relu];
 }
 
 impl std::str::FromStr for SaeKind {
@@ -65,7 +109,11 @@ impl std::str::FromStr for SaeKind {
             "threshold" | "jumprelu" | "jump_relu" => SaeKind::Threshold,
             "topk" | "top_k" => SaeKind::TopK,
             "relu" | "standard" | "l1" => SaeKind::Relu,
-            other => crate::bail!("unknown SAE kind `{other}` (threshold, topk, relu)"),
+            "batchtopk" | "batch_topk" => SaeKind::BatchTopK,
+            "matryoshka" | "matryoshka_batchtopk" => SaeKind::Matryoshka,
+            other => crate::bail!(
+                "unknown SAE kind `{other}` (threshold, topk, relu, batchtopk, matryoshka)"
+            ),
         })
     }
 }
@@ -76,19 +124,23 @@ impl std::fmt::Display for SaeKind {
     }
 }
 
-/// A trained sparse autoencoder (f32, CPU or any candle device).
+/// A trained sparse autoencoder (f32, CPU or any candle device), or a transcoder: the same
+/// encoder and decoder, reading one hook (`hook_name`) and writing another (`hook_name_out`,
+/// of width `d_out`), with an optional linear skip connection (`W_skip`).
 #[derive(Clone, Debug)]
 pub struct Sae {
     pub kind: SaeKind,
     /// `[d, n]`
     pub w_enc: Tensor,
-    /// `[n, d]`
+    /// `[n, d_out]`
     pub w_dec: Tensor,
     /// `[n]`
     pub b_enc: Tensor,
-    /// `[d]`
+    /// `[d_out]`
     pub b_dec: Tensor,
-    /// `[n]`, JumpReLU only.
+    /// `[d_out, d]`: skip transcoders (`m̂ = z·W_dec + b_dec + x·W_skipᵀ`).
+    pub w_skip: Option<Tensor>,
+    /// `[n]`, JumpReLU (and BatchTopK / Matryoshka) only.
     pub threshold: Option<Tensor>,
     /// TopK only.
     pub k: Option<usize>,
@@ -105,6 +157,24 @@ impl Sae {
 
     pub fn d_sae(&self) -> usize {
         self.w_enc.dims()[1]
+    }
+
+    /// The width of what it reconstructs (`d_in` for SAEs).
+    pub fn d_out(&self) -> usize {
+        self.w_dec.dims()[1]
+    }
+
+    /// A transcoder writes another hook than it reads.
+    pub fn is_transcoder(&self) -> bool {
+        self.hook_name_out().is_some() || self.w_skip.is_some() || self.d_out() != self.d_in()
+    }
+
+    /// The hook a transcoder reconstructs (`hook_name_out`).
+    pub fn hook_name_out(&self) -> Option<String> {
+        self.meta
+            .get("hook_name_out")
+            .and_then(|v| v.as_str())
+            .map(String::from)
     }
 
     pub fn device(&self) -> &Device {
@@ -126,7 +196,7 @@ impl Sae {
     pub fn activate(&self, pre: &Tensor) -> Result<Tensor> {
         match self.kind {
             SaeKind::Relu => Ok(pre.relu()?),
-            SaeKind::Threshold => {
+            SaeKind::Threshold | SaeKind::BatchTopK | SaeKind::Matryoshka => {
                 let th = self
                     .threshold
                     .as_ref()
@@ -151,6 +221,15 @@ impl Sae {
         Ok(z.matmul(&self.w_dec)?.broadcast_add(&self.b_dec)?)
     }
 
+    /// `decode(encode(x))`, plus `x·W_skipᵀ` for skip transcoders: `[B, d]` → `[B, d_out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.decode(&self.encode(x)?)?;
+        match &self.w_skip {
+            Some(w) => Ok((y + x.to_dtype(DType::F32)?.matmul(&w.t()?)?)?),
+            None => Ok(y),
+        }
+    }
+
     /// Encode then decode, for `[B, d]` or `[batch, pos, d]` inputs.
     pub fn reconstruct(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
@@ -158,8 +237,29 @@ impl Sae {
             .last()
             .ok_or_else(|| Error::msg("scalar input to an SAE"))?;
         let flat = x.reshape(((), d))?;
-        let y = self.decode(&self.encode(&flat)?)?;
-        Ok(y.reshape(dims)?.to_dtype(x.dtype())?)
+        let y = self.forward(&flat)?;
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = self.d_out();
+        }
+        Ok(y.reshape(out)?.to_dtype(x.dtype())?)
+    }
+
+    /// SAELens's `architecture` for this SAE: the kind's, or for transcoders `transcoder`,
+    /// `skip_transcoder` (ReLU) and `jumprelu_transcoder`; engram writes
+    /// `jumprelu_skip_transcoder`, `topk_transcoder` and `topk_skip_transcoder` for the
+    /// combinations SAELens has no class for.
+    pub fn architecture(&self) -> String {
+        if !self.is_transcoder() {
+            return self.kind.architecture().to_string();
+        }
+        let base = match self.kind.architecture() {
+            "standard" => "",
+            "jumprelu" => "jumprelu_",
+            _ => "topk_",
+        };
+        let skip = if self.w_skip.is_some() { "skip_" } else { "" };
+        format!("{base}{skip}transcoder")
     }
 
     /// Write `cfg.json` and `sae_weights.safetensors` into `dir`, in SAELens 6's layout: the
@@ -175,8 +275,11 @@ impl Sae {
         let mut set = |k: &str, v: serde_json::Value| {
             cfg.insert(k.to_string(), v);
         };
-        set("architecture", self.kind.architecture().into());
+        set("architecture", self.architecture().into());
         set("d_in", self.d_in().into());
+        if self.is_transcoder() {
+            set("d_out", self.d_out().into());
+        }
         set("d_sae", self.d_sae().into());
         set("dtype", "float32".into());
         set("device", "cpu".into());
@@ -202,6 +305,9 @@ impl Sae {
         tensors.insert("b_dec".into(), cpu(&self.b_dec)?);
         if let Some(t) = &self.threshold {
             tensors.insert("threshold".into(), cpu(t)?);
+        }
+        if let Some(t) = &self.w_skip {
+            tensors.insert("W_skip".into(), cpu(t)?);
         }
         // Weights first: a directory with a cfg.json always has its weights.
         let path = dir.join("sae_weights.safetensors");
@@ -282,7 +388,21 @@ impl Sae {
             Ok(t) => Some(t),
             Err(_) => take("log_threshold").ok().map(|t| t.exp()).transpose()?,
         };
-        let arch = str_field("architecture").unwrap_or("standard");
+        let w_skip = take("W_skip").ok();
+        let full_arch = str_field("architecture").unwrap_or("standard");
+        let (arch, transcoder) = match full_arch.strip_suffix("transcoder") {
+            Some(rest) => {
+                let rest = rest.strip_suffix("skip_").unwrap_or(rest);
+                match rest.strip_suffix('_').unwrap_or(rest) {
+                    "" => ("standard", true),
+                    base => (base, true),
+                }
+            }
+            None => (full_arch, false),
+        };
+        if full_arch.contains("skip_transcoder") && w_skip.is_none() {
+            crate::bail!("{}: a skip transcoder needs `W_skip`", wpath.display());
+        }
         let act = str_field("activation_fn_str")
             .or_else(|| str_field("activation_fn"))
             .unwrap_or("relu");
@@ -294,9 +414,20 @@ impl Sae {
             SaeKind::Relu
         } else {
             crate::bail!(
-                "{}: unsupported SAE architecture `{arch}` (jumprelu, topk, standard)",
+                "{}: unsupported SAE architecture `{full_arch}` (jumprelu, topk, standard, \
+                 and their transcoders)",
                 cfg_path.display()
             )
+        };
+        // BatchTopK and Matryoshka SAEs are saved as JumpReLU ones; engram's metadata keeps
+        // the training kind.
+        let trained = meta
+            .get("engram_kind")
+            .and_then(|v| v.as_str())
+            .and_then(|k| k.parse::<SaeKind>().ok());
+        let kind = match trained {
+            Some(t) if kind == SaeKind::Threshold && t.jumps() => t,
+            _ => kind,
         };
         let k = top
             .get("k")
@@ -310,25 +441,31 @@ impl Sae {
         if kind == SaeKind::TopK && k.is_none() {
             crate::bail!("{}: a TopK SAE needs `k`", cfg_path.display());
         }
-        if kind == SaeKind::Threshold && threshold.is_none() {
+        if kind.jumps() && threshold.is_none() {
             crate::bail!("{}: a JumpReLU SAE needs `threshold`", cfg_path.display());
         }
         let (d, n) = w_enc.dims2()?;
-        if w_dec.dims() != [n, d]
+        let d_out = if transcoder { w_dec.dim(1)? } else { d };
+        if w_dec.dims() != [n, d_out]
             || b_enc.dims() != [n]
-            || b_dec.dims() != [d]
+            || b_dec.dims() != [d_out]
             || threshold.as_ref().is_some_and(|t| t.dims() != [n])
+            || w_skip.as_ref().is_some_and(|t| t.dims() != [d_out, d])
         {
             crate::bail!(
-                "{}: inconsistent shapes W_enc {:?}, W_dec {:?}, b_enc {:?}, b_dec {:?}",
+                "{}: inconsistent shapes W_enc {:?}, W_dec {:?}, b_enc {:?}, b_dec {:?}{}",
                 wpath.display(),
                 w_enc.dims(),
                 w_dec.dims(),
                 b_enc.dims(),
-                b_dec.dims()
+                b_dec.dims(),
+                w_skip
+                    .as_ref()
+                    .map(|t| format!(", W_skip {:?}", t.dims()))
+                    .unwrap_or_default()
             );
         }
-        for (key, want) in [("d_in", d), ("d_sae", n)] {
+        for (key, want) in [("d_in", d), ("d_sae", n), ("d_out", d_out)] {
             if let Some(v) = top.get(key).and_then(|v| v.as_u64()) {
                 if v as usize != want {
                     crate::bail!(
@@ -345,6 +482,7 @@ impl Sae {
             b_enc,
             b_dec,
             threshold,
+            w_skip,
             k: if kind == SaeKind::TopK { k } else { None },
             apply_b_dec_to_input: top
                 .get("apply_b_dec_to_input")
@@ -371,6 +509,7 @@ const STRUCTURAL_KEYS: &[&str] = &[
     "architecture",
     "d_in",
     "d_sae",
+    "d_out",
     "dtype",
     "device",
     "apply_b_dec_to_input",
@@ -428,305 +567,4 @@ pub fn randn(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
     }
     out.truncate(n);
     out
-}
-
-// ---------------------------------------------------------------------------------------------
-// Command-level entry points (the CLI's `engram sae ...` calls these).
-// ---------------------------------------------------------------------------------------------
-
-use std::path::PathBuf;
-
-use crate::model::Model;
-use crate::progress::Progress;
-use crate::report::manifest::Manifest;
-
-/// `engram sae collect`: tokenize `corpus` and collect activations into `out` (resuming),
-/// recording the run in `manifest` (written by the caller).
-pub fn collect_into(
-    model: &Model,
-    corpus: &Path,
-    params: &store::CollectParams,
-    out: &Path,
-    progress: &Progress,
-    manifest: &mut Manifest,
-) -> Result<store::ActivationStore> {
-    let docs = crate::data::read_corpus(corpus)?;
-    let mut params = params.clone();
-    if params.corpus.is_empty() {
-        params.corpus = corpus.display().to_string();
-    }
-    let t0 = std::time::Instant::now();
-    let s = store::collect(model, store::Docs::Text(&docs), &params, out, progress)?;
-    manifest.record_timing("collect", t0.elapsed().as_secs_f64());
-    manifest.add_file("store.json");
-    manifest.note(format!(
-        "{} activations of d = {} in {} shards; {} documents consumed",
-        s.len(),
-        s.d(),
-        s.n_shards(),
-        s.meta.next_doc
-    ));
-    Ok(s)
-}
-
-/// [`collect_into`] with a manifest of its own in `out`.
-pub fn cmd_collect(
-    model: &Model,
-    corpus: &Path,
-    params: &store::CollectParams,
-    out: &Path,
-    progress: &Progress,
-) -> Result<store::ActivationStore> {
-    let mut manifest = Manifest::from_params("sae collect", params)?
-        .with_seed(Some(params.seed))
-        .with_model(crate::report::manifest::ModelRecord::of(model)?);
-    let s = collect_into(model, corpus, params, out, progress, &mut manifest)?;
-    manifest.write(out)?;
-    Ok(s)
-}
-
-/// `engram sae train`: train one SAE on a store; writes the SAE, `train_report.json` and a loss
-/// curve into `out`, recording them in `manifest` (written by the caller).
-pub fn train_into(
-    store_dir: &Path,
-    params: &train::TrainParams,
-    out: &Path,
-    progress: &Progress,
-    manifest: &mut Manifest,
-) -> Result<(Sae, train::TrainReport)> {
-    let s = store::ActivationStore::open(store_dir)?;
-    let (sae, rep) = train::train(&s, params, Some(out), &Device::Cpu, progress)?;
-    manifest.record_timing("train", rep.seconds);
-    for f in ["cfg.json", "sae_weights.safetensors", "train_report.json"] {
-        manifest.add_file(f);
-    }
-    use crate::report::chart::{LineChart, Series};
-    let pts = |f: &dyn Fn(&train::StepLog) -> f64| -> Vec<(f64, f64)> {
-        rep.log.iter().map(|l| (l.step as f64, f(l))).collect()
-    };
-    for p in (LineChart {
-        title: format!("{} SAE training ({})", rep.kind, s.meta.hook),
-        x_label: "step".into(),
-        y_label: "fraction of variance unexplained / L0 ÷ 100".into(),
-        series: vec![
-            Series::new("FVU", pts(&|l| l.fvu)),
-            Series::new("L0 / 100", pts(&|l| l.l0 / 100.0)).dashed(),
-        ],
-    })
-    .save(out, "training")?
-    {
-        if let Some(f) = p.file_name() {
-            manifest.add_file(f.to_string_lossy().into_owned());
-        }
-    }
-    manifest.note(format!(
-        "{} steps of {} in {:.1}s ({:.2} steps/s), dead {}",
-        rep.steps, rep.batch_size, rep.seconds, rep.steps_per_sec, rep.dead
-    ));
-    Ok((sae, rep))
-}
-
-/// [`train_into`] with a manifest of its own in `out`.
-pub fn cmd_train(
-    store_dir: &Path,
-    params: &train::TrainParams,
-    out: &Path,
-    progress: &Progress,
-) -> Result<(Sae, train::TrainReport)> {
-    let mut manifest = Manifest::from_params("sae train", params)?.with_seed(Some(params.seed));
-    let r = train_into(store_dir, params, out, progress, &mut manifest)?;
-    manifest.write(out)?;
-    Ok(r)
-}
-
-/// Token documents for CE / KL: the corpus documents after those the store consumed (wrapping
-/// around to the start when the corpus is exhausted).
-pub fn held_out_docs(model: &Model, corpus: &Path, skip: usize, n: usize) -> Result<Vec<Vec<u32>>> {
-    let docs = crate::data::read_corpus(corpus)?;
-    if docs.is_empty() {
-        crate::bail!("{}: empty corpus", corpus.display());
-    }
-    let tok = model.tokenizer()?;
-    (0..n.min(docs.len()))
-        .map(|i| tok.encode(&docs[(skip + i) % docs.len()], false))
-        .collect()
-}
-
-/// `engram sae eval`: metrics of the SAEs in `sae_dirs` on the store; CE / KL with a model;
-/// tables and charts in `out`, recorded in `manifest` (written by the caller).
-pub fn eval_into(
-    sae_dirs: &[PathBuf],
-    store_dir: &Path,
-    model: Option<(&Model, &Path)>,
-    params: &eval::EvalParams,
-    out: &Path,
-    progress: &Progress,
-    manifest: &mut Manifest,
-) -> Result<eval::EvalReport> {
-    let s = store::ActivationStore::open(store_dir)?;
-    let mut saes = vec![];
-    for dir in sae_dirs {
-        let sae = Sae::load(dir, &Device::Cpu)?;
-        let label = dir
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_else(|| sae.kind.name().to_string());
-        saes.push((label, sae));
-    }
-    let t0 = std::time::Instant::now();
-    let docs = match model {
-        Some((m, corpus)) => {
-            eval::check_model_matches_store(m, &s)?;
-            manifest.model = Some(crate::report::manifest::ModelRecord::of(m)?);
-            Some(held_out_docs(m, corpus, s.meta.next_doc, params.ce_docs)?)
-        }
-        None => None,
-    };
-    let report = eval::evaluate(
-        &saes,
-        &s,
-        model.zip(docs.as_deref()).map(|((m, _), d)| (m, d)),
-        params,
-        progress,
-    )?;
-    manifest.record_timing("eval", t0.elapsed().as_secs_f64());
-    let tok = model.and_then(|(m, _)| m.tokenizer.as_ref());
-    let text = |id: u32| -> String {
-        match tok {
-            Some(t) => t
-                .decode(&[id], false)
-                .unwrap_or_else(|_| format!("#{id}"))
-                .replace('\n', "\\n"),
-            None => format!("#{id}"),
-        }
-    };
-    for f in eval::write_outputs(&report, &text, out)? {
-        manifest.add_file(f);
-    }
-    for n in &report.notes {
-        manifest.note(n.clone());
-    }
-    Ok(report)
-}
-
-/// [`eval_into`] with a manifest of its own in `out`.
-pub fn cmd_eval(
-    sae_dirs: &[PathBuf],
-    store_dir: &Path,
-    model: Option<(&Model, &Path)>,
-    params: &eval::EvalParams,
-    out: &Path,
-    progress: &Progress,
-) -> Result<eval::EvalReport> {
-    let mut manifest = Manifest::from_params("sae eval", params)?;
-    let r = eval_into(
-        sae_dirs,
-        store_dir,
-        model,
-        params,
-        out,
-        progress,
-        &mut manifest,
-    )?;
-    manifest.write(out)?;
-    Ok(r)
-}
-
-/// A one-line-per-dictionary summary of an evaluation.
-pub fn format_report(r: &eval::EvalReport) -> String {
-    let mut s = format!(
-        "{:<14} {:>6} {:>8} {:>10} {:>8} {:>6} {:>8} {:>8} {:>7} {:>7}\n",
-        "dictionary", "n", "R²", "MSE", "L0", "dead", "CE rec", "KL", "μ", "q*"
-    );
-    let f = |x: Option<f64>, p: usize| x.map_or("-".to_string(), |v| format!("{v:.p$}"));
-    for e in &r.saes {
-        s += &format!(
-            "{:<14} {:>6} {:>8.4} {:>10.4} {:>8.1} {:>6} {:>8} {:>8} {:>7} {:>7}\n",
-            e.label,
-            e.dict_size,
-            e.r2,
-            e.mse,
-            e.l0,
-            e.dead,
-            f(e.ce.as_ref().map(|c| c.ce_recovered), 4),
-            f(e.ce.as_ref().map(|c| c.kl), 4),
-            f(e.atoms.as_ref().map(|a| a.coherence), 3),
-            f(e.atoms.as_ref().map(|a| a.q_star), 4),
-        );
-    }
-    if let Some(n) = &r.neurons {
-        s += &format!(
-            "{:<14} {:>6} {:>8} {:>10} {:>8.1} {:>6} {:>8} {:>8} {:>7.3} {:>7.4}\n",
-            "neurons", r.d, "1", "0", n.mean_support, 0, "-", "-", n.coherence, n.q_star
-        );
-    }
-    s
-}
-
-/// Settings of `engram sae run`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RunParams {
-    pub collect: store::CollectParams,
-    /// Shared by the three trainers (kind is overridden).
-    pub train: train::TrainParams,
-    pub eval: eval::EvalParams,
-    pub kinds: Vec<SaeKind>,
-    /// Sparsity multipliers: each kind is trained once per value (λ₀, λ₁ × m; k ÷ m).
-    pub sweep: Vec<f64>,
-}
-
-impl Default for RunParams {
-    fn default() -> Self {
-        RunParams {
-            collect: store::CollectParams::default(),
-            train: train::TrainParams::default(),
-            eval: eval::EvalParams::default(),
-            kinds: SaeKind::ALL.to_vec(),
-            sweep: vec![1.0],
-        }
-    }
-}
-
-/// `engram sae run`: collect → train each kind → evaluate, under `out/{store, <kind>, eval}`.
-pub fn cmd_run(
-    model: &Model,
-    corpus: &Path,
-    params: &RunParams,
-    out: &Path,
-    progress: &Progress,
-) -> Result<(eval::EvalReport, Vec<train::TrainReport>)> {
-    let store_dir = out.join("store");
-    cmd_collect(model, corpus, &params.collect, &store_dir, progress)?;
-    let mut dirs = vec![];
-    let mut reps = vec![];
-    for &kind in &params.kinds {
-        for &m in &params.sweep {
-            let base = &params.train;
-            let p = train::TrainParams {
-                kind,
-                l0_coeff: base.l0_coeff * m,
-                l1_coeff: base.l1_coeff * m,
-                k: ((base.k as f64 / m).round() as usize).max(1),
-                ..base.clone()
-            };
-            let dir = if params.sweep.len() == 1 {
-                out.join(kind.name())
-            } else {
-                out.join(format!("{}_x{m}", kind.name()))
-            };
-            let (_, rep) = cmd_train(&store_dir, &p, &dir, progress)?;
-            reps.push(rep);
-            dirs.push(dir);
-        }
-    }
-    let report = cmd_eval(
-        &dirs,
-        &store_dir,
-        Some((model, corpus)),
-        &params.eval,
-        &out.join("eval"),
-        progress,
-    )?;
-    Ok((report, reps))
 }

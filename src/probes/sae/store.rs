@@ -57,6 +57,48 @@ pub struct StoreMeta {
     pub complete: bool,
     #[serde(default)]
     pub corpus: String,
+    /// Stores of several hooks (transcoders, SAEs on several layers from one pass): the hooks
+    /// and widths whose activations sit side by side in each row, in order (`hook` is the
+    /// first, `d` their sum). Empty for a store of one hook.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<HookWidth>,
+}
+
+/// One hook of a store of several.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HookWidth {
+    pub hook: String,
+    pub d: usize,
+}
+
+/// A hook's columns in a store's rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Part {
+    pub hook: String,
+    pub offset: usize,
+    pub d: usize,
+}
+
+impl Part {
+    /// This part's columns of row-major `[n, width]` rows: `[n, d]`.
+    pub fn columns(&self, rows: &[f32], width: usize) -> Vec<f32> {
+        if self.offset == 0 && self.d == width {
+            return rows.to_vec();
+        }
+        rows.chunks(width.max(1))
+            .flat_map(|r| r[self.offset..self.offset + self.d].iter().copied())
+            .collect()
+    }
+
+    /// This part's columns of a `[B, width]` batch, times `scale`.
+    pub fn slice(&self, rows: &Tensor, width: usize, scale: f64) -> Result<Tensor> {
+        let x = if self.offset == 0 && self.d == width {
+            rows.clone()
+        } else {
+            rows.narrow(1, self.offset, self.d)?.contiguous()?
+        };
+        Ok(if scale != 1.0 { (x * scale)? } else { x })
+    }
 }
 
 impl StoreMeta {
@@ -76,6 +118,7 @@ impl StoreMeta {
             shards: vec![],
             complete: false,
             corpus: String::new(),
+            parts: vec![],
         }
     }
 
@@ -89,6 +132,7 @@ impl StoreMeta {
             && self.seed == other.seed
             && self.context == other.context
             && self.corpus == other.corpus
+            && self.parts == other.parts
     }
 }
 
@@ -160,6 +204,51 @@ impl ActivationStore {
 
     pub fn d(&self) -> usize {
         self.meta.d
+    }
+
+    /// The hooks of the rows and their columns (one part for a store of one hook).
+    pub fn parts(&self) -> Vec<Part> {
+        if self.meta.parts.is_empty() {
+            return vec![Part {
+                hook: self.meta.hook.clone(),
+                offset: 0,
+                d: self.meta.d,
+            }];
+        }
+        let mut offset = 0;
+        self.meta
+            .parts
+            .iter()
+            .map(|h| {
+                let p = Part {
+                    hook: h.hook.clone(),
+                    offset,
+                    d: h.d,
+                };
+                offset += h.d;
+                p
+            })
+            .collect()
+    }
+
+    /// The columns of `hook` (the first hook when `None`), or an error naming the hooks the
+    /// store holds.
+    pub fn part(&self, hook: Option<&str>) -> Result<Part> {
+        let parts = self.parts();
+        match hook {
+            None => Ok(parts[0].clone()),
+            Some(h) => parts.iter().find(|p| p.hook == h).cloned().ok_or_else(|| {
+                Error::msg(format!(
+                    "the store in {} holds {}, not {h}",
+                    self.dir.display(),
+                    parts
+                        .iter()
+                        .map(|p| p.hook.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }),
+        }
     }
 
     pub fn n_shards(&self) -> usize {
@@ -478,6 +567,8 @@ impl Windows<'_> {
 #[serde(default)]
 pub struct CollectParams {
     pub hook: String,
+    /// More hooks stored beside `hook` in the same rows (transcoder targets, other layers).
+    pub extra_hooks: Vec<String>,
     pub tokens: usize,
     pub shard_size: usize,
     pub shards_per_round: usize,
@@ -495,6 +586,7 @@ impl Default for CollectParams {
     fn default() -> Self {
         CollectParams {
             hook: "blocks.15.hook_resid_post".into(),
+            extra_hooks: vec![],
             tokens: 200_000,
             shard_size: 16384,
             shards_per_round: 4,
@@ -545,8 +637,29 @@ pub fn collect(
     dir: &Path,
     progress: &Progress,
 ) -> Result<ActivationStore> {
-    let (point, d) = store_point(model.cfg(), &params.hook)?;
+    let hooks: Vec<&String> = std::iter::once(&params.hook)
+        .chain(&params.extra_hooks)
+        .collect();
+    let mut points: Vec<(HookPoint, usize)> = Vec::with_capacity(hooks.len());
+    for h in &hooks {
+        let p = store_point(model.cfg(), h)?;
+        if points.iter().any(|q| q.0 == p.0) {
+            crate::bail!("hook {h} is asked for twice");
+        }
+        points.push(p);
+    }
+    let d: usize = points.iter().map(|p| p.1).sum();
     let mut meta = StoreMeta::new(&model.source.spec, &params.hook, d);
+    if points.len() > 1 {
+        meta.parts = hooks
+            .iter()
+            .zip(&points)
+            .map(|(h, p)| HookWidth {
+                hook: h.to_string(),
+                d: p.1,
+            })
+            .collect();
+    }
     meta.shard_size = params.shard_size.max(1);
     meta.shards_per_round = params.shards_per_round.max(1);
     meta.seed = params.seed;
@@ -595,7 +708,9 @@ pub fn collect(
             done + available
         );
     }
-    let stop_at = point.layer().map(|l| l + 1);
+    let layers: Option<Vec<usize>> = points.iter().map(|p| p.0.layer()).collect();
+    let stop_at = layers.and_then(|l| l.into_iter().max()).map(|l| l + 1);
+    let capture: Vec<HookPoint> = points.iter().map(|p| p.0).collect();
     let bar = progress.bar(store.meta.target_tokens as u64, "collecting activations");
     bar.inc(store.meta.n_tokens as u64);
     let mut new_rounds = 0usize;
@@ -618,7 +733,7 @@ pub fn collect(
                     return Ok(());
                 }
                 let batch = Batch::new(pending, model.pad_id())?;
-                let mut hooks = Hooks::capture_points(&[point]);
+                let mut hooks = Hooks::capture_points(&capture);
                 model.transformer.forward_with(
                     &batch,
                     &mut hooks,
@@ -627,8 +742,11 @@ pub fn collect(
                         stop_at_layer: stop_at,
                     },
                 )?;
-                let x = hooks.cache.expect(point)?.to_dtype(DType::F32)?;
-                let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                let mut xs: Vec<(HookPoint, usize, Vec<f32>)> = Vec::with_capacity(points.len());
+                for &(point, d) in &points {
+                    let x = hooks.cache.expect(point)?.to_dtype(DType::F32)?;
+                    xs.push((point, d, x.flatten_all()?.to_vec1()?));
+                }
                 let t = batch.seq_len;
                 for (r, row) in batch.ids.iter().enumerate() {
                     let pad = batch.pad_left[r];
@@ -636,17 +754,22 @@ pub fn collect(
                         if !windows.stored(p - pad, id) {
                             continue;
                         }
-                        let off = (r * t + p) * d;
-                        let a = &x[off..off + d];
-                        if let Some(bad) = a.iter().find(|v| !v.is_finite()) {
-                            crate::bail!(
-                                "{point} is {bad} in a document from number {round_start} \
-                                 on (the model overflows in {:?}; try --dtype f32): this round \
-                                 was not stored",
-                                model.transformer.dtype
-                            );
+                        for (point, d, x) in &xs {
+                            let off = (r * t + p) * d;
+                            let a = &x[off..off + d];
+                            if let Some(bad) = a.iter().find(|v| !v.is_finite()) {
+                                crate::bail!(
+                                    "{point} is {bad} in a document from number {round_start} \
+                                     on (the model overflows in {:?}; try --dtype f32): this \
+                                     round was not stored",
+                                    model.transformer.dtype
+                                );
+                            }
                         }
-                        acts.extend_from_slice(&x[off..off + d]);
+                        for (_, d, x) in &xs {
+                            let off = (r * t + p) * d;
+                            acts.extend_from_slice(&x[off..off + d]);
+                        }
                         toks.push(id);
                     }
                 }

@@ -29,7 +29,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::store::ActivationStore;
+use super::store::{ActivationStore, Part};
 use rayon::prelude::*;
 
 #[cfg(test)]
@@ -38,10 +38,10 @@ use super::{randn, Sae, SaeKind};
 use crate::progress::Progress;
 use crate::Result;
 
+mod aux;
+mod backward;
 mod fused;
-use fused::{
-    backward_fused, encode_fused, host_vec, with_host_slice, Encoded, SparseCodes, SPARSE_BELOW,
-};
+use fused::{encode_fused, host_vec};
 
 /// Training settings (defaults are for residual streams of small models).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +82,22 @@ pub struct TrainParams {
     pub log_every: usize,
     /// Scale inputs so that E‖x‖² = d.
     pub normalize: bool,
+    /// Matryoshka: the widths of the nested latent prefixes whose reconstruction losses are
+    /// summed (increasing; the dictionary size is always the last); empty = n/16, n/8, n/4, n/2.
+    pub matryoshka_widths: Vec<usize>,
+    /// α of the AuxK loss of the TopK kinds (topk, batchtopk, matryoshka); 0 turns it off.
+    pub aux_k_coeff: f64,
+    /// k_aux: dead latents that reconstruct the error (default d_in / 2).
+    pub aux_k: Option<usize>,
+    /// BatchTopK / Matryoshka: batches over which the inference threshold is averaged after
+    /// training.
+    pub threshold_batches: usize,
+    /// The store hook the SAE reads (default: the store's first).
+    pub hook: Option<String>,
+    /// A transcoder: the store hook it reconstructs.
+    pub target: Option<String>,
+    /// A skip transcoder: also learn a linear map `W_skip` from input to target.
+    pub skip: bool,
 }
 
 impl Default for TrainParams {
@@ -107,6 +123,13 @@ impl Default for TrainParams {
             checkpoint_every: 0,
             log_every: 50,
             normalize: true,
+            matryoshka_widths: vec![],
+            aux_k_coeff: 1.0 / 32.0,
+            aux_k: None,
+            threshold_batches: 32,
+            hook: None,
+            target: None,
+            skip: false,
         }
     }
 }
@@ -131,7 +154,11 @@ pub struct Gradients {
     pub b_dec: Tensor,
     /// With respect to log τ (threshold SAEs).
     pub log_threshold: Option<Tensor>,
+    /// Skip transcoders.
+    pub w_skip: Option<Tensor>,
     pub loss: f64,
+    /// The AuxK part of `loss`.
+    pub aux_loss: f64,
     pub mse: f64,
     pub fvu: f64,
     pub l0: f64,
@@ -144,6 +171,13 @@ pub struct Gradients {
 pub struct TrainReport {
     pub kind: SaeKind,
     pub d: usize,
+    /// The width reconstructed (transcoders: the target hook's).
+    pub d_out: usize,
+    pub hook: String,
+    /// Transcoders: the hook reconstructed.
+    pub target: Option<String>,
+    /// BatchTopK / Matryoshka: the inference threshold θ.
+    pub threshold: Option<f64>,
     pub dict_size: usize,
     pub steps: usize,
     pub batch_size: usize,
@@ -151,6 +185,8 @@ pub struct TrainReport {
     pub steps_per_sec: f64,
     /// The input scale `c` (E‖c·m‖² = d), folded into the saved weights.
     pub scale: f64,
+    /// The target scale (transcoders; E‖c·y‖² = d_out).
+    pub target_scale: f64,
     pub dead: usize,
     pub log: Vec<StepLog>,
 }
@@ -196,14 +232,22 @@ impl Adam {
 /// The state of one SAE being trained (normalised units).
 pub struct Trainer {
     pub params: TrainParams,
+    /// Input width.
     pub d: usize,
+    /// Reconstructed width (`d` unless a transcoder).
+    pub d_out: usize,
     pub n: usize,
     w_enc: Tensor,
     w_dec: Tensor,
     b_enc: Tensor,
     b_dec: Tensor,
     log_th: Option<Tensor>,
+    w_skip: Option<Tensor>,
+    /// Ends of the nested latent prefixes whose losses are summed (`[n]` unless Matryoshka).
+    pub levels: Vec<usize>,
     opt: Vec<Adam>,
+    opt_th: Option<Adam>,
+    opt_skip: Option<Adam>,
     pub step: usize,
     /// Samples since each latent last fired.
     pub since_fired: Vec<u64>,
@@ -221,37 +265,84 @@ fn unit_rows(w: &Tensor) -> Result<Tensor> {
     Ok(w.broadcast_div(&norms)?)
 }
 
+/// The ends of the Matryoshka prefixes for `n` latents: the given widths (checked), else n/16,
+/// n/8, n/4, n/2; `n` is always the last.
+pub fn matryoshka_levels(widths: &[usize], n: usize) -> Result<Vec<usize>> {
+    let mut ends: Vec<usize> = if widths.is_empty() {
+        [16, 8, 4, 2]
+            .iter()
+            .map(|q| n / q)
+            .filter(|&w| w > 0)
+            .collect()
+    } else {
+        widths.to_vec()
+    };
+    if ends.last() != Some(&n) {
+        ends.push(n);
+    }
+    ends.dedup();
+    if ends.windows(2).any(|w| w[0] >= w[1]) || ends[0] == 0 || *ends.last().unwrap_or(&0) > n {
+        crate::bail!(
+            "--matryoshka-widths must increase from 1 up to the dictionary size {n}, got {widths:?}"
+        );
+    }
+    Ok(ends)
+}
+
 impl Trainer {
-    /// Seeded initialisation; `mean` (normalised units) initialises b_dec.
-    pub fn new(params: TrainParams, d: usize, mean: &[f32], device: &Device) -> Result<Self> {
+    /// Seeded initialisation of an SAE (`d_out = d`) or transcoder (`d_out`) whose target has
+    /// mean `mean` (normalised units; it initialises b_dec).
+    pub fn new(
+        params: TrainParams,
+        d: usize,
+        d_out: usize,
+        mean: &[f32],
+        device: &Device,
+    ) -> Result<Self> {
         let n = params.dict_size.unwrap_or(params.expansion * d).max(1);
         let mut rng = StdRng::seed_from_u64(params.seed);
-        let w_dec = Tensor::from_vec(randn(&mut rng, n * d), (n, d), device)?;
+        let w_dec = Tensor::from_vec(randn(&mut rng, n * d_out), (n, d_out), device)?;
         let w_dec = unit_rows(&w_dec)?;
-        let w_enc = w_dec.t()?.contiguous()?;
+        let w_enc = if d == d_out {
+            w_dec.t()?.contiguous()?
+        } else {
+            let w = Tensor::from_vec(randn(&mut rng, n * d), (n, d), device)?;
+            unit_rows(&w)?.t()?.contiguous()?
+        };
         let b_enc = Tensor::zeros(n, DType::F32, device)?;
-        let b_dec = Tensor::from_slice(mean, d, device)?;
+        let b_dec = Tensor::from_slice(mean, d_out, device)?;
         let log_th = (params.kind == SaeKind::Threshold)
             .then(|| Tensor::full(params.init_threshold.max(1e-6).ln() as f32, n, device))
             .transpose()?;
-        let mut opt = vec![
+        let w_skip = params
+            .skip
+            .then(|| Tensor::zeros((d_out, d), DType::F32, device))
+            .transpose()?;
+        let levels = if params.kind == SaeKind::Matryoshka {
+            matryoshka_levels(&params.matryoshka_widths, n)?
+        } else {
+            vec![n]
+        };
+        let opt = vec![
             Adam::new(&w_enc)?,
             Adam::new(&w_dec)?,
             Adam::new(&b_enc)?,
             Adam::new(&b_dec)?,
         ];
-        if let Some(t) = &log_th {
-            opt.push(Adam::new(t)?);
-        }
         Ok(Trainer {
+            opt_th: log_th.as_ref().map(Adam::new).transpose()?,
+            opt_skip: w_skip.as_ref().map(Adam::new).transpose()?,
             params,
             d,
+            d_out,
             n,
             w_enc,
             w_dec,
             b_enc,
             b_dec,
             log_th,
+            w_skip,
+            levels,
             opt,
             step: 0,
             since_fired: vec![0; n],
@@ -277,123 +368,35 @@ impl Trainer {
         let coeff = match p.kind {
             SaeKind::Threshold => p.l0_coeff,
             SaeKind::Relu => p.l1_coeff,
-            SaeKind::TopK => 0.0,
+            SaeKind::TopK | SaeKind::BatchTopK | SaeKind::Matryoshka => 0.0,
         };
         let warm = (p.sparsity_warmup * p.steps as f64).max(1.0);
         coeff * ((step + 1) as f64 / warm).min(1.0)
     }
 
-    /// The loss and its (straight-through) gradients on a normalised batch `x: [B, d]` with
-    /// sparsity coefficient `lam`, without changing the parameters.
-    pub fn gradients(&self, x: &Tensor, lam: f64) -> Result<Gradients> {
-        let (b, _) = x.dims2()?;
-        let (n, dev) = (self.n, &self.device);
-        let bf = b as f64;
-        let kind = self.params.kind;
-        // The elementwise parts run fused on the host (one pass forward, one backward); the
-        // five matrix products stay candle matmuls.
-        let th: Option<Vec<f32>> = self
-            .log_th
-            .as_ref()
-            .map(|t| host_vec(&t.exp()?))
-            .transpose()?;
-        let b_enc = host_vec(&self.b_enc)?;
-        let Encoded {
-            pre,
-            z,
-            fired,
-            zsum,
-        } = encode_fused(
-            &x.matmul(&self.w_enc)?,
-            &b_enc,
-            kind,
-            th.as_deref(),
-            self.params.k,
-        )?;
-        let d = self.d;
-        let density = fired.iter().map(|&f| f as f64).sum::<f64>() / (b * n).max(1) as f64;
-        let sparse = self.sparse_override.unwrap_or(density < SPARSE_BELOW);
-        let codes = sparse.then(|| SparseCodes::new(&z, n));
-        let zt = Tensor::from_vec(z, (b, n), dev)?;
-        let xhat = match &codes {
-            Some(c) => {
-                let w = host_vec(&self.w_dec)?;
-                let xh = c.times(&w, &host_vec(&self.b_dec)?);
-                Tensor::from_vec(xh, (b, d), dev)?
-            }
-            None => zt.matmul(&self.w_dec)?.broadcast_add(&self.b_dec)?,
-        };
-        let r = (xhat - x)?;
-        let sse = r.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-        let mse = sse / bf;
-        let var = x
-            .broadcast_sub(&x.mean_keepdim(0)?)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar::<f32>()? as f64;
-        let l0 = fired.iter().map(|&v| v as f64).sum::<f64>() / bf;
-        // Backward.
-        let g_xhat = (r * (2.0 / bf))?;
-        let b_dec = g_xhat.sum(0)?;
-        let g_xhat_host = codes.as_ref().map(|_| host_vec(&g_xhat)).transpose()?;
-        let w_dec = match (&codes, &g_xhat_host) {
-            (Some(c), Some(gx)) => Tensor::from_vec(c.gather(gx, d, |_, _, v| v), (n, d), dev)?,
-            _ => zt.t()?.matmul(&g_xhat)?,
-        };
-        let g_z = g_xhat.matmul(&self.w_dec.t()?)?;
-        let (relu_l1, penalty) = match kind {
-            SaeKind::Relu => ((lam / bf) as f32, lam * zsum / bf),
-            SaeKind::TopK => (0.0, 0.0),
-            SaeKind::Threshold => (0.0, lam * l0),
-        };
-        let z = with_host_slice(&zt, |z| {
-            backward_fused(
-                &g_z,
-                &pre,
-                z,
-                kind,
-                th.as_deref(),
-                relu_l1,
-                self.params.bandwidth as f32,
-                (lam / bf) as f32,
-            )
-        })??;
-        let (g_pre, g_b, g_th) = z;
-        let log_threshold = match &th {
-            Some(th) => {
-                let g: Vec<f32> = g_th.iter().zip(th).map(|(g, t)| g * t).collect();
-                Some(Tensor::from_vec(g, n, dev)?)
-            }
-            None => None,
-        };
-        let w_enc = match &codes {
-            // ∂pre is zero off the active entries, so xᵀ·∂pre sums over them only.
-            Some(c) => {
-                let xs = host_vec(x)?;
-                let g = c.gather(&xs, d, |i, j, _| g_pre[i * n + j]);
-                Tensor::from_vec(g, (n, d), dev)?.t()?.contiguous()?
-            }
-            None => x.t()?.matmul(&Tensor::from_vec(g_pre, (b, n), dev)?)?,
-        };
-        Ok(Gradients {
-            w_enc,
-            w_dec,
-            b_enc: Tensor::from_vec(g_b, n, dev)?,
-            b_dec,
-            log_threshold,
-            loss: mse + penalty,
-            mse,
-            fvu: if var > 0.0 { sse / var } else { f64::NAN },
-            l0,
-            fired,
-        })
+    /// The dead latents the AuxK loss uses this step, and its coefficient α·s.
+    fn aux_dead(&self) -> (Vec<u32>, usize, f32) {
+        let p = &self.params;
+        if !p.kind.selects() || p.aux_k_coeff <= 0.0 {
+            return (vec![], 0, 0.0);
+        }
+        let window = p.dead_after as u64;
+        if self.samples < window.max(1) {
+            return (vec![], 0, 0.0);
+        }
+        let dead: Vec<u32> = (0..self.n as u32)
+            .filter(|&j| self.since_fired[j as usize] >= window)
+            .collect();
+        let k_aux = p.aux_k.unwrap_or(self.d / 2).max(1);
+        let s = (dead.len() as f64 / k_aux as f64).min(1.0);
+        (dead, k_aux, (p.aux_k_coeff * s) as f32)
     }
 
-    /// One optimisation step on a normalised batch `x: [B, d]`.
-    pub fn train_step(&mut self, x: &Tensor) -> Result<StepLog> {
+    /// One optimisation step on a normalised batch `x: [B, d]` (and transcoder target).
+    pub fn train_step(&mut self, x: &Tensor, target: Option<&Tensor>) -> Result<StepLog> {
         let b = x.dims2()?.0;
         let lam = self.sparsity_at(self.step);
-        let g = self.gradients(x, lam)?;
+        let g = self.gradients(x, target, lam)?;
         // Remove the gradient component parallel to each (unit) decoder row.
         let par = (&g.w_dec * &self.w_dec)?.sum_keepdim(1)?;
         let g_wdec = (&g.w_dec - self.w_dec.broadcast_mul(&par)?)?;
@@ -406,8 +409,11 @@ impl Trainer {
         self.w_dec = unit_rows(&self.opt[1].step(&self.w_dec, &g_wdec, lr_t)?)?;
         self.b_enc = self.opt[2].step(&self.b_enc, &g.b_enc, lr_t)?;
         self.b_dec = self.opt[3].step(&self.b_dec, &g.b_dec, lr_t)?;
-        if let (Some(lt), Some(gt)) = (&self.log_th, &g.log_threshold) {
-            self.log_th = Some(self.opt[4].step(lt, gt, lr_t * self.params.threshold_lr_mult)?);
+        if let (Some(lt), Some(gt), Some(o)) = (&self.log_th, &g.log_threshold, &mut self.opt_th) {
+            self.log_th = Some(o.step(lt, gt, lr_t * self.params.threshold_lr_mult)?);
+        }
+        if let (Some(w), Some(gw), Some(o)) = (&self.w_skip, &g.w_skip, &mut self.opt_skip) {
+            self.w_skip = Some(o.step(w, gw, lr_t)?);
         }
         // Dead-latent bookkeeping.
         self.samples += b as u64;
@@ -429,6 +435,25 @@ impl Trainer {
         })
     }
 
+    /// BatchTopK / Matryoshka: the smallest activation the batch selection keeps on `x`
+    /// (normalised units; `None` when nothing fires). Their inference threshold is the mean of
+    /// this over batches, measured after training (Bussmann et al. 2024).
+    pub fn min_kept(&self, x: &Tensor) -> Result<Option<f32>> {
+        let b_enc = host_vec(&self.b_enc)?;
+        let e = encode_fused(
+            &x.matmul(&self.w_enc)?,
+            &b_enc,
+            self.params.kind,
+            None,
+            self.params.k,
+        )?;
+        Ok(e.z
+            .iter()
+            .copied()
+            .filter(|&v| v > 0.0)
+            .min_by(|a, b| a.total_cmp(b)))
+    }
+
     /// Latents that have not fired in the last `dead_after` samples (only counted once that
     /// many samples have been seen).
     pub fn dead(&self) -> usize {
@@ -439,10 +464,15 @@ impl Trainer {
         self.since_fired.iter().filter(|&&s| s >= window).count()
     }
 
-    /// The SAE in raw units: inputs are scaled by `scale` before encoding, so W_enc·scale and
-    /// (W_dec, b_dec)/scale.
-    pub fn export(&self, scale: f64) -> Result<Sae> {
-        let threshold = self.log_th.as_ref().map(|t| t.exp()).transpose()?;
+    /// The SAE in raw units: inputs are scaled by `scale` before encoding and targets by
+    /// `target_scale`, so W_enc·scale, (W_dec, b_dec)/target_scale and
+    /// W_skip·scale/target_scale. `threshold` is the global one of the BatchTopK kinds.
+    pub fn export(&self, scale: f64, target_scale: f64, threshold: Option<f32>) -> Result<Sae> {
+        let threshold = match (&self.log_th, threshold) {
+            (Some(t), _) => Some(t.exp()?),
+            (None, Some(th)) => Some(Tensor::full(th, self.n, &self.device)?),
+            (None, None) => None,
+        };
         let mut meta = serde_json::Map::new();
         meta.insert("engram_kind".into(), self.params.kind.name().into());
         meta.insert(
@@ -451,13 +481,21 @@ impl Trainer {
         );
         meta.insert("engram_steps".into(), self.step.into());
         meta.insert("engram_input_scale".into(), scale.into());
+        if self.params.target.is_some() {
+            meta.insert("engram_target_scale".into(), target_scale.into());
+        }
         Ok(Sae {
             kind: self.params.kind,
             w_enc: (&self.w_enc * scale)?,
-            w_dec: (&self.w_dec / scale)?,
+            w_dec: (&self.w_dec / target_scale)?,
             b_enc: self.b_enc.clone(),
-            b_dec: (&self.b_dec / scale)?,
+            b_dec: (&self.b_dec / target_scale)?,
             threshold,
+            w_skip: self
+                .w_skip
+                .as_ref()
+                .map(|w| w * (scale / target_scale))
+                .transpose()?,
             k: (self.params.kind == SaeKind::TopK).then_some(self.params.k),
             apply_b_dec_to_input: false,
             meta,
@@ -501,50 +539,210 @@ pub fn train(
     device: &Device,
     progress: &Progress,
 ) -> Result<(Sae, TrainReport)> {
-    let d = store.d();
-    let (train_shards, _) = store.split(params.eval_shards);
-    let (sample, _) = store.sample(&train_shards, 16384)?;
-    let (scale, mean) = if params.normalize {
-        input_scale(&sample, d)
-    } else {
-        let (_, m) = input_scale(&sample, d);
-        let (c, _) = input_scale(&sample, d);
-        (1.0, m.iter().map(|v| (*v as f64 / c) as f32).collect())
+    let mut all = train_many(
+        store,
+        std::slice::from_ref(params),
+        &[out],
+        device,
+        progress,
+    )?;
+    Ok(all.remove(0))
+}
+
+/// One SAE of [`train_many`]: its trainer, the store columns it reads and writes, its scales.
+struct Job<'a> {
+    trainer: Trainer,
+    input: Part,
+    target: Option<Part>,
+    scale: f64,
+    target_scale: f64,
+    out: Option<&'a Path>,
+}
+
+/// Train several SAEs (kinds, widths, hooks, transcoders) in one pass over the store: every
+/// batch is read once and given to each. They share the batch size, the number of steps, the
+/// held-out shards and the reader's seed (the first's).
+pub fn train_many(
+    store: &ActivationStore,
+    params: &[TrainParams],
+    outs: &[Option<&Path>],
+    device: &Device,
+    progress: &Progress,
+) -> Result<Vec<(Sae, TrainReport)>> {
+    let Some(first) = params.first() else {
+        return Ok(vec![]);
     };
-    let mut trainer = Trainer::new(params.clone(), d, &mean, device)?;
-    let mut reader = store.reader(train_shards, params.batch_size, params.seed ^ 0x5AE);
-    let bar = progress.bar(
-        params.steps as u64,
-        &format!("training {} SAE", params.kind),
-    );
-    let mut log = vec![];
-    let t0 = Instant::now();
-    let mut compute = 0.0;
-    for s in 0..params.steps {
-        let x = reader.next_tensor(device)?;
-        let t1 = Instant::now();
-        let x = if scale != 1.0 { (x * scale)? } else { x };
-        let st = trainer.train_step(&x)?;
-        compute += t1.elapsed().as_secs_f64();
-        if s % params.log_every.max(1) == 0 || s + 1 == params.steps {
-            log.push(st);
+    if let Some(p) = params.iter().find(|p| {
+        (p.batch_size, p.steps, p.eval_shards) != (first.batch_size, first.steps, first.eval_shards)
+    }) {
+        crate::bail!(
+            "SAEs trained in one pass share --batch-size, --steps and --eval-shards \
+             ({} / {} / {} vs {} / {} / {})",
+            first.batch_size,
+            first.steps,
+            first.eval_shards,
+            p.batch_size,
+            p.steps,
+            p.eval_shards
+        );
+    }
+    let (train_shards, _) = store.split(first.eval_shards);
+    let (sample, _) = store.sample(&train_shards, 16384)?;
+    let width = store.d();
+    let scale_of = |part: &Part, normalize: bool| -> (f64, Vec<f32>) {
+        let cols = part.columns(&sample, width);
+        let (c, m) = input_scale(&cols, part.d);
+        if normalize {
+            (c, m)
+        } else {
+            (1.0, m.iter().map(|v| (*v as f64 / c) as f32).collect())
         }
-        if let Some(out) = out {
-            if params.checkpoint_every > 0
-                && (s + 1) % params.checkpoint_every == 0
-                && s + 1 < params.steps
-            {
-                let sae = with_store_meta(trainer.export(scale)?, store);
-                sae.save(&out.join("checkpoints").join(format!("step_{:06}", s + 1)))?;
+    };
+    let mut jobs = Vec::with_capacity(params.len());
+    for (p, out) in params
+        .iter()
+        .zip(outs.iter().copied().chain(std::iter::repeat(None)))
+    {
+        let input = store.part(p.hook.as_deref())?;
+        let target = p
+            .target
+            .as_deref()
+            .map(|h| store.part(Some(h)))
+            .transpose()?;
+        if p.skip && target.is_none() {
+            crate::bail!("a skip transcoder needs a target hook (--target)");
+        }
+        let (scale, in_mean) = scale_of(&input, p.normalize);
+        let (target_scale, mean) = match &target {
+            Some(t) => scale_of(t, p.normalize),
+            None => (scale, in_mean),
+        };
+        let d_out = target.as_ref().map_or(input.d, |t| t.d);
+        let trainer = Trainer::new(p.clone(), input.d, d_out, &mean, device)?;
+        jobs.push(Job {
+            trainer,
+            input,
+            target,
+            scale,
+            target_scale,
+            out,
+        });
+    }
+    let mut reader = store.reader(train_shards, first.batch_size, first.seed ^ 0x5AE);
+    let what = if jobs.len() == 1 {
+        format!("training {} SAE", first.kind)
+    } else {
+        format!("training {} SAEs", jobs.len())
+    };
+    let bar = progress.bar(first.steps as u64, &what);
+    let mut logs: Vec<Vec<StepLog>> = vec![vec![]; jobs.len()];
+    let mut compute = vec![0.0; jobs.len()];
+    let t0 = Instant::now();
+    for s in 0..first.steps {
+        let rows = reader.next_tensor(device)?;
+        for (j, job) in jobs.iter_mut().enumerate() {
+            let t1 = Instant::now();
+            let x = job.input.slice(&rows, width, job.scale)?;
+            let y = job
+                .target
+                .as_ref()
+                .map(|t| t.slice(&rows, width, job.target_scale))
+                .transpose()?;
+            let st = job.trainer.train_step(&x, y.as_ref())?;
+            compute[j] += t1.elapsed().as_secs_f64();
+            if s % first.log_every.max(1) == 0 || s + 1 == first.steps {
+                logs[j].push(st);
+            }
+            let p = &job.trainer.params;
+            if let Some(out) = job.out {
+                if p.checkpoint_every > 0 && (s + 1) % p.checkpoint_every == 0 && s + 1 < p.steps {
+                    let sae = job.export(store, None)?;
+                    sae.save(&out.join("checkpoints").join(format!("step_{:06}", s + 1)))?;
+                }
             }
         }
         bar.inc(1);
     }
     bar.finish();
     let seconds = t0.elapsed().as_secs_f64();
-    let sae = with_store_meta(trainer.export(scale)?, store);
-    // A diverged run (NaN activations in the store, an lr that blows up) is an error, not a
-    // saved NaN SAE.
+    // BatchTopK kinds: the inference threshold, from batches after training.
+    let mut thresholds: Vec<Option<f64>> = vec![None; jobs.len()];
+    if jobs.iter().any(|j| j.trainer.params.kind.batch()) {
+        let mut sums = vec![(0.0, 0usize); jobs.len()];
+        for _ in 0..first.threshold_batches.max(1) {
+            let rows = reader.next_tensor(device)?;
+            for (j, job) in jobs.iter().enumerate() {
+                if job.trainer.params.kind.batch() {
+                    let x = job.input.slice(&rows, width, job.scale)?;
+                    if let Some(v) = job.trainer.min_kept(&x)? {
+                        sums[j].0 += v as f64;
+                        sums[j].1 += 1;
+                    }
+                }
+            }
+        }
+        for (t, (sum, n)) in thresholds.iter_mut().zip(sums) {
+            if n > 0 {
+                *t = Some(sum / n as f64);
+            }
+        }
+    }
+    let mut done = Vec::with_capacity(jobs.len());
+    for ((job, log), (compute, threshold)) in jobs
+        .into_iter()
+        .zip(logs)
+        .zip(compute.into_iter().zip(thresholds))
+    {
+        let p = &job.trainer.params;
+        let sae = job.export(store, threshold.map(|t| t as f32))?;
+        check_finite(&sae, p)?;
+        if let Some(out) = job.out {
+            sae.save(out)?;
+        }
+        let report = TrainReport {
+            kind: p.kind,
+            d: job.input.d,
+            d_out: job.trainer.d_out,
+            hook: job.input.hook.clone(),
+            target: job.target.as_ref().map(|t| t.hook.clone()),
+            threshold,
+            dict_size: job.trainer.n,
+            steps: p.steps,
+            batch_size: p.batch_size,
+            seconds,
+            steps_per_sec: p.steps as f64 / compute.max(1e-9),
+            scale: job.scale,
+            target_scale: job.target_scale,
+            dead: job.trainer.dead(),
+            log,
+        };
+        if let Some(out) = job.out {
+            let text = serde_json::to_string_pretty(&report)
+                .map_err(|e| crate::Error::msg(format!("train_report.json: {e}")))?;
+            crate::report::write_atomic(&out.join("train_report.json"), text.as_bytes())?;
+        }
+        done.push((sae, report));
+    }
+    Ok(done)
+}
+
+impl Job<'_> {
+    fn export(&self, store: &ActivationStore, threshold: Option<f32>) -> Result<Sae> {
+        let mut sae = self
+            .trainer
+            .export(self.scale, self.target_scale, threshold)?;
+        with_store_meta(&mut sae, store, &self.input.hook);
+        if let Some(t) = &self.target {
+            sae.meta
+                .insert("hook_name_out".into(), t.hook.clone().into());
+        }
+        Ok(sae)
+    }
+}
+
+/// A diverged run (NaN activations in the store, an lr that blows up) is an error, not a saved
+/// NaN SAE.
+fn check_finite(sae: &Sae, p: &TrainParams) -> Result<()> {
     for (name, t) in [
         ("W_enc", &sae.w_enc),
         ("W_dec", &sae.w_dec),
@@ -561,157 +759,26 @@ pub fn train(
             crate::bail!(
                 "{} SAE training diverged: {bad} non-finite values in {name} after {} steps \
                  (NaN or inf in the store, or --lr too large); nothing saved",
-                params.kind,
-                params.steps
+                p.kind,
+                p.steps
             );
         }
     }
-    if let Some(out) = out {
-        sae.save(out)?;
-    }
-    let report = TrainReport {
-        kind: params.kind,
-        d,
-        dict_size: trainer.n,
-        steps: params.steps,
-        batch_size: params.batch_size,
-        seconds,
-        steps_per_sec: params.steps as f64 / compute.max(1e-9),
-        scale,
-        dead: trainer.dead(),
-        log,
-    };
-    if let Some(out) = out {
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| crate::Error::msg(format!("train_report.json: {e}")))?;
-        crate::report::write_atomic(&out.join("train_report.json"), text.as_bytes())?;
-    }
-    Ok((sae, report))
+    Ok(())
 }
 
-fn with_store_meta(mut sae: Sae, store: &ActivationStore) -> Sae {
+fn with_store_meta(sae: &mut Sae, store: &ActivationStore, hook: &str) {
     let m = &store.meta;
-    sae.meta.insert("hook_name".into(), m.hook.clone().into());
+    sae.meta.insert("hook_name".into(), hook.into());
     sae.meta.insert("model_name".into(), m.model.clone().into());
-    if let Ok(p) = m.hook.parse::<crate::hooks::HookPoint>() {
+    if let Ok(p) = hook.parse::<crate::hooks::HookPoint>() {
         if let Some(l) = p.layer() {
             sae.meta.insert("hook_layer".into(), l.into());
         }
     }
     sae.meta.insert("context_size".into(), m.context.into());
     sae.meta.insert("prepend_bos".into(), true.into());
-    sae
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Var;
-
-    /// The hand-written backward against candle's autograd on the same loss, the threshold's
-    /// straight-through estimator written as a zero-valued surrogate whose τ-derivative is the
-    /// rectangle-kernel pseudo-derivative.
-    fn check(kind: SaeKind, sparse: bool) {
-        let dev = Device::Cpu;
-        let (b, d, n) = (64, 8, 24);
-        let mut rng = StdRng::seed_from_u64(9);
-        let params = TrainParams {
-            kind,
-            dict_size: Some(n),
-            k: 5,
-            bandwidth: 0.5,
-            ..Default::default()
-        };
-        let mut t = Trainer::new(params, d, &vec![0.1; d], &dev).unwrap();
-        t.b_enc = Tensor::from_vec(randn(&mut rng, n), n, &dev).unwrap();
-        t.w_dec = (Tensor::from_vec(randn(&mut rng, n * d), (n, d), &dev).unwrap() * 0.5).unwrap();
-        let th: Vec<f32> = (0..n).map(|i| 0.3 + 0.05 * i as f32).collect();
-        t.log_th = Some(Tensor::from_vec(th, n, &dev).unwrap().log().unwrap());
-        let x = Tensor::from_vec(randn(&mut rng, b * d), (b, d), &dev).unwrap();
-        let lam = 0.7;
-        t.sparse_override = Some(sparse);
-        let g = t.gradients(&x, lam).unwrap();
-
-        let v = |t: &Tensor| Var::from_tensor(t).unwrap();
-        let (we, wd, be, bd, lt) = (
-            v(&t.w_enc),
-            v(&t.w_dec),
-            v(&t.b_enc),
-            v(&t.b_dec),
-            v(t.log_th.as_ref().unwrap()),
-        );
-        let pre = x.matmul(&we).unwrap().broadcast_add(&be).unwrap();
-        let pos = pre.gt(0f32).unwrap().to_dtype(DType::F32).unwrap();
-        let bf = b as f64;
-        let (z, penalty) = match kind {
-            SaeKind::Relu => {
-                let z = pre.relu().unwrap();
-                let p = (z.sum_all().unwrap() * (lam / bf)).unwrap();
-                (z, p)
-            }
-            SaeKind::TopK => {
-                let m = (topk_mask(&pre.detach(), 5).unwrap() * &pos).unwrap();
-                ((&pre * m).unwrap(), Tensor::new(0f32, &dev).unwrap())
-            }
-            SaeKind::Threshold => {
-                let tau = lt.exp().unwrap();
-                let mask = (pre
-                    .broadcast_gt(&tau)
-                    .unwrap()
-                    .to_dtype(DType::F32)
-                    .unwrap()
-                    * &pos)
-                    .unwrap();
-                let u = (pre.detach().broadcast_sub(&tau).unwrap() / 0.5).unwrap();
-                let h = ((&u + 0.5).unwrap().relu().unwrap() - (&u - 0.5).unwrap().relu().unwrap())
-                    .unwrap();
-                let ste = (&h - h.detach()).unwrap();
-                let z =
-                    ((&pre * &mask).unwrap() + ste.broadcast_mul(&tau.detach()).unwrap()).unwrap();
-                let l0 = (mask.sum_all().unwrap() + ste.sum_all().unwrap()).unwrap();
-                (z, (l0 * (lam / bf)).unwrap())
-            }
-        };
-        let xhat = z.matmul(&wd).unwrap().broadcast_add(&bd).unwrap();
-        let mse = ((xhat - &x).unwrap().sqr().unwrap().sum_all().unwrap() / bf).unwrap();
-        let loss = (mse + penalty).unwrap();
-        let grads = loss.backward().unwrap();
-        let close = |a: &Tensor, b: &Tensor, what: &str| {
-            let diff: f32 = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            let scale: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-            assert!(scale > 0.0, "{kind:?} {what}: zero gradient");
-            assert!(
-                diff <= 1e-4 * scale.max(1.0),
-                "{kind:?} sparse={sparse} {what}: {diff} (scale {scale})"
-            );
-        };
-        close(&g.w_enc, grads.get(&we).unwrap(), "W_enc");
-        close(&g.w_dec, grads.get(&wd).unwrap(), "W_dec");
-        close(&g.b_enc, grads.get(&be).unwrap(), "b_enc");
-        close(&g.b_dec, grads.get(&bd).unwrap(), "b_dec");
-        let l: f32 = loss.to_scalar().unwrap();
-        assert!((g.loss - l as f64).abs() < 1e-3 * (l as f64).abs().max(1.0));
-        if kind == SaeKind::Threshold {
-            close(
-                g.log_threshold.as_ref().unwrap(),
-                grads.get(&lt).unwrap(),
-                "log τ",
-            );
-        }
-    }
-
-    #[test]
-    fn backward_matches_autograd() {
-        for kind in SaeKind::ALL {
-            check(kind, false);
-            check(kind, true);
-        }
-    }
-}
+mod tests;

@@ -53,6 +53,11 @@ impl SparseCodes {
                     .collect()
             })
             .collect();
+        SparseCodes::from_rows(rows, n)
+    }
+
+    /// The codes of rows given as (latent, value) lists in ascending latent order.
+    pub(super) fn from_rows(rows: Vec<Vec<(u32, f32)>>, n: usize) -> SparseCodes {
         let mut cols: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n];
         for (i, r) in rows.iter().enumerate() {
             for &(j, v) in r {
@@ -62,18 +67,27 @@ impl SparseCodes {
         SparseCodes { rows, cols }
     }
 
-    /// `z · W + bias` with `W` `[n, d]` row-major: `[b, d]`.
-    pub(super) fn times(&self, w: &[f32], bias: &[f32]) -> Vec<f32> {
-        let d = bias.len();
-        let mut out = vec![0f32; self.rows.len() * d];
-        out.par_chunks_mut(d).zip(&self.rows).for_each(|(o, row)| {
-            o.copy_from_slice(bias);
-            for &(j, v) in row {
-                let wj = &w[j as usize * d..(j as usize + 1) * d];
-                o.iter_mut().zip(wj).for_each(|(o, w)| *o += v * w);
+    /// The reconstructions of nested latent prefixes: for each end in `ends` (increasing, the
+    /// last = n), `z[:, ..end] · W[..end] + base` (`base` `[b, d]`), each `[b, d]`.
+    pub(super) fn times_levels(&self, w: &[f32], base: &[f32], ends: &[usize]) -> Vec<Vec<f32>> {
+        let d = base.len() / self.rows.len().max(1);
+        let mut levels: Vec<Vec<f32>> = vec![base.to_vec(); ends.len()];
+        // Row by row, each level gets the prefix sum up to its end.
+        let mut acc = base.to_vec();
+        for (i, row) in self.rows.iter().enumerate() {
+            let a = &mut acc[i * d..(i + 1) * d];
+            let mut next = 0;
+            for (l, &end) in ends.iter().enumerate() {
+                while next < row.len() && (row[next].0 as usize) < end {
+                    let (j, v) = row[next];
+                    let wj = &w[j as usize * d..(j as usize + 1) * d];
+                    a.iter_mut().zip(wj).for_each(|(o, w)| *o += v * w);
+                    next += 1;
+                }
+                levels[l][i * d..(i + 1) * d].copy_from_slice(a);
             }
-        });
-        out
+        }
+        levels
     }
 
     /// `Σ_i c_ij · a[i, :]` for every latent `j`, where `c_ij` is `coef(i, j, z_ij)` over the
@@ -84,11 +98,24 @@ impl SparseCodes {
         d: usize,
         coef: impl Fn(usize, usize, f32) -> f32 + Sync,
     ) -> Vec<f32> {
+        self.gather_grouped(&[a], &[self.cols.len()], d, coef)
+    }
+
+    /// [`SparseCodes::gather`] where latents below `ends[g]` (and at or above `ends[g − 1]`)
+    /// gather rows of `a[g]`.
+    pub(super) fn gather_grouped(
+        &self,
+        a: &[&[f32]],
+        ends: &[usize],
+        d: usize,
+        coef: impl Fn(usize, usize, f32) -> f32 + Sync,
+    ) -> Vec<f32> {
         let mut out = vec![0f32; self.cols.len() * d];
         out.par_chunks_mut(d)
             .zip(&self.cols)
             .enumerate()
             .for_each(|(j, (o, col))| {
+                let a = a[ends.iter().position(|&e| j < e).unwrap_or(ends.len() - 1)];
                 for &(i, v) in col {
                     let c = coef(i as usize, j, v);
                     let ai = &a[i as usize * d..(i as usize + 1) * d];
@@ -114,6 +141,15 @@ pub(super) fn encode_fused(
     let n = b_enc.len();
     let mut pre = host_vec(pre_nb)?;
     let mut z = vec![0f32; pre.len()];
+    // BatchTopK: the bias goes in first, then one cut for the whole batch keeps its k·B
+    // largest positive pre-activations.
+    let batch_cut = if matches!(kind, SaeKind::BatchTopK | SaeKind::Matryoshka) {
+        pre.par_chunks_mut(n)
+            .for_each(|row| row.iter_mut().zip(b_enc).for_each(|(p, b)| *p += b));
+        Some(batch_cut(&pre, k * (pre.len() / n.max(1))))
+    } else {
+        None
+    };
     let (fired, zsum) = pre
         .par_chunks_mut(ROWS_PER_TASK * n)
         .zip(z.par_chunks_mut(ROWS_PER_TASK * n))
@@ -122,7 +158,9 @@ pub(super) fn encode_fused(
             |(mut fired, mut zsum), (pre, z)| {
                 let mut idx: Vec<u32> = Vec::new();
                 for (pre, z) in pre.chunks_exact_mut(n).zip(z.chunks_exact_mut(n)) {
-                    pre.iter_mut().zip(b_enc).for_each(|(p, b)| *p += b);
+                    if batch_cut.is_none() {
+                        pre.iter_mut().zip(b_enc).for_each(|(p, b)| *p += b);
+                    }
                     // TopK: the k-th largest pre-activation of the row is the row's threshold
                     // (the same selection as `topk_mask`).
                     let kth = if kind == SaeKind::TopK && k > 0 && k < n {
@@ -145,6 +183,14 @@ pub(super) fn encode_fused(
                             }
                         }
                         (SaeKind::TopK, None) if k == 0 => {}
+                        (SaeKind::BatchTopK | SaeKind::Matryoshka, _) => {
+                            let cut = batch_cut.unwrap_or(0.0);
+                            for (z, &p) in z.iter_mut().zip(pre.iter()) {
+                                if p > 0.0 && p > cut {
+                                    *z = p;
+                                }
+                            }
+                        }
                         (SaeKind::Threshold, _) => {
                             let th = threshold.expect("threshold");
                             for ((z, &p), &t) in z.iter_mut().zip(pre.iter()).zip(th) {
@@ -184,6 +230,17 @@ pub(super) fn encode_fused(
         fired,
         zsum,
     })
+}
+
+/// The cut that keeps the `keep` largest positive values of `pre` (`v > cut`): the
+/// `keep + 1`-th largest positive value, or 0 when there are no more than `keep` of them.
+pub(super) fn batch_cut(pre: &[f32], keep: usize) -> f32 {
+    let mut pos: Vec<f32> = pre.par_iter().copied().filter(|&v| v > 0.0).collect();
+    if pos.len() <= keep {
+        return 0.0;
+    }
+    let (_, cut, _) = pos.select_nth_unstable_by(keep, |a, b| b.total_cmp(a));
+    *cut
 }
 
 /// What [`encode_fused`] computes for a `[b, n]` batch.
