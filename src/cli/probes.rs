@@ -450,29 +450,49 @@ impl DirectionsArgs {
 #[derive(Subcommand, Debug)]
 #[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum SaeCommand {
-    /// Stream activations of one hook point over a corpus into a sharded, shuffled store (resumes)
-    #[command(after_help = "Outputs in --out: store.json, shard_*.safetensors, manifest.json.")]
+    /// Stream activations of hook points over a corpus into a sharded, shuffled store (resumes)
+    #[command(
+        after_help = "Outputs in --out: store.json, shard_*.safetensors, manifest.json.\n\
+Several hooks (--hook A --hook B, or A,B) sit side by side in each row: a transcoder's input \
+and target (blocks.L.ln2.hook_normalized, blocks.L.hook_mlp_out), or SAEs on several layers \
+from one forward pass."
+    )]
     Collect {
         #[command(flatten)]
         model: ModelArgs,
-        /// Hook point, e.g. blocks.15.hook_resid_post
-        #[arg(long)]
-        hook: String,
+        /// Hook point, e.g. blocks.15.hook_resid_post; repeatable
+        #[arg(long, required = true, value_delimiter = ',')]
+        hook: Vec<String>,
         #[command(flatten)]
         collect: CollectFlags,
         #[command(flatten)]
         out: OutArg,
     },
-    /// Train one SAE on a store (SAELens layout: cfg.json + sae_weights.safetensors)
+    /// Train one SAE or transcoder on a store (SAELens layout: cfg.json + sae_weights.safetensors)
     #[command(after_help = "Outputs in --out: cfg.json, sae_weights.safetensors, \
-train_report.json, training.png/.svg, manifest.json.")]
+train_report.json, training.png/.svg, manifest.json.\n\
+Kinds: threshold (JumpReLU, L0 penalty), topk (k per sample), relu (L1), batchtopk (k·batch \
+per batch, then one global threshold) and matryoshka (batchtopk with nested prefix losses); \
+batchtopk and matryoshka are saved as JumpReLU SAEs, as SAELens saves them. A transcoder: \
+--target blocks.L.hook_mlp_out on a store collected with --hook blocks.L.ln2.hook_normalized \
+--hook blocks.L.hook_mlp_out (--skip adds a linear skip connection).")]
     Train {
         /// The activation store (a `sae collect` output)
         #[arg(long, value_name = "DIR")]
         store: PathBuf,
-        /// SAE architecture: threshold (JumpReLU), topk or relu
-        #[arg(long, default_value = "threshold", value_parser = ["threshold", "topk", "relu"])]
+        /// SAE architecture
+        #[arg(long, default_value = "threshold",
+              value_parser = ["threshold", "topk", "relu", "batchtopk", "matryoshka"])]
         kind: String,
+        /// The store hook the SAE reads [default: the store's first]
+        #[arg(long)]
+        hook: Option<String>,
+        /// Train a transcoder that reconstructs this store hook
+        #[arg(long)]
+        target: Option<String>,
+        /// A skip transcoder: also learn a linear map from input to target
+        #[arg(long, requires = "target")]
+        skip: bool,
         #[command(flatten)]
         train: TrainFlags,
         #[command(flatten)]
@@ -506,7 +526,7 @@ manifest.json. Columns: docs/outputs.md."
         #[arg(long)]
         force: bool,
     },
-    /// collect → train each kind (threshold, topk, relu; same data and budget) → eval
+    /// collect → train each kind in one pass over the store (same data and budget) → eval
     #[command(
         after_help = "Outputs in --out: store/, one folder per trained SAE (threshold/, \
 topk/, relu/, or <kind>_x<m>/ with --sweep), eval/, each with its manifest; manifest.json."
@@ -526,7 +546,7 @@ topk/, relu/, or <kind>_x<m>/ with --sweep), eval/, each with its manifest; mani
         train: TrainFlags,
         #[command(flatten)]
         eval: EvalFlags,
-        /// Kinds to train, comma-separated
+        /// Kinds to train, comma-separated (threshold, topk, relu, batchtopk, matryoshka)
         #[arg(long, value_delimiter = ',', default_value = "threshold,topk,relu")]
         kinds: Vec<String>,
         /// Sparsity multipliers: each kind is trained once per value (λ₀ and λ₁ times it, k
@@ -628,6 +648,15 @@ pub struct TrainFlags {
     /// Seed of the initialisation and the batch order (`--seed` is the collection's)
     #[arg(long, default_value_t = train_defaults().train_seed)]
     pub train_seed: u64,
+    /// Nested prefix widths whose losses are summed (matryoshka) [default: n/16,n/8,n/4,n/2]
+    #[arg(long, value_delimiter = ',')]
+    pub matryoshka_widths: Vec<usize>,
+    /// α of the AuxK loss that revives dead latents (topk, batchtopk, matryoshka; 0 = off)
+    #[arg(long, default_value_t = train_defaults().aux_k_coeff)]
+    pub aux_k_coeff: f64,
+    /// Dead latents in the AuxK reconstruction [default: d / 2]
+    #[arg(long)]
+    pub aux_k: Option<usize>,
 }
 
 impl TrainFlags {
@@ -646,6 +675,9 @@ impl TrainFlags {
             l1_coeff: self.l1_coeff,
             checkpoint_every: self.checkpoint_every,
             train_seed: self.train_seed,
+            matryoshka_widths: self.matryoshka_widths.clone(),
+            aux_k_coeff: self.aux_k_coeff,
+            aux_k: self.aux_k,
         }
     }
 }
@@ -691,8 +723,10 @@ pub fn sae(cmd: SaeCommand, session: &mut Session) -> Result<()> {
             collect,
             out,
         } => {
+            let mut hooks = hook.into_iter();
             let p = sae::CollectArgs {
-                hook,
+                hook: hooks.next().unwrap_or_default(),
+                extra_hooks: hooks.collect(),
                 collect: collect.opts(),
             };
             run::<sae::Collect>(session, Some(model.spec()), &p, &out)
@@ -700,12 +734,18 @@ pub fn sae(cmd: SaeCommand, session: &mut Session) -> Result<()> {
         SaeCommand::Train {
             store,
             kind,
+            hook,
+            target,
+            skip,
             train,
             out,
         } => {
             let p = sae::TrainArgs {
                 store,
                 kind,
+                hook,
+                target,
+                skip,
                 train: train.opts(),
             };
             run::<sae::Train>(session, None, &p, &out)

@@ -121,8 +121,8 @@ fn rope_scaling(s: &RopeScaling) -> String {
 pub fn hook_shape(p: HookPoint, c: &model::ModelConfig) -> String {
     use HookPoint::*;
     match p {
-        Embed | PosEmbed | ResidPre(_) | ResidMid(_) | ResidPost(_) | AttnOut(_) | MlpOut(_)
-        | LnFinal => {
+        Embed | PosEmbed | ResidPre(_) | ResidMid(_) | Ln2(_) | ResidPost(_) | AttnOut(_)
+        | MlpOut(_) | LnFinal => {
             format!("[B, T, {}]", c.d_model)
         }
         Q(_) | RotQ(_) | Z(_) => format!("[B, T, {}, {}]", c.n_heads, c.d_head),

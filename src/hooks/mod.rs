@@ -12,6 +12,9 @@
 //!   (gate projection, up projection, and act(gate)·up = the input of down_proj). Ungated MLPs
 //!   (GPT-2, GPT-NeoX): `hook_pre` = W_in·x + b_in, `hook_post` = act(hook_pre), and no
 //!   `hook_pre_linear`, as in TransformerLens.
+//! - `blocks.{l}.ln2.hook_normalized`: `[batch, pos, d_model]`, the MLP's input: its pre-norm
+//!   applied, weight (and bias) included, as TransformerLens without folded norms; OLMo-2, which
+//!   has no MLP pre-norm, gives `resid_mid` there
 //! - `ln_final.hook_normalized`: `[batch, pos, d_model]`
 //!
 //! With Gemma 2/3's sandwich norms, `hook_attn_out` / `hook_mlp_out` are the block's contributions
@@ -52,6 +55,9 @@ pub enum HookPoint {
     Result(usize),
     AttnOut(usize),
     ResidMid(usize),
+    /// The MLP's input: its pre-norm applied (weights included), TransformerLens's
+    /// `ln2.hook_normalized`; a transcoder's input.
+    Ln2(usize),
     MlpPre(usize),
     MlpPreLinear(usize),
     MlpPost(usize),
@@ -105,6 +111,7 @@ const BLOCK_HOOKS: &[BlockHook] = &[
     ("attn.hook_result", HookPoint::Result),
     ("hook_attn_out", HookPoint::AttnOut),
     ("hook_resid_mid", HookPoint::ResidMid),
+    ("ln2.hook_normalized", HookPoint::Ln2),
     ("mlp.hook_pre", HookPoint::MlpPre),
     ("mlp.hook_pre_linear", HookPoint::MlpPreLinear),
     ("mlp.hook_post", HookPoint::MlpPost),
@@ -119,8 +126,8 @@ impl HookPoint {
         match self {
             Embed | PosEmbed | LnFinal => None,
             ResidPre(l) | Q(l) | K(l) | V(l) | RotQ(l) | RotK(l) | AttnScores(l) | Pattern(l)
-            | Z(l) | Result(l) | AttnOut(l) | ResidMid(l) | MlpPre(l) | MlpPreLinear(l)
-            | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
+            | Z(l) | Result(l) | AttnOut(l) | ResidMid(l) | Ln2(l) | MlpPre(l)
+            | MlpPreLinear(l) | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
         }
     }
 
@@ -143,6 +150,7 @@ impl HookPoint {
             Result(_) => "attn.hook_result",
             AttnOut(_) => "hook_attn_out",
             ResidMid(_) => "hook_resid_mid",
+            Ln2(_) => "ln2.hook_normalized",
             MlpPre(_) => "mlp.hook_pre",
             MlpPreLinear(_) => "mlp.hook_pre_linear",
             MlpPost(_) => "mlp.hook_post",

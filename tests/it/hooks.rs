@@ -357,3 +357,64 @@ fn pattern_clamp_mean_ablation_and_kv_ablation() {
     let g1 = z.narrow(2, 2, 2).unwrap();
     assert!(max_abs_diff(&g1, &g1.zeros_like().unwrap()) > 1e-3);
 }
+
+/// `ln2.hook_normalized` is the MLP's input: RMSNorm(resid_mid)·w (Llama) and
+/// LayerNorm(resid_mid)·w + b (GPT-2), computed here from the checkpoint's own weights.
+#[test]
+fn ln2_normalized_is_the_mlp_input() {
+    for (name, w_name, b_name, layer_norm, eps) in [
+        (
+            "llama",
+            "model.layers.{l}.post_attention_layernorm.weight",
+            None,
+            false,
+            1e-6,
+        ),
+        (
+            "gpt2",
+            "h.{l}.ln_2.weight",
+            Some("h.{l}.ln_2.bias"),
+            true,
+            1e-5,
+        ),
+    ] {
+        let (model, batch, _, hooks) = capture_all(name);
+        let w = candle_core::safetensors::load(
+            fixture_dir(name).join("model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let get = |pat: &str, l: usize| {
+            let key = pat.replace("{l}", &l.to_string());
+            w.get(&key)
+                .or_else(|| w.get(&format!("transformer.{key}")))
+                .unwrap_or_else(|| panic!("{name}: no {key}"))
+                .clone()
+        };
+        for l in 0..model.cfg().n_layers {
+            let mid = hooks.cache.get(HookPoint::ResidMid(l)).unwrap();
+            let x = if layer_norm {
+                mid.broadcast_sub(&mid.mean_keepdim(D::Minus1).unwrap())
+                    .unwrap()
+            } else {
+                mid.clone()
+            };
+            let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            let mut want = x
+                .broadcast_div(&(ms + eps).unwrap().sqrt().unwrap())
+                .unwrap()
+                .broadcast_mul(&get(w_name, l))
+                .unwrap();
+            if let Some(b) = b_name {
+                want = want.broadcast_add(&get(b, l)).unwrap();
+            }
+            let got = hooks.cache.get(HookPoint::Ln2(l)).unwrap();
+            let e = max_err_masked(got, &want, &batch, 1);
+            assert!(e < TOL, "{name} L{l}: ln2.hook_normalized off by {e}");
+        }
+    }
+    assert_eq!(
+        "blocks.3.ln2.hook_normalized".parse::<HookPoint>().unwrap(),
+        HookPoint::Ln2(3)
+    );
+}

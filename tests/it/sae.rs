@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 
 /// A synthetic store: `n` samples in R^d, each a sum of the atoms that fire (each with
 /// probability `p`, magnitude uniform in [1, 2]) plus Gaussian noise of std `noise`.
-fn synthetic_store(
+pub(crate) fn synthetic_store(
     dir: &std::path::Path,
     d: usize,
     n_atoms: usize,
@@ -63,7 +63,7 @@ fn synthetic_store(
 }
 
 /// For each true atom, the best cosine with a decoder row of `sae`.
-fn best_cosines(sae: &Sae, atoms: &[Vec<f32>]) -> Vec<f32> {
+pub(crate) fn best_cosines(sae: &Sae, atoms: &[Vec<f32>]) -> Vec<f32> {
     let w: Vec<Vec<f32>> = sae.w_dec.to_vec2().unwrap();
     atoms
         .iter()
@@ -319,12 +319,12 @@ fn saelens_written_jumprelu_loads_and_matches() {
     assert!(err.contains("normalize_activations"), "{err}");
 }
 
-fn fixture_model() -> engram::model::Model {
+pub(crate) fn fixture_model() -> engram::model::Model {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama");
     engram::model::Model::load(p.to_str().unwrap(), &Default::default()).unwrap()
 }
 
-fn token_docs(n: usize, seed: u64) -> Vec<Vec<u32>> {
+pub(crate) fn token_docs(n: usize, seed: u64) -> Vec<Vec<u32>> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..n)
         .map(|_| {

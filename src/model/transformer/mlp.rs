@@ -1,7 +1,8 @@
 //! One block's MLP. Hooks, in order (`l` = layer; shapes as in [`crate::hooks`]):
-//! - gated (Llama, Gemma, Qwen, Phi-3, OLMo-2): [ln2] → fused gate,up projection → `MlpPre(l)`
+//! - `Ln2(l)` `[b, t, d_model]`: the input after the pre-norm (the input itself without one);
+//! - gated (Llama, Gemma, Qwen, Phi-3, OLMo-2): fused gate,up projection → `MlpPre(l)`
 //!   (gate) and `MlpPreLinear(l)` (up) `[b, t, d_mlp]` → act(gate)·up → `MlpPost(l)`;
-//! - plain (GPT-2, GPT-NeoX): ln2 → W_in·x + b_in → `MlpPre(l)` → act → `MlpPost(l)` (no
+//! - plain (GPT-2, GPT-NeoX): W_in·x + b_in → `MlpPre(l)` → act → `MlpPost(l)` (no
 //!   `MlpPreLinear`, as in TransformerLens);
 //!
 //! then W_down (+ b_down) → [post-ff norm] → `MlpOut(l)` `[b, t, d_model]`.
@@ -35,7 +36,7 @@ impl Transformer {
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let h = self.apply_norm(x, blk.ln2.as_ref())?;
+        let h = hooks.apply(HookPoint::Ln2(l), self.apply_norm(x, blk.ln2.as_ref())?)?;
         let post = if !cfg.gated_mlp {
             let pre = blk.w_gate_up.forward(&h, blk.b_in.as_ref())?;
             let pre = hooks.apply(HookPoint::MlpPre(l), pre)?;

@@ -68,6 +68,37 @@ pub fn train_into(
 ) -> Result<(Sae, train::TrainReport)> {
     let s = store::ActivationStore::open(store_dir)?;
     let (sae, rep) = train::train(&s, params, Some(out), &Device::Cpu, progress)?;
+    record_training(&rep, out, manifest)?;
+    Ok((sae, rep))
+}
+
+/// Several SAEs trained in one pass over the store ([`train::train_many`]), each in its
+/// directory with its own manifest.
+pub fn cmd_train_many(
+    store_dir: &Path,
+    params: &[train::TrainParams],
+    dirs: &[PathBuf],
+    progress: &Progress,
+) -> Result<Vec<(Sae, train::TrainReport)>> {
+    let s = store::ActivationStore::open(store_dir)?;
+    let outs: Vec<Option<&Path>> = dirs.iter().map(|d| Some(d.as_path())).collect();
+    let done = train::train_many(&s, params, &outs, &Device::Cpu, progress)?;
+    for ((p, dir), (_, rep)) in params.iter().zip(dirs).zip(&done) {
+        let mut manifest = Manifest::from_params("sae train", p)?.with_seed(Some(p.seed));
+        record_training(rep, dir, &mut manifest)?;
+        if params.len() > 1 {
+            manifest.note(format!(
+                "trained with {} other SAEs in one pass over the store",
+                params.len() - 1
+            ));
+        }
+        manifest.write(dir)?;
+    }
+    Ok(done)
+}
+
+/// The loss-curve chart of a training run, and its files and numbers in `manifest`.
+fn record_training(rep: &train::TrainReport, out: &Path, manifest: &mut Manifest) -> Result<()> {
     manifest.record_timing("train", rep.seconds);
     for f in ["cfg.json", "sae_weights.safetensors", "train_report.json"] {
         manifest.add_file(f);
@@ -76,8 +107,12 @@ pub fn train_into(
     let pts = |f: &dyn Fn(&train::StepLog) -> f64| -> Vec<(f64, f64)> {
         rep.log.iter().map(|l| (l.step as f64, f(l))).collect()
     };
+    let what = match &rep.target {
+        Some(t) => format!("{} → {t}", rep.hook),
+        None => rep.hook.clone(),
+    };
     for p in (LineChart {
-        title: format!("{} SAE training ({})", rep.kind, s.meta.hook),
+        title: format!("{} SAE training ({what})", rep.kind),
         x_label: "step".into(),
         y_label: "fraction of variance unexplained / L0 ÷ 100".into(),
         series: vec![
@@ -95,7 +130,13 @@ pub fn train_into(
         "{} steps of {} in {:.1}s ({:.2} steps/s), dead {}",
         rep.steps, rep.batch_size, rep.seconds, rep.steps_per_sec, rep.dead
     ));
-    Ok((sae, rep))
+    if let Some(t) = rep.threshold {
+        manifest.note(format!(
+            "inference threshold θ = {t:.4} (normalised units: the mean smallest kept \
+             activation over the batches after training)"
+        ));
+    }
+    Ok(())
 }
 
 /// [`train_into`] with a manifest of its own in `out`.
@@ -254,7 +295,7 @@ impl Default for RunParams {
             collect: store::CollectParams::default(),
             train: train::TrainParams::default(),
             eval: eval::EvalParams::default(),
-            kinds: SaeKind::ALL.to_vec(),
+            kinds: SaeKind::DEFAULT_RUN.to_vec(),
             sweep: vec![1.0],
         }
     }
@@ -271,7 +312,7 @@ pub fn cmd_run(
     let store_dir = out.join("store");
     cmd_collect(model, corpus, &params.collect, &store_dir, progress)?;
     let mut dirs = vec![];
-    let mut reps = vec![];
+    let mut all = vec![];
     for &kind in &params.kinds {
         for &m in &params.sweep {
             let base = &params.train;
@@ -287,11 +328,15 @@ pub fn cmd_run(
             } else {
                 out.join(format!("{}_x{m}", kind.name()))
             };
-            let (_, rep) = cmd_train(&store_dir, &p, &dir, progress)?;
-            reps.push(rep);
+            all.push(p);
             dirs.push(dir);
         }
     }
+    // Every SAE from one pass over the store.
+    let reps: Vec<train::TrainReport> = cmd_train_many(&store_dir, &all, &dirs, progress)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
     let report = cmd_eval(
         &dirs,
         &store_dir,

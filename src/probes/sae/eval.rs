@@ -77,10 +77,15 @@ pub struct SaeEval {
     pub kind: SaeKind,
     pub layer: Option<usize>,
     pub dict_size: usize,
+    /// R² = 1 − FVU: SAEBench's "explained variance".
     pub r2: f64,
     pub mse: f64,
     pub l0: f64,
     pub dead: usize,
+    /// Latents firing on more than 10% of the samples (SAEBench's dense latents).
+    pub dense: usize,
+    /// Transcoders: the hook reconstructed.
+    pub target: Option<String>,
     pub n_samples: usize,
     /// Per latent: share of samples where it fires, mean activation when firing.
     pub frequency: Vec<f64>,
@@ -103,11 +108,32 @@ pub fn reconstruction_metrics(
     tokens: &[u32],
     top_k_tokens: usize,
 ) -> Result<SaeEval> {
-    let d = sae.d_in();
+    reconstruction_metrics_to(sae, label, acts, None, tokens, top_k_tokens)
+}
+
+/// [`reconstruction_metrics`] of a transcoder: `acts` `[N, d_in]` in, `target` `[N, d_out]`
+/// to reconstruct (`acts` itself when `None`).
+pub fn reconstruction_metrics_to(
+    sae: &Sae,
+    label: &str,
+    acts: &[f32],
+    target: Option<&[f32]>,
+    tokens: &[u32],
+    top_k_tokens: usize,
+) -> Result<SaeEval> {
+    let d_in = sae.d_in();
+    let d = sae.d_out();
+    let want = target.unwrap_or(acts);
     let n_lat = sae.d_sae();
-    let n = acts.len() / d;
+    let n = acts.len() / d_in;
+    if want.len() != n * d {
+        crate::bail!(
+            "SAE `{label}`: {} target values for {n} samples of width {d}",
+            want.len()
+        );
+    }
     let mut mean = vec![0f64; d];
-    for row in acts.chunks(d) {
+    for row in want.chunks(d) {
         for (m, &v) in mean.iter_mut().zip(row) {
             *m += v as f64;
         }
@@ -120,13 +146,18 @@ pub fn reconstruction_metrics(
     let mut support = Vec::with_capacity(n);
     let dev = sae.device().clone();
     let chunk = 2048;
-    for (c, block) in acts.chunks(chunk * d).enumerate() {
-        let rows = block.len() / d;
-        let x = Tensor::from_slice(block, (rows, d), &dev)?;
+    for (c, block) in acts.chunks(chunk * d_in).enumerate() {
+        let rows = block.len() / d_in;
+        let x = Tensor::from_slice(block, (rows, d_in), &dev)?;
+        let y = &want[c * chunk * d..(c * chunk + rows) * d];
         let z = sae.encode(&x)?;
-        let xh = sae.decode(&z)?;
-        sse += (xh - &x)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-        for row in block.chunks(d) {
+        let mut xh = sae.decode(&z)?;
+        if let Some(w) = &sae.w_skip {
+            xh = (xh + x.matmul(&w.t()?)?)?;
+        }
+        let yt = Tensor::from_slice(y, (rows, d), &dev)?;
+        sse += (xh - &yt)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        for row in y.chunks(d) {
             for (&v, m) in row.iter().zip(&mean) {
                 sst += (v as f64 - m) * (v as f64 - m);
             }
@@ -161,6 +192,11 @@ pub fn reconstruction_metrics(
         mse: sse / (n.max(1) * d) as f64,
         l0: support.iter().sum::<f64>() / n.max(1) as f64,
         dead: fires.iter().filter(|&&f| f == 0).count(),
+        dense: fires
+            .iter()
+            .filter(|&&f| f as f64 > 0.1 * n.max(1) as f64)
+            .count(),
+        target: sae.hook_name_out(),
         n_samples: n,
         frequency: fires.iter().map(|&f| f as f64 / n.max(1) as f64).collect(),
         mean_activation: fires
@@ -346,7 +382,8 @@ pub fn windows(docs: &[Vec<u32>], context: usize, bos: Option<u32>, max: usize) 
 /// "shape mismatch in matmul" for a store collected from another model).
 pub(super) fn check_model_matches_store(m: &Model, store: &ActivationStore) -> Result<()> {
     use crate::hooks::HookPoint::*;
-    let (hook, d, c) = (&store.meta.hook, store.d(), m.cfg());
+    let first = store.parts().swap_remove(0);
+    let (hook, d, c) = (&first.hook, first.d, m.cfg());
     let mismatch = |why: String| {
         crate::Error::msg(format!(
             "sae eval: the store was collected from `{}` at {hook} (d {d}), but --model {} {why}; \
@@ -357,8 +394,8 @@ pub(super) fn check_model_matches_store(m: &Model, store: &ActivationStore) -> R
     let point = crate::hooks::HookPoint::parse_for(hook, c.n_layers)
         .map_err(|e| mismatch(format!("has no such hook ({e})")))?;
     let width = match point {
-        Embed | PosEmbed | ResidPre(_) | ResidMid(_) | ResidPost(_) | AttnOut(_) | MlpOut(_)
-        | LnFinal => Some(c.d_model),
+        Embed | PosEmbed | ResidPre(_) | ResidMid(_) | Ln2(_) | ResidPost(_) | AttnOut(_)
+        | MlpOut(_) | LnFinal => Some(c.d_model),
         MlpPre(_) | MlpPreLinear(_) | MlpPost(_) => Some(c.d_mlp),
         _ => None,
     };
@@ -377,40 +414,83 @@ pub fn evaluate(
     progress: &Progress,
 ) -> Result<EvalReport> {
     // (`eval_into` has checked that the model matches the store, before tokenizing.)
-    let d = store.d();
+    let width = store.d();
+    let parts = store.parts();
+    let first = parts[0].clone();
+    let d = first.d;
     let (_, eval_shards) = store.split(params.eval_shards);
-    let (acts, toks) = store.sample(&eval_shards, params.max_samples)?;
+    let (rows, toks) = store.sample(&eval_shards, params.max_samples)?;
+    let acts = first.columns(&rows, width);
     let mut notes = vec![format!(
         "evaluation: {} samples from shards {:?}",
         toks.len(),
         eval_shards
     )];
     let mut out = vec![];
+    // Whether each SAE reads the store's first hook and reconstructs it (atoms, CE / KL).
+    let mut primary = vec![];
     for (label, sae) in saes {
-        if sae.d_in() != d {
+        // Its own hook when the store holds it, else the store's first.
+        let hook = sae
+            .hook_name()
+            .filter(|h| parts.iter().any(|p| &p.hook == h));
+        let input = store.part(hook.as_deref())?;
+        let target = match sae.hook_name_out() {
+            Some(h) => Some(store.part(Some(&h)).map_err(|e| {
+                crate::Error::msg(format!("transcoder `{label}` reconstructs {h}: {e}"))
+            })?),
+            None if sae.is_transcoder() => crate::bail!(
+                "transcoder `{label}` does not say which hook it reconstructs (hook_name_out)"
+            ),
+            None => None,
+        };
+        if sae.d_in() != input.d {
             crate::bail!(
-                "SAE `{label}` has d_in {} but the store has d {d}",
-                sae.d_in()
+                "SAE `{label}` has d_in {} but the store has d {} at {}",
+                sae.d_in(),
+                input.d,
+                input.hook
             );
         }
-        out.push(reconstruction_metrics(
+        if let Some(t) = &target {
+            if sae.d_out() != t.d {
+                crate::bail!(
+                    "transcoder `{label}` has d_out {} but the store has d {} at {}",
+                    sae.d_out(),
+                    t.d,
+                    t.hook
+                );
+            }
+        }
+        let x = input.columns(&rows, width);
+        let y = target.as_ref().map(|t| t.columns(&rows, width));
+        out.push(reconstruction_metrics_to(
             sae,
             label,
-            &acts,
+            &x,
+            y.as_deref(),
             &toks,
             params.top_tokens,
         )?);
+        primary.push(input == first && target.is_none());
+    }
+    if primary.iter().any(|p| !p) {
+        notes.push(format!(
+            "atoms and CE / KL only for SAEs that read and reconstruct {}",
+            first.hook
+        ));
     }
     // Atoms: S̃ from up to atom_samples activations of every shard.
     let all: Vec<usize> = (0..store.n_shards()).collect();
     let (sample, _) = store.sample(&all, params.atom_samples)?;
+    let sample = first.columns(&sample, width);
     notes.push(format!(
         "S̃ from {} activations, ridge {} × tr/d",
         sample.len() / d.max(1),
         params.ridge
     ));
     let s = atoms::second_moment_inverse(&sample, d, params.ridge)?;
-    for (e, (_, sae)) in out.iter_mut().zip(saes) {
+    for ((e, (_, sae)), _) in out.iter_mut().zip(saes).zip(&primary).filter(|x| *x.1) {
         e.atoms = Some(atoms::atom_stats(
             &e.label,
             &sae.w_dec.to_device(&Device::Cpu)?,
@@ -420,7 +500,7 @@ pub fn evaluate(
     }
     let eval_sample_len = acts.len().min(params.max_samples * d);
     let neurons = Some(atoms::neuron_stats(&acts[..eval_sample_len], d, &s)?);
-    let point: Option<HookPoint> = store.meta.hook.parse().ok();
+    let point: Option<HookPoint> = first.hook.parse().ok();
     if let (Some((model, docs)), Some(point)) = (model, point) {
         let bos = super::window_bos(model);
         let w = windows(docs, params.ce_context, bos, params.ce_docs.max(1) * 4);
@@ -430,7 +510,12 @@ pub fn evaluate(
             w.len(),
             params.ce_context
         ));
-        let refs: Vec<&Sae> = saes.iter().map(|(_, s)| s).collect();
+        let refs: Vec<&Sae> = saes
+            .iter()
+            .zip(&primary)
+            .filter(|x| *x.1)
+            .map(|((_, s), _)| s)
+            .collect();
         let ce = ce_recovered(
             model,
             &refs,
@@ -440,12 +525,13 @@ pub fn evaluate(
             params.ce_batch,
             progress,
         )?;
-        for (e, c) in out.iter_mut().zip(ce) {
+        let spliced = out.iter_mut().zip(&primary).filter(|x| *x.1);
+        for ((e, _), c) in spliced.zip(ce) {
             e.ce = Some(c);
         }
     }
     Ok(EvalReport {
-        hook: store.meta.hook.clone(),
+        hook: first.hook.clone(),
         layer: point.and_then(|p| p.layer()),
         d,
         saes: out,
@@ -475,6 +561,7 @@ pub fn write_outputs(
     let mut layer = vec![];
     let mut dict = vec![];
     let (mut r2, mut mse, mut l0, mut dead) = (vec![], vec![], vec![], vec![]);
+    let (mut fvu, mut dense, mut target) = (vec![], vec![], vec![]);
     let (mut cer, mut kl, mut qs, mut coh) = (vec![], vec![], vec![], vec![]);
     let (mut qse, mut cohe, mut ce_clean, mut ce_sae, mut ce_zero) =
         (vec![], vec![], vec![], vec![], vec![]);
@@ -487,6 +574,9 @@ pub fn write_outputs(
         mse.push(e.mse);
         l0.push(e.l0);
         dead.push(e.dead as u32);
+        fvu.push(1.0 - e.r2);
+        dense.push(e.dense as u32);
+        target.push(e.target.clone());
         cer.push(e.ce.as_ref().map(|c| c.ce_recovered));
         kl.push(e.ce.as_ref().map(|c| c.kl));
         ce_clean.push(e.ce.as_ref().map(|c| c.ce_clean));
@@ -506,6 +596,9 @@ pub fn write_outputs(
         mse.push(0.0);
         l0.push(n.mean_support);
         dead.push(0);
+        fvu.push(0.0);
+        dense.push(0);
+        target.push(None);
         cer.push(None);
         kl.push(None);
         ce_clean.push(None);
@@ -525,6 +618,9 @@ pub fn write_outputs(
         .col("mse", mse)
         .col("l0", l0.clone())
         .col("dead", dead)
+        .col("fvu", fvu)
+        .col("dense", dense)
+        .col("target", target)
         .col("ce_recovered", cer)
         .col("kl", kl)
         .col("q_star", qs.clone())
@@ -694,7 +790,8 @@ pub fn write_outputs(
         "notes": r.notes,
         "saes": r.saes.iter().map(|e| serde_json::json!({
             "label": e.label, "kind": e.kind, "r2": e.r2, "mse": e.mse, "l0": e.l0,
-            "dead": e.dead, "ce": e.ce, "q_star": e.atoms.as_ref().map(|a| a.q_star),
+            "dead": e.dead, "dense": e.dense, "fvu": 1.0 - e.r2, "target": e.target,
+            "ce": e.ce, "q_star": e.atoms.as_ref().map(|a| a.q_star),
             "coherence": e.atoms.as_ref().map(|a| a.coherence),
         })).collect::<Vec<_>>(),
         "neurons": r.neurons.as_ref().map(|n| serde_json::json!({

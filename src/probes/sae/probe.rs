@@ -121,6 +121,13 @@ pub struct TrainOpts {
     pub checkpoint_every: usize,
     /// Seed of the initialisation and the batch order.
     pub train_seed: u64,
+    /// Nested prefix widths (matryoshka; default n/16, n/8, n/4, n/2).
+    #[serde(deserialize_with = "crate::probes::comma_list")]
+    pub matryoshka_widths: Vec<usize>,
+    /// α of the AuxK loss (topk, batchtopk, matryoshka; 0 = off).
+    pub aux_k_coeff: f64,
+    /// Dead latents in the AuxK reconstruction (default d / 2).
+    pub aux_k: Option<usize>,
 }
 
 impl Default for TrainOpts {
@@ -140,6 +147,9 @@ impl Default for TrainOpts {
             l1_coeff: d.l1_coeff,
             checkpoint_every: d.checkpoint_every,
             train_seed: d.seed,
+            matryoshka_widths: d.matryoshka_widths,
+            aux_k_coeff: d.aux_k_coeff,
+            aux_k: d.aux_k,
         }
     }
 }
@@ -171,10 +181,28 @@ impl TrainOpts {
             ("--l1-coeff", self.l1_coeff),
             ("--init-threshold", self.init_threshold),
             ("--threshold-lr-mult", self.threshold_lr_mult),
+            ("--aux-k-coeff", self.aux_k_coeff),
         ] {
             if !v.is_finite() || v < 0.0 {
                 crate::bail!("{name} must be a finite non-negative number, got {v}");
             }
+        }
+        if self.aux_k == Some(0) {
+            crate::bail!("--aux-k must be at least 1 (turn AuxK off with --aux-k-coeff 0)");
+        }
+        if let Some(n) = self.dict_size {
+            if self.matryoshka_widths.iter().any(|&w| w == 0 || w > n) {
+                crate::bail!(
+                    "--matryoshka-widths must lie in 1..={n} (the dictionary size), got {:?}",
+                    self.matryoshka_widths
+                );
+            }
+        }
+        if self.matryoshka_widths.windows(2).any(|w| w[0] >= w[1]) {
+            crate::bail!(
+                "--matryoshka-widths must increase, got {:?}",
+                self.matryoshka_widths
+            );
         }
         Ok(())
     }
@@ -195,6 +223,9 @@ impl TrainOpts {
             l1_coeff: self.l1_coeff,
             checkpoint_every: self.checkpoint_every,
             seed: self.train_seed,
+            matryoshka_widths: self.matryoshka_widths.clone(),
+            aux_k_coeff: self.aux_k_coeff,
+            aux_k: self.aux_k,
             ..TrainParams::default()
         }
     }
@@ -259,6 +290,9 @@ impl Report for Written {
 pub struct CollectArgs {
     /// Hook point, e.g. blocks.15.hook_resid_post.
     pub hook: String,
+    /// More hooks stored beside it in the same rows (a transcoder's target, other layers).
+    #[serde(deserialize_with = "crate::probes::comma_list")]
+    pub extra_hooks: Vec<String>,
     #[serde(flatten)]
     pub collect: CollectOpts,
 }
@@ -288,12 +322,16 @@ impl Probe for Collect {
     const CHECKS_MODEL: bool = true;
 
     fn check_model(p: &CollectArgs, cfg: &crate::model::ModelConfig) -> Result<()> {
-        super::store::store_point(cfg, &p.hook).map(drop)
+        for h in std::iter::once(&p.hook).chain(&p.extra_hooks) {
+            super::store::store_point(cfg, h)?;
+        }
+        Ok(())
     }
 
     fn run(cx: &mut Context<'_>, p: &CollectArgs) -> Result<Written> {
         let m = cx.model()?;
-        let params = p.collect.params(p.hook.clone());
+        let mut params = p.collect.params(p.hook.clone());
+        params.extra_hooks = p.extra_hooks.clone();
         let s = super::collect_into(
             &m,
             &p.collect.corpus,
@@ -320,8 +358,14 @@ impl Probe for Collect {
 pub struct TrainArgs {
     /// The activation store (a `sae collect` output).
     pub store: PathBuf,
-    /// threshold (JumpReLU), topk or relu.
+    /// threshold (JumpReLU), topk, relu, batchtopk or matryoshka.
     pub kind: String,
+    /// The store hook the SAE reads (default: the store's first).
+    pub hook: Option<String>,
+    /// A transcoder: the store hook it reconstructs.
+    pub target: Option<String>,
+    /// A skip transcoder (a linear map from input to target beside the latents).
+    pub skip: bool,
     #[serde(flatten)]
     pub train: TrainOpts,
 }
@@ -331,6 +375,9 @@ impl Default for TrainArgs {
         TrainArgs {
             store: PathBuf::new(),
             kind: "threshold".into(),
+            hook: None,
+            target: None,
+            skip: false,
             train: TrainOpts::default(),
         }
     }
@@ -358,18 +405,37 @@ impl Probe for Train {
         if p.store.as_os_str().is_empty() {
             crate::bail!("sae train: give --store DIR (a `sae collect` output)");
         }
+        if p.skip && p.target.is_none() {
+            crate::bail!("sae train: --skip makes a skip transcoder; give its --target hook");
+        }
+        if p.target.is_some() && p.target == p.hook {
+            crate::bail!("sae train: --target must differ from --hook");
+        }
         Ok(())
     }
 
     fn run(cx: &mut Context<'_>, p: &TrainArgs) -> Result<Written> {
-        let params = p.train.params(p.kind.parse()?);
+        let mut params = p.train.params(p.kind.parse()?);
+        params.hook = p.hook.clone();
+        params.target = p.target.clone();
+        params.skip = p.skip;
+        let store = super::store::ActivationStore::open(&p.store)?;
+        store.part(p.hook.as_deref())?;
+        if let Some(t) = &p.target {
+            store.part(Some(t))?;
+        }
         let (_, rep) = super::train_into(&p.store, &params, cx.out, cx.progress, cx.manifest)?;
         let last = rep.log.last();
         Ok(Written {
             files: vec![],
             summary: vec![format!(
-                "{} SAE, {} latents: FVU {:.4}, L0 {:.1}, dead {}; {:.2} steps/s",
+                "{} {}, {} latents: FVU {:.4}, L0 {:.1}, dead {}; {:.2} steps/s",
                 rep.kind,
+                match (&rep.target, p.skip) {
+                    (Some(_), true) => "skip transcoder",
+                    (Some(_), false) => "transcoder",
+                    (None, _) => "SAE",
+                },
                 rep.dict_size,
                 last.map_or(f64::NAN, |l| l.fvu),
                 last.map_or(f64::NAN, |l| l.l0),
@@ -482,7 +548,10 @@ impl Default for RunArgs {
             collect: CollectOpts::default(),
             train: TrainOpts::default(),
             eval: EvalOpts::default(),
-            kinds: SaeKind::ALL.iter().map(|k| k.name().to_string()).collect(),
+            kinds: SaeKind::DEFAULT_RUN
+                .iter()
+                .map(|k| k.name().to_string())
+                .collect(),
             sweep: vec![1.0],
         }
     }
