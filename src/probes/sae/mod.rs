@@ -12,6 +12,7 @@
 
 pub mod atoms;
 pub mod eval;
+pub mod pretrained;
 pub mod probe;
 pub mod store;
 pub mod train;
@@ -566,12 +567,11 @@ pub fn eval_into(
     let s = store::ActivationStore::open(store_dir)?;
     let mut saes = vec![];
     for dir in sae_dirs {
-        let sae = Sae::load(dir, &Device::Cpu)?;
-        let label = dir
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_else(|| sae.kind.name().to_string());
-        saes.push((label, sae));
+        // A directory, or a pretrained `RELEASE/SAE_ID` (docs/sae.md, "Pretrained SAEs").
+        let l = pretrained::load_sae_arg(dir, &Device::Cpu)?;
+        pretrained::check_fits(&l, &s.meta.hook, s.d())?;
+        manifest.notes.extend(l.provenance());
+        saes.push((l.label, l.sae));
     }
     let t0 = std::time::Instant::now();
     let docs = match model {
