@@ -74,21 +74,24 @@ fn unreadable(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
 struct Arrays {
     path: std::path::PathBuf,
     map: HashMap<String, Tensor>,
+    names: Vec<String>,
 }
 
 impl Arrays {
+    fn new(path: std::path::PathBuf, map: HashMap<String, Tensor>) -> Arrays {
+        let mut names: Vec<String> = map.keys().cloned().collect();
+        names.sort();
+        Arrays { path, map, names }
+    }
+
     fn take(&mut self, name: &str) -> Result<Tensor> {
         match self.map.remove(name) {
             Some(t) => Ok(t.to_dtype(DType::F32)?),
-            None => {
-                let mut have: Vec<&str> = self.map.keys().map(String::as_str).collect();
-                have.sort();
-                crate::bail!(
-                    "{}: no `{name}` array (has: {})",
-                    self.path.display(),
-                    have.join(", ")
-                )
-            }
+            None => crate::bail!(
+                "{}: no `{name}` array (has: {})",
+                self.path.display(),
+                self.names.join(", ")
+            ),
         }
     }
 }
@@ -117,7 +120,7 @@ fn gemma_scope_2(dir: &Path, device: &Device) -> Result<Sae> {
             path.display()
         );
     }
-    let mut a = Arrays { path, map };
+    let mut a = Arrays::new(path, map);
     let (w_enc, w_dec) = (a.take("w_enc")?, a.take("w_dec")?);
     let (b_enc, b_dec) = (a.take("b_enc")?, a.take("b_dec")?);
     let threshold = a.take("threshold")?;
@@ -126,8 +129,7 @@ fn gemma_scope_2(dir: &Path, device: &Device) -> Result<Sae> {
 
 fn gemma_scope_npz(dir: &Path, device: &Device) -> Result<Sae> {
     let path = dir.join("params.npz");
-    let arrays =
-        Tensor::read_npz(&path).map_err(|e| unreadable(&path, "NumPy .npz archive", e))?;
+    let arrays = Tensor::read_npz(&path).map_err(|e| unreadable(&path, "NumPy .npz archive", e))?;
     let mut map = HashMap::new();
     for (k, t) in arrays {
         let k = match k.strip_prefix("w_") {
@@ -136,7 +138,7 @@ fn gemma_scope_npz(dir: &Path, device: &Device) -> Result<Sae> {
         };
         map.insert(k, t.to_device(device)?);
     }
-    let mut a = Arrays { path, map };
+    let mut a = Arrays::new(path, map);
     if let Ok(s) = a.take("scaling_factor") {
         let v: Vec<f32> = s.flatten_all()?.to_vec1()?;
         if v.iter().any(|&x| x != 1.0) {
@@ -194,7 +196,7 @@ fn llama_scope(r: &PretrainedRef, dir: &Path, device: &Device) -> Result<Sae> {
     let path = dir.join("checkpoints/final.safetensors");
     let map = candle_core::safetensors::load(&path, device)
         .map_err(|e| unreadable(&path, "safetensors file", e))?;
-    let mut a = Arrays { path, map };
+    let mut a = Arrays::new(path, map);
     let enc = a.take("encoder.weight")?;
     let dec = a.take("decoder.weight")?;
     let b_enc = a.take("encoder.bias")?;

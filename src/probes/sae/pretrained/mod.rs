@@ -27,6 +27,7 @@ pub const REGISTRY_TOML: &str = include_str!("../pretrained_saes.toml");
 pub enum Format {
     /// Gemma Scope 2: `FOLDER/params.safetensors` (`w_enc [d, n]`, `w_dec [n, d]`, `b_enc`,
     /// `b_dec`, `threshold`), optional `FOLDER/config.json`.
+    #[serde(rename = "gemma_scope_2")]
     GemmaScope2,
     /// Gemma Scope: `FOLDER/params.npz` (`W_enc [d, n]`, `W_dec [n, d]`, `b_enc`, `b_dec`,
     /// `threshold`).
@@ -205,7 +206,9 @@ impl Registry {
                 }
             }
         }
-        Ok(Registry { releases: f.release })
+        Ok(Registry {
+            releases: f.release,
+        })
     }
 
     pub fn release(&self, name: &str) -> Option<&Release> {
@@ -259,7 +262,10 @@ impl Release {
                     s += &format!(" ({} listed)", p.paths.len());
                 }
                 for (k, v) in &p.values {
-                    s += &format!(" {k}∈{}", Domain::of(v).map(|d| d.show()).unwrap_or_default());
+                    s += &format!(
+                        " {k}∈{}",
+                        Domain::of(v).map(|d| d.show()).unwrap_or_default()
+                    );
                 }
                 s
             })
@@ -557,39 +563,54 @@ pub fn load_pretrained(
     })
 }
 
-/// What `--sae X` names: an existing directory (engram / SAELens layout) wins; otherwise
-/// `RELEASE/SAE_ID` of the built-in registry, from the hf-hub cache (`source::hf_cache_dir`,
-/// `HF_HUB_OFFLINE`).
-pub fn load_sae_arg(arg: &Path, device: &Device) -> Result<LoadedSae> {
+/// What `--sae X` names: `None` for an existing directory (engram / SAELens layout), which wins;
+/// otherwise `RELEASE/SAE_ID` of the built-in registry, or a one-line error.
+pub fn resolve_sae_arg(arg: &Path) -> Result<Option<PretrainedRef>> {
     if arg.exists() {
-        let sae = Sae::load(arg, device)?;
-        let label = arg
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_else(|| sae.kind.name().to_string());
-        return Ok(LoadedSae {
-            label,
-            sae,
-            pretrained: None,
-        });
+        return Ok(None);
     }
     let spec = arg.to_string_lossy();
     let reg = Registry::builtin();
-    if reg.lookup(&spec)?.is_some() {
-        return load_pretrained(
-            reg,
-            &spec,
-            &source::hf_cache_dir(),
-            source::hf_offline(),
-            device,
-        );
+    if let Some(r) = reg.lookup(&spec)? {
+        return Ok(Some(r));
     }
     let rel = spec.split_once('/').map_or(&*spec, |(r, _)| r);
+    if rel.is_empty() || rel.starts_with('.') || rel.starts_with('~') {
+        crate::bail!("--sae {spec}: no such directory");
+    }
     crate::bail!(
         "--sae {spec}: no such directory, and `{rel}` is not a pretrained SAE release (closest: \
          {}; `engram sae pretrained` lists them)",
         reg.closest(rel, 3).join(", ")
     )
+}
+
+/// Load what `--sae X` names ([`resolve_sae_arg`]); pretrained SAEs come from the hf-hub cache
+/// (`source::hf_cache_dir`, fetched unless `HF_HUB_OFFLINE`).
+pub fn load_sae_arg(arg: &Path, device: &Device) -> Result<LoadedSae> {
+    match resolve_sae_arg(arg)? {
+        None => {
+            let sae = Sae::load(arg, device)?;
+            let label = arg
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| sae.kind.name().to_string());
+            Ok(LoadedSae {
+                label,
+                sae,
+                pretrained: None,
+            })
+        }
+        Some(r) => {
+            let loc = locate(&r, &source::hf_cache_dir(), source::hf_offline())?;
+            let sae = formats::load(&r, &loc, device)?;
+            Ok(LoadedSae {
+                label: r.spec(),
+                sae,
+                pretrained: Some((r, loc)),
+            })
+        }
+    }
 }
 
 /// Check that a loaded SAE fits the activations it is applied to: the hook it was trained on
@@ -685,7 +706,9 @@ mod tests {
         assert_eq!(r.hook, "blocks.12.hook_resid_post");
         let r = reg.resolve("llama_scope_lxr_8x/l15r_8x").unwrap();
         assert_eq!(r.folder, "Llama3_1-8B-Base-L15R-8x");
-        let r = reg.resolve("gpt2-small-res-jb/blocks.11.hook_resid_post").unwrap();
+        let r = reg
+            .resolve("gpt2-small-res-jb/blocks.11.hook_resid_post")
+            .unwrap();
         assert_eq!(r.hook, "blocks.11.hook_resid_post");
         for bad in [
             "gemma-scope-2-270m-pt-res/layer_10_width_16k_l0_medium",
