@@ -160,6 +160,7 @@ fn each_layout_loads_through_the_registry_and_matches_numpy() {
         let z = l.sae.encode(x).unwrap();
         let y = l.sae.decode(&z).unwrap();
         let (ez, ey) = (max_abs_diff(&z, acts), max_abs_diff(&y, out));
+        eprintln!("{spec}: max |Δ| encode {ez:e}, decode {ey:e}");
         assert!(
             ez < 1e-5 && ey < 1e-5,
             "{spec}: encode {ez:e}, decode {ey:e}"
@@ -389,6 +390,7 @@ fn sae_eval_takes_release_ids_from_the_command_line() {
         assert_eq!(lines.len(), 1, "{args:?}: {err}");
         assert!(lines[0].starts_with("error: ") && err.contains(needle), "{args:?}: {err}");
         assert!(!nothing.exists(), "{args:?} wrote {n}");
+        assert!(!tmp.path().join(".nothing.partial").exists(), "{args:?}: partial left");
     }
     // A hook the store was not collected from.
     lay_out_repo(
