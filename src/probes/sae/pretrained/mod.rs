@@ -719,7 +719,37 @@ mod tests {
         ] {
             assert!(reg.resolve(bad).is_err(), "{bad}");
         }
-        // Counts: every pattern-listed id of the small releases.
         assert_eq!(reg.releases.len(), 7);
+    }
+
+    #[test]
+    fn bad_registries_are_refused() {
+        let text = |format: &str, saes: &str| {
+            format!(
+                "[[release]]\nname = \"r\"\nrepo = \"o/r\"\nmodel = \"m\"\n\
+                 architecture = \"jumprelu\"\nformat = \"{format}\"\nsaelens_ids = 1\n\
+                 [[release.saes]]\n{saes}\n"
+            )
+        };
+        let err = |t: String| Registry::parse(&t).unwrap_err().to_string();
+        let ok = "id = \"l{layer}\"\nhook = \"blocks.{layer}.hook_resid_post\"\n\
+                  values = { layer = \"0..3\" }";
+        assert!(Registry::parse(&text("gemma_scope_npz", ok)).is_ok());
+        assert!(err(text("pt", ok)).contains("unknown variant `pt`"));
+        let e = err(text(
+            "gemma_scope_npz",
+            "id = \"l{layer}\"\nhook = \"blocks.{layer}.hook_resid_post\"",
+        ));
+        assert!(e.contains("no values for {layer}"), "{e}");
+        let e = err(text(
+            "gemma_scope_npz",
+            "id = \"l{layer}\"\nhook = \"blocks.{w}.x\"\nvalues = { layer = [1] }",
+        ));
+        assert!(e.contains("uses {w}"), "{e}");
+        let e = err(text(
+            "gemma_scope_npz",
+            "id = \"l{layer}\"\nhook = \"h\"\nvalues = { layer = \"9..3\" }",
+        ));
+        assert!(e.contains("not a list"), "{e}");
     }
 }
