@@ -11,6 +11,7 @@ use crate::probes::cmr_fit::{CmrFit, CmrFitParams};
 use crate::probes::directions::{Directions, DirectionsParams};
 use crate::probes::heads::{AblationParams, Heads, HeadsParams};
 use crate::probes::neurons::{Neurons, NeuronsParams};
+use crate::probes::sae::pretrained::{self, Registry as PretrainedRegistry};
 use crate::probes::sae::probe::{self as sae, CollectOpts, EvalOpts, TrainOpts};
 use crate::probes::toy::{Toy, ToyParams};
 use crate::probes::{self, ParamMap, Probe, Session};
@@ -505,8 +506,9 @@ atoms.parquet, summary.json, r2_vs_l0, q_star, coherence_hist, frequency_hist (.
 manifest.json. Columns: docs/outputs.md."
     )]
     Eval {
-        /// SAE directories (engram or SAELens layout), repeatable
-        #[arg(long, required = true, value_name = "DIR")]
+        /// SAE directories (engram or SAELens layout) or pretrained RELEASE/SAE_ID (`engram sae
+        /// pretrained`; an existing directory wins), repeatable
+        #[arg(long, required = true, value_name = "DIR|RELEASE/SAE_ID")]
         sae: Vec<PathBuf>,
         /// The activation store the SAEs were trained on
         #[arg(long, value_name = "DIR")]
@@ -519,12 +521,22 @@ manifest.json. Columns: docs/outputs.md."
         corpus: PathBuf,
         #[command(flatten)]
         eval: EvalFlags,
-        /// Output directory (default: <first SAE>/eval)
+        /// Output directory (default: <first SAE>/eval; required when it is a pretrained SAE)
         #[arg(long, short = 'o', value_name = "DIR")]
         out: Option<PathBuf>,
         /// Replace the evaluation already in the output directory
         #[arg(long)]
         force: bool,
+    },
+    /// List the pretrained SAE releases `--sae RELEASE/SAE_ID` accepts (or one release's ids)
+    #[command(
+        after_help = "Files are looked up in the Hugging Face cache ($HF_HUB_CACHE, else \
+$HF_HOME/hub, else ~/.cache/huggingface/hub) and fetched through the Hub unless HF_HUB_OFFLINE is \
+set. docs/sae.md, \"Pretrained SAEs\"."
+    )]
+    Pretrained {
+        /// A release: its repo, SAE-id rules, folders and hooks
+        release: Option<String>,
     },
     /// collect → train each kind in one pass over the store (same data and budget) → eval
     #[command(
@@ -759,10 +771,21 @@ pub fn sae(cmd: SaeCommand, session: &mut Session) -> Result<()> {
             out,
             force,
         } => {
-            let out = OutArg {
-                out: out.unwrap_or_else(|| dirs[0].join("eval")),
-                force,
+            let out = match out {
+                Some(out) => out,
+                None if !dirs[0].exists()
+                    && PretrainedRegistry::builtin()
+                        .lookup(&dirs[0].to_string_lossy())?
+                        .is_some() =>
+                {
+                    crate::bail!(
+                        "sae eval: give --out DIR (the first --sae, {}, is a pretrained SAE)",
+                        dirs[0].display()
+                    )
+                }
+                None => dirs[0].join("eval"),
             };
+            let out = OutArg { out, force };
             let p = sae::EvalArgs {
                 sae: dirs,
                 store,
@@ -770,6 +793,20 @@ pub fn sae(cmd: SaeCommand, session: &mut Session) -> Result<()> {
                 eval: eval.opts(),
             };
             run::<sae::Eval>(session, model.map(ModelSpec::of), &p, &out)
+        }
+        SaeCommand::Pretrained { release } => {
+            let reg = PretrainedRegistry::builtin();
+            match release {
+                None => print!("{}", pretrained::format_listing(reg)),
+                Some(name) => match reg.release(&name) {
+                    Some(r) => print!("{}", pretrained::format_release(r)),
+                    None => crate::bail!(
+                        "release `{name}` is not in engram's registry (closest: {})",
+                        reg.closest(&name, 3).join(", ")
+                    ),
+                },
+            }
+            Ok(())
         }
         SaeCommand::Run {
             model,

@@ -168,6 +168,17 @@ pub fn resolve(spec: &str, revision: Option<&str>) -> Result<ResolvedSource> {
 /// Layout: `models--{org}--{name}/refs/{revision}` holds the commit; files are in
 /// `snapshots/{commit}/`. A 40-hex revision is taken as the commit itself.
 pub fn cached_snapshot(cache: &Path, repo_id: &str, revision: &str) -> Option<(PathBuf, String)> {
+    cached_repo_snapshot(cache, repo_id, revision)
+        .filter(|(snap, _)| snap.join("config.json").is_file())
+}
+
+/// [`cached_snapshot`] for any repo (SAE repos have no config.json): the snapshot folder, if the
+/// revision resolves to one that exists.
+pub fn cached_repo_snapshot(
+    cache: &Path,
+    repo_id: &str,
+    revision: &str,
+) -> Option<(PathBuf, String)> {
     let repo_dir = cache.join(format!("models--{}", repo_id.replace('/', "--")));
     let commit = if revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit()) {
         revision.to_string()
@@ -178,7 +189,7 @@ pub fn cached_snapshot(cache: &Path, repo_id: &str, revision: &str) -> Option<(P
             .to_string()
     };
     let snap = repo_dir.join("snapshots").join(&commit);
-    snap.join("config.json").is_file().then_some((snap, commit))
+    snap.is_dir().then_some((snap, commit))
 }
 
 fn weights_complete(dir: &Path) -> bool {

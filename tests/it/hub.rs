@@ -9,16 +9,33 @@ use engram::hooks::Hooks;
 use engram::model::{Batch, LoadOptions, Model};
 
 fn lay_out_cache(root: &std::path::Path, repo: &str, commit: &str, src: &std::path::Path) {
+    let files = ["config.json", "model.safetensors"].map(|f| (f, src.join(f)));
+    lay_out_repo(root, repo, commit, &files);
+}
+
+/// Put `files` (path inside the snapshot, file to copy) into the hf-hub cache `root` as hf-hub
+/// does: a blob per file, relative symlinks from `snapshots/{commit}/PATH`, `refs/main`. Callable
+/// repeatedly for one repo (blob names do not collide).
+pub(crate) fn lay_out_repo<P: AsRef<std::path::Path>>(
+    root: &std::path::Path,
+    repo: &str,
+    commit: &str,
+    files: &[(&str, P)],
+) {
     let repo_dir = root.join(format!("models--{}", repo.replace('/', "--")));
     std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
     std::fs::create_dir_all(repo_dir.join("blobs")).unwrap();
     let snap = repo_dir.join("snapshots").join(commit);
     std::fs::create_dir_all(&snap).unwrap();
     std::fs::write(repo_dir.join("refs/main"), commit).unwrap();
-    for (i, f) in ["config.json", "model.safetensors"].iter().enumerate() {
-        let blob = repo_dir.join("blobs").join(format!("etag{i:040}"));
-        std::fs::copy(src.join(f), &blob).unwrap();
-        std::os::unix::fs::symlink(format!("../../blobs/etag{i:040}"), snap.join(f)).unwrap();
+    let first = std::fs::read_dir(repo_dir.join("blobs")).unwrap().count();
+    for (i, (rel, src)) in files.iter().enumerate() {
+        let name = format!("etag{:040}", first + i);
+        std::fs::copy(src, repo_dir.join("blobs").join(&name)).unwrap();
+        let link = snap.join(rel);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        let up = "../".repeat(rel.matches('/').count());
+        std::os::unix::fs::symlink(format!("{up}../../blobs/{name}"), link).unwrap();
     }
 }
 

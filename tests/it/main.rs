@@ -25,6 +25,7 @@ mod real_models;
 mod report_page;
 mod sae;
 mod sae_kinds;
+mod sae_pretrained;
 mod shard;
 mod tokenizer;
 mod toy_induction;

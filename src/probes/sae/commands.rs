@@ -179,12 +179,17 @@ pub fn eval_into(
     let s = store::ActivationStore::open(store_dir)?;
     let mut saes = vec![];
     for dir in sae_dirs {
-        let sae = Sae::load(dir, &Device::Cpu)?;
-        let label = dir
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_else(|| sae.kind.name().to_string());
-        saes.push((label, sae));
+        // A directory, or a pretrained `RELEASE/SAE_ID` (docs/sae.md, "Pretrained SAEs").
+        let l = super::pretrained::load_sae_arg(dir, &Device::Cpu)?;
+        // The store's columns of the SAE's hook (its first hook when it holds no such one).
+        let hook = l
+            .sae
+            .hook_name()
+            .filter(|h| s.parts().iter().any(|p| &p.hook == h));
+        let part = s.part(hook.as_deref())?;
+        super::pretrained::check_fits(&l, &part.hook, part.d)?;
+        manifest.notes.extend(l.provenance());
+        saes.push((l.label, l.sae));
     }
     let t0 = std::time::Instant::now();
     let docs = match model {

@@ -14,6 +14,7 @@ pub mod atoms;
 mod commands;
 pub use commands::*;
 pub mod eval;
+pub mod pretrained;
 pub mod probe;
 pub mod store;
 pub mod train;

@@ -450,7 +450,7 @@ impl Probe for Train {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EvalArgs {
-    /// SAE directories (engram or SAELens layout).
+    /// SAE directories (engram or SAELens layout) or pretrained `RELEASE/SAE_ID`.
     #[serde(deserialize_with = "crate::probes::comma_list")]
     pub sae: Vec<PathBuf>,
     /// The activation store the SAEs were trained on.
@@ -490,6 +490,10 @@ impl Probe for Eval {
         }
         if p.store.as_os_str().is_empty() {
             crate::bail!("sae eval: give --store DIR");
+        }
+        // Unknown releases and SAE ids fail before any model is loaded.
+        for s in &p.sae {
+            super::pretrained::resolve_sae_arg(s)?;
         }
         Ok(())
     }
