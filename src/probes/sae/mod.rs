@@ -11,6 +11,7 @@
 //! saved SAE always maps raw activations to raw activations.
 
 pub mod atoms;
+pub mod dashboard;
 pub mod eval;
 pub mod probe;
 pub mod store;
