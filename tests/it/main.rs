@@ -24,6 +24,7 @@ mod parity;
 mod real_models;
 mod report_page;
 mod sae;
+mod sae_dashboard;
 mod shard;
 mod tokenizer;
 mod toy_induction;
