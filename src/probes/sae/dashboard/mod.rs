@@ -531,15 +531,32 @@ fn logit_effects(
             .flatten_all()?
             .to_vec1()?;
         for row in logits.chunks(vocab) {
-            let mut idx: Vec<u32> = (0..vocab as u32).collect();
-            idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
-            let m = n.min(vocab);
-            let pos = idx[..m].iter().map(|&i| (i, row[i as usize])).collect();
-            let neg = idx.iter().rev().take(m).map(|&i| (i, row[i as usize])).collect();
-            out.push((pos, neg, Histogram::of(row, bins)));
+            out.push((
+                top_n(row, n, false),
+                top_n(row, n, true),
+                Histogram::of(row, bins),
+            ));
         }
     }
     Ok(out)
+}
+
+/// The `n` largest entries of `row` (the smallest with `lowest`) as (index, value), extreme
+/// first, ties by index; O(len) selection, then a sort of the `n`.
+pub fn top_n(row: &[f32], n: usize, lowest: bool) -> Vec<(u32, f32)> {
+    let key = |i: u32| if lowest { -row[i as usize] } else { row[i as usize] };
+    let order = |a: &u32, b: &u32| key(*b).total_cmp(&key(*a)).then(a.cmp(b));
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    let m = n.min(idx.len());
+    if m == 0 {
+        return vec![];
+    }
+    if m < idx.len() {
+        idx.select_nth_unstable_by(m - 1, order);
+        idx.truncate(m);
+    }
+    idx.sort_by(order);
+    idx.into_iter().map(|i| (i, row[i as usize])).collect()
 }
 
 /// `engram sae dashboard`.
