@@ -538,10 +538,12 @@ topk/, relu/, or <kind>_x<m>/ with --sweep), eval/, each with its manifest; mani
         out: OutArg,
     },
     /// Feature dashboards: top contexts, activation histograms, frequencies and logit effects
-    #[command(after_help = "Outputs in --out: dashboard.html (self-contained: search a latent \
+    #[command(
+        after_help = "Outputs in --out: dashboard.html (self-contained: search a latent \
 by index, sort by frequency; tokens highlighted by activation), latents.parquet, \
 neuronpedia/batch-N.json (SAEDashboard's Neuronpedia format), index.html, manifest.json. \
-Columns: docs/outputs.md.")]
+Columns: docs/outputs.md."
+    )]
     Dashboard(DashboardArgs),
 }
 

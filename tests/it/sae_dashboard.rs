@@ -27,7 +27,9 @@ fn write_sae(dir: &Path, d: usize, n: usize, hook: Option<&str>, seed: u64) {
     std::fs::create_dir_all(dir).unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut g = |len: usize, s: f32| -> Vec<f32> {
-        (0..len).map(|_| (rng.random::<f32>() - 0.5) * 2.0 * s).collect()
+        (0..len)
+            .map(|_| (rng.random::<f32>() - 0.5) * 2.0 * s)
+            .collect()
     };
     let mut w_enc = g(d * n, 1.0 / (d as f32).sqrt());
     let mut b_enc = g(n, 0.3);
@@ -192,7 +194,13 @@ fn dashboard_matches_an_independent_computation() {
     let sae_dir = st.dir.join("sae");
     write_sae(&sae_dir, 64, 48, Some(HOOK), 3);
     let out = st.dir.join("dash");
-    sae_cli(&dashboard_args(&st, &sae_dir, &out, &["--latents", "0..10,20,47"])).unwrap();
+    sae_cli(&dashboard_args(
+        &st,
+        &sae_dir,
+        &out,
+        &["--latents", "0..10,20,47"],
+    ))
+    .unwrap();
     for f in [
         "dashboard.html",
         "latents.parquet",
@@ -279,7 +287,10 @@ fn dashboard_matches_an_independent_computation() {
         l.sort_by(|a, b| b.total_cmp(a));
         assert_eq!(got.len(), 10);
         for (g, w) in got.iter().zip(&l) {
-            assert!((*g as f64 - w).abs() < 1e-4, "latent {j} top logit {g} vs {w}");
+            assert!(
+                (*g as f64 - w).abs() < 1e-4,
+                "latent {j} top logit {g} vs {w}"
+            );
         }
         let got: Vec<f32> = bot_vals
             .get_as_series(k)
@@ -289,7 +300,10 @@ fn dashboard_matches_an_independent_computation() {
             .into_no_null_iter()
             .collect();
         for (g, w) in got.iter().zip(l.iter().rev()) {
-            assert!((*g as f64 - w).abs() < 1e-4, "latent {j} bottom logit {g} vs {w}");
+            assert!(
+                (*g as f64 - w).abs() < 1e-4,
+                "latent {j} bottom logit {g} vs {w}"
+            );
         }
     }
 
@@ -300,7 +314,10 @@ fn dashboard_matches_an_independent_computation() {
     let end = start + html[start..].find("</script>").unwrap();
     let data: serde_json::Value = serde_json::from_str(&html[start..end]).unwrap();
     let lats = data["latents"].as_array().unwrap();
-    let idx: Vec<usize> = lats.iter().map(|l| l["i"].as_u64().unwrap() as usize).collect();
+    let idx: Vec<usize> = lats
+        .iter()
+        .map(|l| l["i"].as_u64().unwrap() as usize)
+        .collect();
     assert_eq!(idx, want);
     assert_eq!(data["meta"]["n_tokens"], 600);
     let vocab_s = data["vocab"].as_array().unwrap();
@@ -331,7 +348,12 @@ fn dashboard_matches_an_independent_computation() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|t| vocab_s[t.as_u64().unwrap() as usize].as_str().unwrap().to_string())
+                .map(|t| {
+                    vocab_s[t.as_u64().unwrap() as usize]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
                 .collect();
             let end = (p + 3).min(rows[w].len());
             let expect = model.tokenizer().unwrap();
@@ -353,7 +375,8 @@ fn dashboard_matches_an_independent_computation() {
     // Neuronpedia: three batches of four, SAEDashboard's keys, consistent lengths.
     let mut seen = vec![];
     for b in 0..3 {
-        let text = std::fs::read_to_string(out.join(format!("neuronpedia/batch-{b}.json"))).unwrap();
+        let text =
+            std::fs::read_to_string(out.join(format!("neuronpedia/batch-{b}.json"))).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["model_id"], "tiny-llama");
         assert_eq!(v["layer"], 1);
@@ -394,7 +417,10 @@ fn dashboard_matches_an_independent_computation() {
             let k = want.iter().position(|&w| w == j).unwrap();
             assert_eq!(f["pos_str"].as_array().unwrap().len(), 10);
             assert_eq!(f["neg_values"].as_array().unwrap().len(), 10);
-            assert_eq!(f["logits_hist_data_bar_values"].as_array().unwrap().len(), 50);
+            assert_eq!(
+                f["logits_hist_data_bar_values"].as_array().unwrap().len(),
+                50
+            );
             let n = fires.get(k).unwrap();
             let heights: f64 = f["freq_hist_data_bar_heights"]
                 .as_array()
@@ -402,7 +428,10 @@ fn dashboard_matches_an_independent_computation() {
                 .iter()
                 .map(|h| h.as_f64().unwrap())
                 .sum();
-            assert_eq!(heights, n as f64, "histogram of latent {j} counts every firing");
+            assert_eq!(
+                heights, n as f64,
+                "histogram of latent {j} counts every firing"
+            );
             assert_eq!(
                 f["freq_hist_data_bar_values"].as_array().unwrap().len(),
                 if n > 0 { 50 } else { 0 }
@@ -442,12 +471,24 @@ fn bad_input_fails_in_one_line_before_any_output() {
         a
     };
     for (sae, extra, needle) in [
-        (&narrow, &[][..], "has d_in 32 but blocks.1.hook_resid_post of this model has width 64"),
+        (
+            &narrow,
+            &[][..],
+            "has d_in 32 but blocks.1.hook_resid_post of this model has width 64",
+        ),
         (&nohook, &[][..], "no hook_name"),
-        (&good, &["--latents", "0..49"][..], "out of range: the SAE has 48 latents"),
+        (
+            &good,
+            &["--latents", "0..49"][..],
+            "out of range: the SAE has 48 latents",
+        ),
         (&good, &["--latents", "3,48"][..], "out of range"),
         (&good, &["--latents", "x"][..], "`x` is not a latent index"),
-        (&good, &["--hook", "blocks.9.hook_resid_post"][..], "blocks.9"),
+        (
+            &good,
+            &["--hook", "blocks.9.hook_resid_post"][..],
+            "blocks.9",
+        ),
         (&good, &["--bins", "0"][..], "--bins must be at least 1"),
     ] {
         let a = args(sae, extra);
@@ -456,7 +497,13 @@ fn bad_input_fails_in_one_line_before_any_output() {
         assert!(!out.exists(), "{a:?} left {}", out.display());
     }
     // A hook given on the command line serves an SAE without one.
-    sae_cli(&dashboard_args(&st, &nohook, &out, &["--hook", HOOK, "--latents", "0..2"])).unwrap();
+    sae_cli(&dashboard_args(
+        &st,
+        &nohook,
+        &out,
+        &["--hook", HOOK, "--latents", "0..2"],
+    ))
+    .unwrap();
     assert!(out.join("dashboard.html").is_file());
 }
 

@@ -117,12 +117,10 @@ pub fn parse_latents(s: &str, n: usize) -> Result<Vec<usize>> {
             }
         };
         if b > n {
-            crate::bail!(
-                "--latents: `{part}` is out of range: the SAE has {n} latents (0..{n})"
-            );
+            crate::bail!("--latents: `{part}` is out of range: the SAE has {n} latents (0..{n})");
         }
-        for i in a..b {
-            if !std::mem::replace(&mut seen[i], true) {
+        for (i, s) in seen.iter_mut().enumerate().take(b).skip(a) {
+            if !std::mem::replace(s, true) {
                 out.push(i);
             }
         }
@@ -301,15 +299,23 @@ struct Acc {
     top: Vec<TopContext>,
 }
 
+/// The model's special token ids (never counted).
+pub fn model_specials(model: &Model) -> Vec<u32> {
+    model
+        .tokenizer
+        .as_ref()
+        .map(|t| t.special_ids())
+        .unwrap_or_default()
+}
+
 /// Compute the dashboard of `latents` of `sae` at `hook` over token windows `rows`
-/// ([`windows`]); `specials` are never counted.
+/// ([`windows`]); the model's special tokens are never counted.
 pub fn compute(
     model: &Model,
     sae: &Sae,
     hook: &str,
     rows: &[Vec<u32>],
     latents: &[usize],
-    specials: &[u32],
     p: &DashboardParams,
     progress: &Progress,
 ) -> Result<Dashboard> {
@@ -320,6 +326,7 @@ pub fn compute(
             sae.d_in()
         );
     }
+    let specials = &model_specials(model);
     let n_all = sae.d_sae();
     if let Some(&bad) = latents.iter().find(|&&i| i >= n_all) {
         crate::bail!("latent {bad} is out of range: the SAE has {n_all} latents");
@@ -428,22 +435,24 @@ pub fn compute(
         .iter()
         .zip(accs)
         .zip(logit_rows)
-        .map(|((&latent, a), (pos_logits, neg_logits, logit_hist))| LatentCard {
-            latent,
-            frequency: a.fires as f64 / n_tokens.max(1) as f64,
-            fires: a.fires,
-            mean_act: if a.fires > 0 {
-                a.sum / a.fires as f64
-            } else {
-                0.0
+        .map(
+            |((&latent, a), (pos_logits, neg_logits, logit_hist))| LatentCard {
+                latent,
+                frequency: a.fires as f64 / n_tokens.max(1) as f64,
+                fires: a.fires,
+                mean_act: if a.fires > 0 {
+                    a.sum / a.fires as f64
+                } else {
+                    0.0
+                },
+                max_act: a.max,
+                contexts: a.top,
+                act_hist: Histogram::of(&a.nonzero, p.bins),
+                pos_logits,
+                neg_logits,
+                logit_hist,
             },
-            max_act: a.max,
-            contexts: a.top,
-            act_hist: Histogram::of(&a.nonzero, p.bins),
-            pos_logits,
-            neg_logits,
-            logit_hist,
-        })
+        )
         .collect();
     Ok(Dashboard {
         hook: hook.to_string(),
@@ -544,7 +553,13 @@ fn logit_effects(
 /// The `n` largest entries of `row` (the smallest with `lowest`) as (index, value), extreme
 /// first, ties by index; O(len) selection, then a sort of the `n`.
 pub fn top_n(row: &[f32], n: usize, lowest: bool) -> Vec<(u32, f32)> {
-    let key = |i: u32| if lowest { -row[i as usize] } else { row[i as usize] };
+    let key = |i: u32| {
+        if lowest {
+            -row[i as usize]
+        } else {
+            row[i as usize]
+        }
+    };
     let order = |a: &u32, b: &u32| key(*b).total_cmp(&key(*a)).then(a.cmp(b));
     let mut idx: Vec<u32> = (0..row.len() as u32).collect();
     let m = n.min(idx.len());
@@ -603,7 +618,7 @@ impl Probe for DashboardProbe {
         let (sae, hook) = p.sae_and_hook()?;
         let latents = parse_latents(&p.latents, sae.d_sae())?;
         let tok = m.tokenizer()?;
-        let specials = tok.special_ids();
+        let specials = model_specials(&m);
         let t0 = std::time::Instant::now();
         let docs = crate::data::read_corpus(&p.corpus)?;
         let mut ids = vec![];
@@ -621,7 +636,7 @@ impl Probe for DashboardProbe {
         cx.manifest
             .record_timing("tokenize", t0.elapsed().as_secs_f64());
         let t0 = std::time::Instant::now();
-        let mut dash = compute(&m, &sae, &hook, &rows, &latents, &specials, p, cx.progress)?;
+        let mut dash = compute(&m, &sae, &hook, &rows, &latents, p, cx.progress)?;
         cx.manifest
             .record_timing("dashboard", t0.elapsed().as_secs_f64());
         if dash.n_tokens < p.tokens {
@@ -639,9 +654,10 @@ impl Probe for DashboardProbe {
                 .chain(c.pos_logits.iter().map(|x| &x.0))
                 .chain(c.neg_logits.iter().map(|x| &x.0));
             for &id in all {
-                token_text
-                    .entry(id)
-                    .or_insert_with(|| tok.decode(&[id], false).unwrap_or_else(|_| format!("#{id}")));
+                token_text.entry(id).or_insert_with(|| {
+                    tok.decode(&[id], false)
+                        .unwrap_or_else(|_| format!("#{id}"))
+                });
             }
         }
         let sae_name = p

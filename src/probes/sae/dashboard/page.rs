@@ -100,11 +100,20 @@ fn write_table(r: &DashboardReport, dir: &Path) -> Result<String> {
         Series::new("".into(), s)
     };
     let mut df = Table::new()
-        .col("latent", l.iter().map(|c| c.latent as u32).collect::<Vec<_>>())
-        .col("frequency", l.iter().map(|c| c.frequency).collect::<Vec<_>>())
+        .col(
+            "latent",
+            l.iter().map(|c| c.latent as u32).collect::<Vec<_>>(),
+        )
+        .col(
+            "frequency",
+            l.iter().map(|c| c.frequency).collect::<Vec<_>>(),
+        )
         .col("fires", l.iter().map(|c| c.fires).collect::<Vec<_>>())
         .col("mean_act", l.iter().map(|c| c.mean_act).collect::<Vec<_>>())
-        .col("max_act", l.iter().map(|c| c.max_act as f64).collect::<Vec<_>>())
+        .col(
+            "max_act",
+            l.iter().map(|c| c.max_act as f64).collect::<Vec<_>>(),
+        )
         .col(
             "top_context",
             l.iter()
@@ -271,8 +280,7 @@ fn write_neuronpedia(r: &DashboardReport, dir: &Path) -> Result<Vec<String>> {
             "features": chunk.iter().map(|c| neuronpedia_feature(r, c)).collect::<Vec<_>>(),
         });
         let name = format!("batch-{b}.json");
-        let text = serde_json::to_string(&batch)
-            .map_err(|e| Error::msg(format!("{name}: {e}")))?;
+        let text = serde_json::to_string(&batch).map_err(|e| Error::msg(format!("{name}: {e}")))?;
         write_atomic(&np.join(&name), text.as_bytes())?;
         files.push(format!("{NEURONPEDIA_DIR}/{name}"));
     }
