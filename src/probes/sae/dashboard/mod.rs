@@ -73,7 +73,7 @@ impl Default for DashboardParams {
             sae: PathBuf::new(),
             hook: None,
             corpus: PathBuf::from(CORPUS),
-            tokens: 32768,
+            tokens: 8192,
             context: 128,
             forward_batch: 8,
             latents: String::new(),
