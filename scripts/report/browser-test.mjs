@@ -8,8 +8,10 @@
 // resolves to an existing file (images decode); on each page with an attention viewer: click
 // the top induction head's button (else the last grid cell), hover the last token, and check
 // that the weights the page shows equal the patterns file's (safetensors, read here) to the
-// quantization step. Writes OUT_DIR/screenshot-*.png and OUT_DIR/browser-test.json (page weight
-// and load time per page). Exit 1 on any failure.
+// quantization step. Every dashboard.html below RUN_DIR (`engram sae dashboard`): search the
+// last firing latent by index, check its contexts and maximum tokens against the embedded data,
+// an out-of-range index, the frequency sort. Writes OUT_DIR/screenshot-*.png and
+// OUT_DIR/browser-test.json (page weight and load time per page). Exit 1 on any failure.
 import fs from "node:fs";
 import path from "node:path";
 import { pathToFileURL, fileURLToPath } from "node:url";
@@ -160,9 +162,63 @@ for (const u of linked) {
   const f = fileURLToPath(u);
   await checkPage(f, path.relative(path.resolve(runDir), path.dirname(f)) || "run");
 }
+// Feature dashboards (`engram sae dashboard`): search a latent by index, check the card shows
+// that latent's contexts as the embedded data has them, with the maximum token marked.
+async function checkDashboard(file, label) {
+  const page = await context.newPage();
+  const errors = [];
+  page.on("console", (m) => { if (m.type() === "error") errors.push("console: " + m.text()); });
+  page.on("pageerror", (e) => errors.push("page error: " + e.message));
+  page.on("request", (r) => { if (!r.url().startsWith("file://") && !r.url().startsWith("data:")) errors.push("network request: " + r.url()); });
+  const t0 = Date.now();
+  await page.goto(pathToFileURL(file).href, { waitUntil: "load" });
+  const wall = Date.now() - t0;
+  const D = await page.evaluate(() => JSON.parse(document.getElementById("dashboard-data").textContent));
+  const firing = D.latents.filter((l) => l.ctx.length > 0);
+  // The last firing latent (not the one shown first).
+  const l = firing.length ? firing[firing.length - 1] : D.latents[D.latents.length - 1];
+  await page.fill("#search", String(l.i));
+  const title = await page.textContent("#latent-title");
+  if (title.trim() !== `Latent ${l.i}`) fail(label, `searched ${l.i}, card shows ${JSON.stringify(title)}`);
+  const rows = await page.$$eval("#contexts .ctx", (cs) => cs.map((c) => ({ w: +c.dataset.window, text: [...c.querySelectorAll(".tok")].map((t) => t.textContent).join(""), max: c.querySelector(".tok.max")?.textContent ?? null })));
+  if (rows.length !== l.ctx.length) fail(label, `latent ${l.i}: ${rows.length} contexts shown, the data has ${l.ctx.length}`);
+  const show = (s) => s.replace(/\n/g, "↵").replace(/\t/g, "⇥");
+  l.ctx.forEach((c, k) => {
+    const r = rows[k];
+    if (!r) return;
+    const text = c.t.map((t) => show(D.vocab[t])).join("");
+    if (r.w !== c.w || r.text !== text) fail(label, `latent ${l.i} context ${k}: shows ${JSON.stringify(r.text)} (window ${r.w}), data ${JSON.stringify(text)} (window ${c.w})`);
+    if (r.max !== show(D.vocab[c.t[c.p - c.s]])) fail(label, `latent ${l.i} context ${k}: max token ${JSON.stringify(r.max)}`);
+  });
+  // A latent not in the dashboard says so.
+  await page.fill("#search", String(D.meta.d_sae + 5));
+  if (!(await page.$("#missing"))) fail(label, "searching a latent out of range shows no message");
+  // Sorting by frequency puts the most frequent latent first.
+  await page.selectOption("#sort", "freq");
+  const first = await page.$eval("#list button", (b) => +b.dataset.i);
+  const top = D.latents.slice().sort((a, b) => b.freq - a.freq || a.i - b.i)[0];
+  if (first !== top.i) fail(label, `sorted by frequency, the list starts with ${first}, not ${top.i}`);
+  await page.fill("#search", String(l.i));
+  await page.screenshot({ path: path.join(outDir, `screenshot-${label.replace(/[^\w.-]+/g, "_")}.png`), fullPage: false });
+  for (const e of errors) fail(label, e);
+  results.push({ page: path.relative(runDir, file), html_bytes: fs.statSync(file).size, weight_bytes: fs.statSync(file).size, goto_ms: wall, dashboard: { latent: l.i, contexts: rows.length, latents: D.latents.length } });
+  await page.close();
+}
+function findDashboards(dir, out = []) {
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory() && e.name !== "browser-test" && !e.name.startsWith(".")) findDashboards(p, out);
+    else if (e.isFile() && e.name === "dashboard.html") out.push(p);
+  }
+  return out;
+}
+for (const f of findDashboards(path.resolve(runDir))) {
+  await checkDashboard(f, "dashboard-" + (path.relative(path.resolve(runDir), path.dirname(f)) || "run"));
+}
 await browser.close();
 fs.writeFileSync(path.join(outDir, "browser-test.json"), JSON.stringify({ pages: results, failures }, null, 2));
 for (const r of results) {
+  if (r.dashboard) { console.log(`${r.page}: ${(r.html_bytes / 1e3).toFixed(0)} KB, loaded in ${r.goto_ms} ms; latent ${r.dashboard.latent} of ${r.dashboard.latents}: ${r.dashboard.contexts} contexts as embedded`); continue; }
   console.log(`${r.page}: ${(r.html_bytes / 1e3).toFixed(0)} KB html, ${(r.weight_bytes / 1e3).toFixed(0)} KB with images, load ${r.load_ms} ms${r.viewer ? `, viewer ${r.viewer.head}: ${r.viewer.weights_checked} weights within ${r.viewer.max_abs_error.toExponential(2)}` : ""}`);
 }
 if (failures.length) {

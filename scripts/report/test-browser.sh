@@ -11,7 +11,9 @@
 # installed with `npm ci` into ~/.cache/engram/browser-test, outside the repository): clicks a
 # head, checks the weights the viewer shows against patterns.safetensors, checks every link and
 # image resolves, that the console has no errors and nothing but file:// is requested; saves
-# screenshots and browser-test.json (page weight, load time) under RUN_DIR/browser-test/.
+# screenshots and browser-test.json (page weight, load time) under RUN_DIR/browser-test/. Every
+# dashboard.html below RUN_DIR (`engram sae dashboard --out RUN_DIR`) is opened too: searching a
+# latent index must show that latent's contexts as embedded.
 #
 # Needs chromium and node (installs Debian's chromium with apt-get when root and missing;
 # otherwise prints SKIPPED and exits 0, or 1 with ENGRAM_REQUIRE_BROWSER=1). ENGRAM is the binary

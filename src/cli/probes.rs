@@ -11,6 +11,7 @@ use crate::probes::cmr_fit::{CmrFit, CmrFitParams};
 use crate::probes::directions::{Directions, DirectionsParams};
 use crate::probes::heads::{AblationParams, Heads, HeadsParams};
 use crate::probes::neurons::{Neurons, NeuronsParams};
+use crate::probes::sae::dashboard::{DashboardParams, DashboardProbe as SaeDashboard};
 use crate::probes::sae::pretrained::{self, Registry as PretrainedRegistry};
 use crate::probes::sae::probe::{self as sae, CollectOpts, EvalOpts, TrainOpts};
 use crate::probes::toy::{Toy, ToyParams};
@@ -568,6 +569,86 @@ topk/, relu/, or <kind>_x<m>/ with --sweep), eval/, each with its manifest; mani
         #[command(flatten)]
         out: OutArg,
     },
+    /// Feature dashboards: top contexts, activation histograms, frequencies and logit effects
+    #[command(
+        after_help = "Outputs in --out: dashboard.html (self-contained: search a latent \
+by index, sort by frequency; tokens highlighted by activation), latents.parquet, \
+neuronpedia/batch-N.json (SAEDashboard's Neuronpedia format), index.html, manifest.json. \
+Columns: docs/outputs.md."
+    )]
+    Dashboard(DashboardArgs),
+}
+
+fn dashboard_defaults() -> DashboardParams {
+    DashboardParams::default()
+}
+
+/// `engram sae dashboard`.
+#[derive(Args, Debug, Clone)]
+pub struct DashboardArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The SAE: a folder in SAELens layout (cfg.json + sae_weights.safetensors)
+    #[arg(long, value_name = "DIR")]
+    pub sae: PathBuf,
+    /// Hook point [default: the SAE's hook_name]
+    #[arg(long)]
+    pub hook: Option<String>,
+    /// Corpus (.jsonl with "text", or .txt with blank-line separated documents)
+    #[arg(long, value_name = "FILE", default_value_os_t = dashboard_defaults().corpus)]
+    pub corpus: PathBuf,
+    /// Token positions to encode (BOS, pads and special tokens not counted)
+    #[arg(long, default_value_t = dashboard_defaults().tokens)]
+    pub tokens: usize,
+    /// Tokens per forward window (BOS included)
+    #[arg(long, default_value_t = dashboard_defaults().context)]
+    pub context: usize,
+    /// Windows per forward pass
+    #[arg(long, default_value_t = dashboard_defaults().forward_batch)]
+    pub forward_batch: usize,
+    /// Latents: 0..N, a comma-separated list, or a mix (0..8,20) [default: all]
+    #[arg(long, default_value = "")]
+    pub latents: String,
+    /// Top-activating contexts per latent
+    #[arg(long, default_value_t = dashboard_defaults().top)]
+    pub top: usize,
+    /// Tokens shown before a context's maximum
+    #[arg(long, default_value_t = dashboard_defaults().window_before)]
+    pub window_before: usize,
+    /// Tokens shown after a context's maximum
+    #[arg(long, default_value_t = dashboard_defaults().window_after)]
+    pub window_after: usize,
+    /// Top positive and negative logit tokens per latent
+    #[arg(long, default_value_t = dashboard_defaults().logits)]
+    pub logits: usize,
+    /// Bins of the activation and logit histograms
+    #[arg(long, default_value_t = dashboard_defaults().bins)]
+    pub bins: usize,
+    /// Latents per Neuronpedia batch file
+    #[arg(long, default_value_t = dashboard_defaults().features_per_batch)]
+    pub features_per_batch: usize,
+    #[command(flatten)]
+    pub out: OutArg,
+}
+
+impl DashboardArgs {
+    pub fn params(&self) -> DashboardParams {
+        DashboardParams {
+            sae: self.sae.clone(),
+            hook: self.hook.clone(),
+            corpus: self.corpus.clone(),
+            tokens: self.tokens,
+            context: self.context,
+            forward_batch: self.forward_batch,
+            latents: self.latents.clone(),
+            top: self.top,
+            window_before: self.window_before,
+            window_after: self.window_after,
+            logits: self.logits,
+            bins: self.bins,
+            features_per_batch: self.features_per_batch,
+        }
+    }
 }
 
 fn collect_defaults() -> CollectOpts {
@@ -829,6 +910,9 @@ pub fn sae(cmd: SaeCommand, session: &mut Session) -> Result<()> {
                 sweep,
             };
             run::<sae::Run>(session, Some(model.spec()), &p, &out)
+        }
+        SaeCommand::Dashboard(a) => {
+            run::<SaeDashboard>(session, Some(a.model.spec()), &a.params(), &a.out)
         }
     }
 }

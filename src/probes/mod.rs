@@ -115,7 +115,7 @@ pub trait Report {
 }
 
 /// Every probe of this build, by name.
-pub const NAMES: [&str; 11] = [
+pub const NAMES: [&str; 12] = [
     heads::Heads::NAME,
     cmr_fit::CmrFit::NAME,
     toy::Toy::NAME,
@@ -125,6 +125,7 @@ pub const NAMES: [&str; 11] = [
     sae::probe::Train::NAME,
     sae::probe::Eval::NAME,
     sae::probe::Run::NAME,
+    sae::dashboard::DashboardProbe::NAME,
     lens::Lens::NAME,
     attribute::Attribute::NAME,
 ];
@@ -173,6 +174,7 @@ fn with_probe<V: Visit>(name: &str, v: V) -> Option<V::Out> {
         sae::probe::Train::NAME => v.visit::<sae::probe::Train>(),
         sae::probe::Eval::NAME => v.visit::<sae::probe::Eval>(),
         sae::probe::Run::NAME => v.visit::<sae::probe::Run>(),
+        sae::dashboard::DashboardProbe::NAME => v.visit::<sae::dashboard::DashboardProbe>(),
         lens::Lens::NAME => v.visit::<lens::Lens>(),
         attribute::Attribute::NAME => v.visit::<attribute::Attribute>(),
         _ => return None,

@@ -24,6 +24,7 @@ mod parity;
 mod real_models;
 mod report_page;
 mod sae;
+mod sae_dashboard;
 mod sae_kinds;
 mod sae_pretrained;
 mod shard;

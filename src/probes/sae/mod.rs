@@ -13,6 +13,7 @@
 pub mod atoms;
 mod commands;
 pub use commands::*;
+pub mod dashboard;
 pub mod eval;
 pub mod pretrained;
 pub mod probe;
