@@ -215,3 +215,41 @@ fn transcoders_reconstruct_the_mlp_from_a_two_hook_store() {
         .to_string();
     assert!(err.contains("blocks.2.hook_mlp_out") && err.contains("blocks.1.hook_mlp_out"));
 }
+
+#[test]
+fn saelens_trained_batchtopk_loads_and_matches() {
+    let dev = Device::Cpu;
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/saelens_batchtopk");
+    let sae = Sae::load(&dir, &dev).unwrap();
+    // SAELens saved it as a JumpReLU SAE with one global threshold; its metadata says BatchTopK.
+    assert_eq!(sae.kind, SaeKind::BatchTopK);
+    let th: Vec<f32> = sae.threshold.as_ref().unwrap().to_vec1().unwrap();
+    assert!(th.iter().all(|&t| t == th[0] && t > 0.0));
+    let e = candle_core::safetensors::load(dir.join("expected.safetensors"), &dev).unwrap();
+    let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    let z = sae.encode(&e["x"]).unwrap();
+    let fired: f32 = z
+        .gt(0f32)
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(fired / 32.0 > 2.0, "L0 {}", fired / 32.0);
+    let dz = max_diff(&z, &e["feature_acts"]);
+    let dy = max_diff(&sae.reconstruct(&e["x"]).unwrap(), &e["sae_out"]);
+    eprintln!("SAELens BatchTopK: max |Δz| {dz:e}, max |Δx̂| {dy:e}");
+    assert!(dz < 1e-5 && dy < 1e-5, "{dz} {dy}");
+}

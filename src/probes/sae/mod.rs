@@ -421,11 +421,11 @@ impl Sae {
                 cfg_path.display()
             )
         };
-        // BatchTopK and Matryoshka SAEs are saved as JumpReLU ones; engram's metadata keeps
-        // the training kind.
-        let trained = meta
-            .get("engram_kind")
-            .and_then(|v| v.as_str())
+        // BatchTopK and Matryoshka SAEs are saved as JumpReLU ones; the metadata keeps the
+        // training kind (engram's `engram_kind`, SAELens's `training_architecture`).
+        let trained = ["engram_kind", "training_architecture"]
+            .iter()
+            .find_map(|k| meta.get(*k).and_then(|v| v.as_str()))
             .and_then(|k| k.parse::<SaeKind>().ok());
         let kind = match trained {
             Some(t) if kind == SaeKind::Threshold && t.jumps() => t,
