@@ -41,6 +41,9 @@ torch.manual_seed(0)
 # The store's shards, as engram reads them (shuffled already; we shuffle again).
 meta = json.load(open(os.path.join(args.store, "store.json")))
 acts = torch.cat([load_file(os.path.join(args.store, s["file"]))["activations"] for s in meta["shards"]])
+# A store of several hooks holds them side by side: the first hook's columns.
+if meta.get("parts"):
+    acts = acts[:, : meta["parts"][0]["d"]]
 acts = acts[torch.randperm(acts.shape[0])]
 n_rows, d = acts.shape
 n = args.dict_size or 4 * d
