@@ -3,6 +3,7 @@
 //! transcoders on a store of two hooks (the MLP's input and output) reconstruct the MLP and
 //! round-trip through SAELens's layout; several SAEs train from one pass.
 
+use crate::common::max_abs_diff;
 use crate::sae::{best_cosines, fixture_model, synthetic_store, token_docs};
 
 use candle_core::{Device, Tensor};
@@ -78,14 +79,7 @@ fn batchtopk_and_matryoshka_recover_a_known_dictionary_in_one_pass() {
         let back = Sae::load(dir, &Device::Cpu).unwrap();
         assert_eq!(back.kind, rep.kind);
         let x = Tensor::from_slice(&sample[..64 * d], (64, d), &Device::Cpu).unwrap();
-        let diff: f32 = (back.forward(&x).unwrap() - sae.forward(&x).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_abs_diff(&back.forward(&x).unwrap(), &sae.forward(&x).unwrap());
         assert!(diff < 1e-5, "{}: reloaded SAE differs by {diff}", rep.kind);
     }
     // The Matryoshka dictionary's first prefix (n/16 = 8 latents) alone reconstructs more than
@@ -188,14 +182,7 @@ fn transcoders_reconstruct_the_mlp_from_a_two_hook_store() {
         let back = Sae::load(dir, &Device::Cpu).unwrap();
         assert_eq!(back.w_skip.is_some(), name == "topk_skip");
         let xt = Tensor::from_slice(&x[..32 * 64], (32, 64), &Device::Cpu).unwrap();
-        let diff: f32 = (back.forward(&xt).unwrap() - sae.forward(&xt).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_abs_diff(&back.forward(&xt).unwrap(), &sae.forward(&xt).unwrap());
         assert!(diff < 1e-5, "{name}: reloaded transcoder differs by {diff}");
     }
     // The skip connection can only help (it starts at zero and is learned with the rest).
@@ -227,16 +214,6 @@ fn saelens_trained_batchtopk_loads_and_matches() {
     let th: Vec<f32> = sae.threshold.as_ref().unwrap().to_vec1().unwrap();
     assert!(th.iter().all(|&t| t == th[0] && t > 0.0));
     let e = candle_core::safetensors::load(dir.join("expected.safetensors"), &dev).unwrap();
-    let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    };
     let z = sae.encode(&e["x"]).unwrap();
     let fired: f32 = z
         .gt(0f32)
@@ -248,8 +225,8 @@ fn saelens_trained_batchtopk_loads_and_matches() {
         .to_scalar()
         .unwrap();
     assert!(fired / 32.0 > 2.0, "L0 {}", fired / 32.0);
-    let dz = max_diff(&z, &e["feature_acts"]);
-    let dy = max_diff(&sae.reconstruct(&e["x"]).unwrap(), &e["sae_out"]);
+    let dz = max_abs_diff(&z, &e["feature_acts"]);
+    let dy = max_abs_diff(&sae.reconstruct(&e["x"]).unwrap(), &e["sae_out"]);
     eprintln!("SAELens BatchTopK: max |Δz| {dz:e}, max |Δx̂| {dy:e}");
     assert!(dz < 1e-5 && dy < 1e-5, "{dz} {dy}");
 }
