@@ -27,6 +27,9 @@ use crate::model::{Batch, LogitsAt, Model, RunOptions};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
+mod parts;
+pub use parts::{HookWidth, Part};
+
 /// One shard of a store.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ShardInfo {
@@ -62,43 +65,6 @@ pub struct StoreMeta {
     /// first, `d` their sum). Empty for a store of one hook.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<HookWidth>,
-}
-
-/// One hook of a store of several.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct HookWidth {
-    pub hook: String,
-    pub d: usize,
-}
-
-/// A hook's columns in a store's rows.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Part {
-    pub hook: String,
-    pub offset: usize,
-    pub d: usize,
-}
-
-impl Part {
-    /// This part's columns of row-major `[n, width]` rows: `[n, d]`.
-    pub fn columns(&self, rows: &[f32], width: usize) -> Vec<f32> {
-        if self.offset == 0 && self.d == width {
-            return rows.to_vec();
-        }
-        rows.chunks(width.max(1))
-            .flat_map(|r| r[self.offset..self.offset + self.d].iter().copied())
-            .collect()
-    }
-
-    /// This part's columns of a `[B, width]` batch, times `scale`.
-    pub fn slice(&self, rows: &Tensor, width: usize, scale: f64) -> Result<Tensor> {
-        let x = if self.offset == 0 && self.d == width {
-            rows.clone()
-        } else {
-            rows.narrow(1, self.offset, self.d)?.contiguous()?
-        };
-        Ok(if scale != 1.0 { (x * scale)? } else { x })
-    }
 }
 
 impl StoreMeta {
