@@ -6,7 +6,7 @@
 //!   rewritten atomically after every round, so a killed run loses at most one round.
 //! - `shard_00000.safetensors`, ...: `activations [n, d]` (f32) and `tokens [n]` (u32, the token
 //!   at each position, for top-token tables). A store of several hooks (`--hook A --hook B`)
-//!   holds them side by side in each row (`d` their sum; [`parts`] says which columns are whose).
+//!   holds them side by side in each row (`d` their sum; [`Part`] says which columns are whose).
 //!
 //! Shuffling: documents are consumed in *rounds*; a round fills a buffer of
 //! `shard_size × shards_per_round` activations (BOS and pad positions excluded), shuffles it with
