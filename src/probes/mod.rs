@@ -34,7 +34,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use params::{comma_list, opt_pair, pair, parse, ParamMap};
+pub use params::{at_least_one, comma_list, opt_pair, pair, parse, ParamMap};
 pub use session::{run, Context, Outcome, Session};
 
 use crate::model::ModelSpec;

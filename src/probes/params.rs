@@ -177,3 +177,11 @@ mod tests {
         }
     }
 }
+
+/// One-line errors for size flags that must be at least 1: the first that is 0, by name.
+pub fn at_least_one(sizes: &[(&str, usize)]) -> Result<()> {
+    match sizes.iter().find(|(_, v)| *v == 0) {
+        Some((flag, _)) => crate::bail!("{flag} must be at least 1"),
+        None => Ok(()),
+    }
+}

@@ -202,3 +202,15 @@ pub fn cli_fixture(name: &str) -> (tempfile::TempDir, String, String, PathBuf) {
     let m = fixture_dir(name).to_str().unwrap().to_string();
     (tmp, m, tok.to_str().unwrap().to_string(), out)
 }
+
+/// The number of positive entries of a tensor (e.g. the active latents of a batch of codes).
+pub fn count_positive(t: &Tensor) -> f32 {
+    t.gt(0f32)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}

@@ -166,15 +166,7 @@ fn each_layout_loads_through_the_registry_and_matches_numpy() {
             "{spec}: encode {ez:e}, decode {ey:e}"
         );
         // Some latents fire and some do not: the thresholds matter.
-        let l0: f32 = z
-            .gt(0f32)
-            .unwrap()
-            .to_dtype(candle_core::DType::F32)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let l0: f32 = crate::common::count_positive(&z);
         assert!(
             l0 > 0.0 && l0 < (z.elem_count() as f32),
             "{spec}: L0 total {l0}"

@@ -53,16 +53,12 @@ impl Default for CollectOpts {
 impl CollectOpts {
     /// Sizes that would give an empty or degenerate store.
     pub fn check(&self) -> Result<()> {
-        for (flag, v) in [
+        crate::probes::at_least_one(&[
             ("--tokens", self.tokens),
             ("--shard-size", self.shard_size),
             ("--shards-per-round", self.shards_per_round),
             ("--forward-batch", self.forward_batch),
-        ] {
-            if v == 0 {
-                crate::bail!("{flag} must be at least 1");
-            }
-        }
+        ])?;
         if self.context < 2 {
             crate::bail!(
                 "--context must be at least 2 (BOS and one token), got {}",
@@ -158,12 +154,7 @@ impl TrainOpts {
     /// One-line errors for settings that would panic or train nothing (a zero batch, zero
     /// steps, a non-finite or non-positive learning rate, an empty dictionary).
     pub fn check(&self) -> Result<()> {
-        if self.batch_size == 0 {
-            crate::bail!("--batch-size must be at least 1");
-        }
-        if self.steps == 0 {
-            crate::bail!("--steps must be at least 1");
-        }
+        crate::probes::at_least_one(&[("--batch-size", self.batch_size), ("--steps", self.steps)])?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
             crate::bail!("--lr must be a positive number, got {}", self.lr);
         }

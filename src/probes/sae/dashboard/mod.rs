@@ -134,17 +134,13 @@ pub fn parse_latents(s: &str, n: usize) -> Result<Vec<usize>> {
 impl DashboardParams {
     /// One-line errors for sizes that give an empty dashboard.
     fn check_sizes(&self) -> Result<()> {
-        for (flag, v) in [
+        crate::probes::at_least_one(&[
             ("--tokens", self.tokens),
             ("--forward-batch", self.forward_batch),
             ("--top", self.top),
             ("--bins", self.bins),
             ("--features-per-batch", self.features_per_batch),
-        ] {
-            if v == 0 {
-                crate::bail!("{flag} must be at least 1");
-            }
-        }
+        ])?;
         if self.context < 2 {
             crate::bail!(
                 "--context must be at least 2 (BOS and one token), got {}",
