@@ -145,6 +145,14 @@ where
     }
 }
 
+/// One-line errors for size flags that must be at least 1: the first that is 0, by name.
+pub fn at_least_one(sizes: &[(&str, usize)]) -> Result<()> {
+    match sizes.iter().find(|(_, v)| *v == 0) {
+        Some((flag, _)) => crate::bail!("{flag} must be at least 1"),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,13 +183,5 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<P>(bad).is_err(), "{bad}");
         }
-    }
-}
-
-/// One-line errors for size flags that must be at least 1: the first that is 0, by name.
-pub fn at_least_one(sizes: &[(&str, usize)]) -> Result<()> {
-    match sizes.iter().find(|(_, v)| *v == 0) {
-        Some((flag, _)) => crate::bail!("{flag} must be at least 1"),
-        None => Ok(()),
     }
 }
