@@ -10,6 +10,7 @@
 mod attrib;
 mod batch;
 mod probes;
+mod sae;
 mod tools;
 
 use std::path::PathBuf;
@@ -22,7 +23,8 @@ use crate::progress::{Progress, ProgressMode};
 use crate::Result;
 
 pub use self::batch::BatchArgs;
-pub use self::probes::{CmrFitArgs, DirectionsArgs, HeadsArgs, NeuronsArgs, SaeCommand, ToyArgs};
+pub use self::probes::{CmrFitArgs, DirectionsArgs, HeadsArgs, NeuronsArgs, ToyArgs};
+pub use self::sae::SaeCommand;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -188,7 +190,7 @@ where
         Command::CmrFit(a) => probes::cmr_fit(&a, &mut session),
         Command::Neurons(a) => probes::neurons(&a, &mut session),
         Command::Directions(a) => probes::directions(&a, &mut session),
-        Command::Sae { cmd } => probes::sae(cmd, &mut session),
+        Command::Sae { cmd } => sae::sae(cmd, &mut session),
         Command::Toy(a) => probes::toy(&a, &mut session),
         Command::Lens(a) => attrib::lens(&a, &mut session),
         Command::Attribute(a) => attrib::attribute(&a, &mut session),

@@ -321,15 +321,7 @@ pub fn cache(a: &CacheArgs) -> Result<()> {
     }
     // No logits are kept, and the pass stops after the last block captured from (a long
     // prompt's `[batch, pos, vocab]` logits alone can be gigabytes).
-    let stop_at_layer = points
-        .iter()
-        .map(|p| p.layer().map(|l| l + 1))
-        .collect::<Option<Vec<usize>>>()
-        .and_then(|v| v.into_iter().max());
-    let run = model::RunOptions {
-        logits: model::LogitsAt::None,
-        stop_at_layer,
-    };
+    let run = model::RunOptions::capture_only(&points);
     let t0 = std::time::Instant::now();
     m.transformer.forward_with(&batch, &mut hooks, run)?;
     manifest.record_timing("forward", t0.elapsed().as_secs_f64());

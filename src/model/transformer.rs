@@ -158,6 +158,21 @@ pub struct RunOptions {
     pub stop_at_layer: Option<usize>,
 }
 
+impl RunOptions {
+    /// A pass run only to capture `points`: no logits, and it stops after the last block any of
+    /// them is in (a point outside the blocks, like `ln_final`, needs the whole pass).
+    pub fn capture_only(points: &[crate::hooks::HookPoint]) -> Self {
+        RunOptions {
+            logits: LogitsAt::None,
+            stop_at_layer: points
+                .iter()
+                .map(|p| p.layer().map(|l| l + 1))
+                .collect::<Option<Vec<usize>>>()
+                .and_then(|v| v.into_iter().max()),
+        }
+    }
+}
+
 /// Keys and values of earlier positions, per layer, for incremental decoding.
 /// The batch composition and its left padding are fixed for the cache's lifetime.
 #[derive(Clone, Debug, Default)]

@@ -214,3 +214,13 @@ pub fn count_positive(t: &Tensor) -> f32 {
         .to_scalar()
         .unwrap()
 }
+
+/// A tensor's values, flattened, as f32.
+pub fn f32s(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}

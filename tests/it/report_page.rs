@@ -75,15 +75,6 @@ fn assert_links_resolve(dir: &Path, html: &str, min_links: usize) {
     assert!(!without_ns.contains("http://") && !without_ns.contains("https://"));
 }
 
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
 /// Every embedded weight equals the file's at the embedded positions, within the 1/255 step.
 fn assert_patterns_match(p: &Value, file: &HashMap<String, Tensor>) -> usize {
     let bytes = unbase64(p["data"].as_str().unwrap());

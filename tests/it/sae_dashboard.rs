@@ -14,7 +14,7 @@ use engram::probes::sae::Sae;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::common::{assert_one_line_error, write_char_tokenizer};
+use crate::common::{assert_one_line_error, f32s, write_char_tokenizer};
 
 const HOOK: &str = "blocks.1.hook_resid_post";
 
@@ -177,15 +177,6 @@ fn independent_latents(
         })
         .collect();
     (rows, z)
-}
-
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 #[test]

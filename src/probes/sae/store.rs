@@ -24,7 +24,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::hooks::{HookPoint, Hooks};
-use crate::model::{Batch, LogitsAt, Model, RunOptions};
+use crate::model::{Batch, Model, RunOptions};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -675,8 +675,6 @@ pub fn collect(
             done + available
         );
     }
-    let layers: Option<Vec<usize>> = points.iter().map(|p| p.0.layer()).collect();
-    let stop_at = layers.and_then(|l| l.into_iter().max()).map(|l| l + 1);
     let capture: Vec<HookPoint> = points.iter().map(|p| p.0).collect();
     let bar = progress.bar(store.meta.target_tokens as u64, "collecting activations");
     bar.inc(store.meta.n_tokens as u64);
@@ -704,10 +702,7 @@ pub fn collect(
                 model.transformer.forward_with(
                     &batch,
                     &mut hooks,
-                    RunOptions {
-                        logits: LogitsAt::None,
-                        stop_at_layer: stop_at,
-                    },
+                    RunOptions::capture_only(&capture),
                 )?;
                 let mut xs: Vec<(HookPoint, usize, Vec<f32>)> = Vec::with_capacity(points.len());
                 for &(point, d) in &points {

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::Sae;
 use crate::hooks::{HookPoint, Hooks};
 use crate::model::config::NormKind;
-use crate::model::{Batch, LogitsAt, Model, RunOptions};
+use crate::model::{Batch, Model, RunOptions};
 use crate::probes::{Context, Probe, Report};
 use crate::progress::Progress;
 use crate::{Error, Result};
@@ -340,7 +340,6 @@ pub fn compute(
             top: vec![],
         })
         .collect();
-    let stop_at = point.layer().map(|l| l + 1);
     let total: usize = rows
         .iter()
         .map(|r| counted_mask(r, specials).iter().filter(|&&c| c).count())
@@ -351,14 +350,9 @@ pub fn compute(
     for (c, chunk) in rows.chunks(p.forward_batch.max(1)).enumerate() {
         let batch = Batch::new(chunk, model.pad_id())?;
         let mut hooks = Hooks::capture_points(&[point]);
-        model.transformer.forward_with(
-            &batch,
-            &mut hooks,
-            RunOptions {
-                logits: LogitsAt::None,
-                stop_at_layer: stop_at,
-            },
-        )?;
+        model
+            .transformer
+            .forward_with(&batch, &mut hooks, RunOptions::capture_only(&[point]))?;
         let x = hooks.cache.expect(point)?.to_device(&Device::Cpu)?;
         let t = batch.seq_len;
         let x = x.to_dtype(DType::F32)?.reshape((chunk.len() * t, width))?;
