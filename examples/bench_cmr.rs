@@ -5,6 +5,8 @@
 //!
 //!     cargo run --release --example bench_cmr              # full table (~1 min on 2 cores)
 //!     cargo run --release --example bench_cmr -- 20        # every 20th grid point
+//!     cargo run --release --example bench_cmr -- 1 OUT.npy # full table, saved (as shipped
+//!                                                          # in assets/cmr/)
 
 use std::time::Instant;
 
@@ -49,6 +51,10 @@ fn main() {
     let points = if stride <= 1 {
         let table = CrpTable::simulate_with(&grid, &cfg, DEFAULT_SEED, |_, _| {}).unwrap();
         assert!(table.data.iter().all(|x| x.is_finite()));
+        if let Some(out) = std::env::args().nth(2) {
+            table.save_npy(&out).unwrap();
+            eprintln!("saved {out}");
+        }
         grid.len()
     } else {
         let idx: Vec<usize> = (0..grid.len()).step_by(stride).collect();

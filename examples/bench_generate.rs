@@ -3,6 +3,9 @@
 //!
 //!     DTYPE=f32|bf16 MATMUL=f32|bf16 cargo run --release --example bench_generate -- MODEL [PROMPT] [NEW]
 //!
+//! Also the machine's memory read bandwidth (`BANDWIDTH=0` skips it) and the decode speed it
+//! bounds: every weight is read once per generated token.
+//!
 //! `MATMUL=bf16` on a bf16 safetensors checkpoint runs the mapped weights
 //! (`engram::model::mapped`); `ENGRAM_PACK_BF16=1` packs them instead.
 
@@ -22,6 +25,41 @@ fn status_mb(key: &str) -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// Memory read bandwidth in GB/s over `threads` threads: the best of 3 passes summing a 2 GiB
+/// buffer (larger than any cache), each thread its own contiguous part. Decode streams every
+/// weight once per token, so this over the bytes read per token bounds its tokens/s.
+fn read_bandwidth_gbs(threads: usize) -> f64 {
+    let words = (2usize << 30) / 8;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let part = words.div_ceil(threads);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let sum: u64 = std::thread::scope(|s| {
+            let hs: Vec<_> = buf
+                .chunks(part)
+                .map(|c| {
+                    s.spawn(move || {
+                        let mut acc = [0u64; 8];
+                        for w in c.chunks_exact(8) {
+                            for (a, x) in acc.iter_mut().zip(w) {
+                                *a = a.wrapping_add(*x);
+                            }
+                        }
+                        acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .fold(0, u64::wrapping_add)
+        });
+        std::hint::black_box(sum);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    (words * 8) as f64 / best / 1e9
 }
 
 fn main() -> engram::Result<()> {
@@ -73,6 +111,20 @@ fn main() -> engram::Result<()> {
         )?;
     }
     let decode_s = t2.elapsed().as_secs_f64();
+    // Bytes of weights one decode step reads: every block's linear layers and the unembedding,
+    // at 2 bytes per weight when the products run in bf16 (mapped or packed), else 4.
+    let c = model.cfg();
+    let per_layer =
+        c.d_model * c.d_head * (2 * c.n_heads + 2 * c.n_kv_heads) + 3 * c.d_model * c.d_mlp;
+    let weights = c.n_layers * per_layer + c.vocab_size * c.d_model;
+    let bytes_per_token = weights as f64 * if model.bf16_matmul() { 2.0 } else { 4.0 };
+    // Before the bandwidth buffer (2 GiB) exists.
+    let peak_rss = status_mb("VmHWM:");
+    let bw = if std::env::var("BANDWIDTH").as_deref() == Ok("0") {
+        f64::NAN
+    } else {
+        read_bandwidth_gbs(rayon::current_num_threads())
+    };
     println!(
         "{}",
         serde_json::json!({
@@ -80,8 +132,10 @@ fn main() -> engram::Result<()> {
             "mapped_weights": model.mapped_weights(), "threads": rayon::current_num_threads(),
             "load_s": load_s, "rss_after_load_mb": rss_load,
             "prompt": p, "prefill_s": prefill_s, "new": new, "decode_s": decode_s,
-            "decode_tok_s": new as f64 / decode_s, "peak_rss_mb": status_mb("VmHWM:"),
+            "decode_tok_s": new as f64 / decode_s, "peak_rss_mb": peak_rss,
             "tokens": out,
+            "weight_gb_per_token": bytes_per_token / 1e9, "read_bandwidth_gb_s": bw,
+            "decode_bound_tok_s": bw * 1e9 / bytes_per_token,
         })
     );
     Ok(())

@@ -68,7 +68,8 @@ charts (induction_heatmap, cmr_distance_heatmap, cmr_share_per_layer, induction_
 lag_crp_top_heads, ablation; .png + .svg), index.html (the report page: attention viewer, lag-CRPs, \
 tables; docs/report.md), manifest.json. Columns: docs/outputs.md.
 
-The first run without --cmr-table simulates CMR's lag-CRP table once (a few minutes) and caches it."
+Without --cmr-table the fit uses engram's own simulation of CMR's lag-CRP table, shipped with \
+engram (the paper's configuration and engram's default seed; docs/heads.md)."
 )]
 pub struct HeadsArgs {
     #[command(flatten)]
@@ -87,7 +88,7 @@ pub struct HeadsArgs {
     /// Seed of the random tokens and of the random-head control
     #[arg(long, default_value_t = heads_defaults().seed)]
     pub seed: u64,
-    /// CMR lag-CRP table (.npy [20,21,11,17]); default: engram's own simulation, cached
+    /// CMR lag-CRP table (.npy [20,21,11,17]); default: engram's own simulation (shipped)
     #[arg(long, value_name = "FILE")]
     pub cmr_table: Option<PathBuf>,
     /// Ablate the top 10% CMR-like heads vs random heads and report ICL scores
@@ -134,7 +135,7 @@ pub struct CmrFitArgs {
     /// The head lag-CRP array (.npy [layers, heads, 16] over lags -8..+7)
     #[arg(long, value_name = "FILE")]
     pub crp: PathBuf,
-    /// CMR lag-CRP table (.npy [20,21,11,17]); default: engram's own simulation, cached
+    /// CMR lag-CRP table (.npy [20,21,11,17]); default: engram's own simulation (shipped)
     #[arg(long, value_name = "FILE")]
     pub table: Option<PathBuf>,
     #[command(flatten)]
@@ -197,7 +198,7 @@ pub struct ToyArgs {
     #[arg(long, default_value_t = toy_defaults().vocab)]
     pub vocab: usize,
     /// CMR lag-CRP table for the head probe (.npy [20,21,11,17]); default: engram's own
-    /// simulation, cached
+    /// simulation (shipped)
     #[arg(long, value_name = "FILE")]
     pub cmr_table: Option<PathBuf>,
 }

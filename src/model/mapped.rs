@@ -38,6 +38,10 @@ pub const GEMV_ROWS: usize = 64;
 /// Weight bytes per parallel task of the dot-product kernel (the task's rows stay in L2 while
 /// every activation row runs against them).
 const GEMV_TASK_BYTES: usize = 64 << 10;
+/// Weight bytes per task of the single-row dot-product kernel (decode). 64 KiB to 4 MiB gave
+/// the same decode speed on a 2-core Zen 2 (5.1–6.5 tok/s on the Llama-3.2-1B shape, noise):
+/// the kernel streams the weights at ~95% of the measured read bandwidth either way.
+const GEMV1_TASK_BYTES: usize = 1 << 20;
 /// f32 bytes of weight rows widened at a time by the many-row path (16 MiB).
 const CHUNK_BYTES: usize = 16 << 20;
 
@@ -394,6 +398,20 @@ impl MappedLinear {
     /// 64 output columns), each reading its weight rows once for all `m` rows of `x`.
     fn gemv(&self, x: &[f32], m: usize, kernel: MappedKernel) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
+        if m == 1 {
+            // One activation row (decode): every weight row is read once and nothing is worth
+            // keeping in L2, so tasks are larger (fewer tasks, less scheduling per byte), at
+            // least 4 per thread, and write straight into the output.
+            let per_thread = n.div_ceil(4 * rayon::current_num_threads()).div_ceil(4) * 4;
+            let cols = (GEMV1_TASK_BYTES / (2 * k)).clamp(4, per_thread.max(4)) / 4 * 4;
+            let mut y = vec![0f32; n];
+            y.par_chunks_mut(cols).enumerate().for_each(|(t, out)| {
+                let c0 = t * cols;
+                let rows: Vec<&[u8]> = (c0..c0 + out.len()).map(|r| self.row(r)).collect();
+                dot_rows(x, 1, k, &rows, out, self.half, kernel);
+            });
+            return y;
+        }
         let cols = (GEMV_TASK_BYTES / (2 * k)).clamp(4, 64) / 4 * 4;
         let blocks: Vec<Vec<f32>> = (0..n.div_ceil(cols))
             .into_par_iter()

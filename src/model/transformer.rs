@@ -229,6 +229,9 @@ pub struct Transformer {
     lm_head: Table,
     inv_freqs: Vec<Vec<f32>>,
     fused: bool,
+    /// The fused attention kernel runs (in f32) whatever the compute dtype: on the CPU unless
+    /// `ENGRAM_UNFUSED=1`, so that no `[b, n_heads, t, t]` tensor exists unless a hook asks.
+    attn_kernel: bool,
     /// The unembedding packed in bf16 when the products run in bf16
     /// ([`Transformer::use_bf16_matmul`]).
     lm_head_bf16: Option<PackedLinear>,

@@ -283,6 +283,7 @@ impl SafetensorsWeights {
             // SAFETY: mapped read-only, as candle's loader below does; modifying a checkpoint
             // while it is mapped is the caller's responsibility, as with every mmap loader.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(f, e))?;
+            read_ahead(&map);
             for (name, at) in read_layout(&map, f)? {
                 layout.insert(name, TensorAt { file: i, ..at });
             }
@@ -322,6 +323,18 @@ impl SafetensorsWeights {
             }
             _ => name.to_string(),
         }
+    }
+}
+
+/// Asks the kernel to read a mapped shard ahead (`MADV_WILLNEED`): the load touches every page
+/// (the finiteness check, or the copy into f32), and on a cold page cache one asynchronous
+/// read of the whole file beats faulting it in page by page. Not for shards that would not fit
+/// in half the machine's memory: reading those ahead would only push other pages out. The hint
+/// is advisory; a kernel that refuses it changes nothing.
+fn read_ahead(map: &memmap2::Mmap) {
+    #[cfg(unix)]
+    if (map.len() as u64) < crate::alloc::physical_memory_bytes() / 2 {
+        let _ = map.advise(memmap2::Advice::WillNeed);
     }
 }
 

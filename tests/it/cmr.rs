@@ -310,4 +310,49 @@ fn cmr_full_table_matches_saved() {
     );
     // 78 540 entries at 5σ: expect ≲ 0.05 false alarms; allow a handful for the approximate sem.
     assert!(n_fail <= 5, "{n_fail} entries over tolerance");
+    // The table shipped with engram is this simulation, bit for bit.
+    let bits = |d: &[f64]| d.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&ours.data), bits(&CrpTable::shipped().unwrap().data));
+}
+
+/// The CMR table shipped inside engram (what `engram heads` uses without `--cmr-table`) is
+/// engram's own simulation of the paper's configuration: grid points spread over the grid,
+/// simulated again here with their streams (`DEFAULT_SEED ^ i`), give the shipped rows bit for
+/// bit (the whole table: the ignored `cmr_full_table_matches_saved`). The shipped table is also
+/// checked to be a table: rows of 17 non-negative lags summing to 1.
+#[test]
+fn the_shipped_table_is_this_simulation() {
+    let shipped = CrpTable::shipped().unwrap();
+    assert_eq!(shipped.grid, CmrGrid::paper());
+    for row in shipped.data.chunks(N_LAGS) {
+        assert!(row.iter().all(|&x| x >= 0.0), "{row:?}");
+        let s: f64 = row.iter().sum();
+        assert!((s - 1.0).abs() < 1e-9, "row sums to {s}");
+    }
+    let grid = CmrGrid::paper();
+    let cfg = SimConfig::paper();
+    let t = Instant::now();
+    // 16 points, a prime stride apart so that every axis varies (closed-form planes included).
+    for i in (0..grid.len()).step_by(293) {
+        let (be, br, g) = grid.params(i);
+        let p = simulate_point(
+            be,
+            br,
+            g,
+            &cfg,
+            engram::probes::cmr::DEFAULT_SEED ^ i as u64,
+        )
+        .unwrap();
+        let want: Vec<u64> = shipped.crp_flat(i).iter().map(|x| x.to_bits()).collect();
+        let got: Vec<u64> = p.crp.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(got, want, "grid point {i} ({be:.2}, {br:.2}, {g:.1})");
+    }
+    println!("16 points in {:.2?}", t.elapsed());
+    // And it is the paper's table up to Monte-Carlo error (0.0056 at most here; a different
+    // configuration, e.g. 100 recalls, moves deterministic entries by 0.01).
+    let saved = saved_table();
+    let worst = (shipped.data.iter().zip(&saved.data))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 0.008, "shipped vs saved: max |Δ| {worst}");
 }

@@ -169,7 +169,7 @@ impl Transformer {
         // computation, so that capturing never changes the numbers.
         let capture_scores = |hooks: &mut Hooks, scores: &Tensor| -> Result<()> {
             if hooks.wants(HookPoint::AttnScores(l)) {
-                let mut s = (scores * cfg.attn_scale)?;
+                let mut s = (scores.to_dtype(DType::F32)? * cfg.attn_scale)?;
                 if let Some(cap) = cfg.attn_softcap {
                     s = softcap(&s, cap)?;
                 }
@@ -177,19 +177,22 @@ impl Transformer {
             }
             Ok(())
         };
-        let z = if self.fused_on(&[q, k, v])
+        let z = if self.attn_kernel
+            && ![q, k, v].iter().any(|x| x.track_op())
             && !hooks.edits(HookPoint::AttnScores(l))
             && !hooks.edits(HookPoint::Pattern(l))
         {
-            // One pass per head (scores, softmax and the values product, masked keys skipped);
-            // scores and pattern are materialised only for a capture.
+            // One pass per head (scores, softmax and the values product, masked keys skipped),
+            // in f32 whatever the compute dtype; scores and pattern are materialised only for a
+            // capture.
             if hooks.wants(HookPoint::AttnScores(l)) {
                 capture_scores(hooks, &scores(q, k)?)?;
             }
+            let f32s = |x: &Tensor| x.to_dtype(DType::F32);
             let (z, pattern) = kernels::attention(
-                q,
-                k,
-                v,
+                &f32s(q)?,
+                &f32s(k)?,
+                &f32s(v)?,
                 mask,
                 cfg.attn_scale,
                 cfg.attn_softcap,
@@ -198,7 +201,7 @@ impl Transformer {
             if let Some(p) = pattern {
                 hooks.apply(HookPoint::Pattern(l), p)?;
             }
-            z
+            z.to_dtype(self.dtype)?
         } else {
             let tk = k.dim(2)?;
             let scores = scores(q, k)?;

@@ -434,6 +434,8 @@ impl Transformer {
             .iter()
             .map(|r| r.inv_freq(cfg.rotary_dim))
             .collect();
+        let kernels =
+            device.is_cpu() && std::env::var_os("ENGRAM_UNFUSED").is_none_or(|v| v == "0");
         let mut tr = Transformer {
             norm: norm(Slot::FinalNorm, 0)?.ok_or_else(|| crate::Error::msg("no final norm"))?,
             embed,
@@ -443,9 +445,8 @@ impl Transformer {
             inv_freqs,
             lm_head_bf16: None,
             bf16_products: false,
-            fused: dtype == DType::F32
-                && device.is_cpu()
-                && std::env::var_os("ENGRAM_UNFUSED").is_none_or(|v| v == "0"),
+            fused: dtype == DType::F32 && kernels,
+            attn_kernel: kernels,
             dtype,
             device: device.clone(),
             cfg,

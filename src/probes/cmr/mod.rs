@@ -51,7 +51,10 @@
 //! ([`reference_recall_sequences`]) for 13199 of 13200 trials (641k recalls, 11 grid points × 3
 //! starts). Cost on a 2-core AMD EPYC (Zen 2, AVX2): ~20 ns per recall step, ~20 ms per grid
 //! point; the full 4620-point table ~1 min in the release build on 2 idle cores (docs/
-//! performance.md), once per machine ([`CrpTable::cached_or_simulate`], with a progress bar).
+//! performance.md). The paper-configuration table at [`DEFAULT_SEED`] ships with engram
+//! ([`CrpTable::shipped`], reproduced bit for bit by the tests), so `engram heads` does not
+//! simulate it; other configurations are simulated once per machine and cached
+//! ([`CrpTable::cached_or_simulate_with`], with a progress bar).
 //! Exact closed forms exist beyond the reference's two planes only for β_rec = 0 (i.i.d. draws)
 //! and β_rec = 1 (a Markov chain over items), 440 of the 4620 points and the cheapest ones to
 //! simulate (no context update); they are not used, so that every non-reference entry is the

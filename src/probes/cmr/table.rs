@@ -136,14 +136,18 @@ impl CrpTable {
         )
     }
 
-    /// The paper-configuration table ([`SimConfig::paper`], [`DEFAULT_SEED`]), computed once per
-    /// machine: read from `cache_dir` (default [`default_cache_dir`]) if present, else simulated
-    /// with progress (grid points) and stored there.
+    /// The paper-configuration table ([`SimConfig::paper`], [`DEFAULT_SEED`]): the one shipped
+    /// with engram ([`CrpTable::shipped`]); failing that, read from `cache_dir` (default
+    /// [`default_cache_dir`]) if present, else simulated with progress (grid points) and
+    /// stored there.
     pub fn cached_or_simulate(
         cache_dir: Option<&Path>,
         progress: &crate::progress::Progress,
     ) -> Result<Self> {
         use std::sync::atomic::{AtomicU64, Ordering};
+        if let Ok(t) = Self::shipped() {
+            return Ok(t);
+        }
         let bar = std::sync::OnceLock::<crate::progress::Bar>::new();
         let done = AtomicU64::new(0);
         let r =
@@ -163,7 +167,25 @@ impl CrpTable {
         r
     }
 
-    /// As [`CrpTable::cached_or_simulate`] with an explicit configuration, seed and progress
+    /// The paper-configuration table ([`SimConfig::paper`], [`DEFAULT_SEED`]) as this module
+    /// simulates it, shipped inside the library (`assets/cmr/`, 628 KB of float64), so that the
+    /// first `engram heads` does not spend a minute simulating it. It is not the paper's saved
+    /// table but engram's own simulation, written by `examples/bench_cmr.rs -- 1 FILE`
+    /// (`CrpTable::simulate_with(&CmrGrid::paper(), &SimConfig::paper(), DEFAULT_SEED, ..)`):
+    /// the tests recompute grid points from it bit for bit (and, ignored, the whole table).
+    /// Without standard errors (`sem` is `None`).
+    pub fn shipped() -> Result<Self> {
+        let (shape, data) =
+            parse_npy_f64(SHIPPED_NPY).ctx(|| "the shipped CMR table".to_string())?;
+        let grid = CmrGrid::paper();
+        let [a, b, c] = grid.shape();
+        if shape != [a, b, c, N_LAGS] {
+            bail!("the shipped CMR table has shape {shape:?}");
+        }
+        Self::from_vec(grid, data)
+    }
+
+    /// As [`CrpTable::cached_or_simulate`] (without the shipped table) with an explicit configuration, seed and progress
     /// callback. The file is written to a temporary name in the same directory and renamed, so
     /// a concurrent reader never sees a partial table.
     pub fn cached_or_simulate_with<P>(
@@ -197,6 +219,49 @@ impl CrpTable {
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
         Ok(table)
     }
+}
+
+/// engram's simulation of the paper's table ([`CrpTable::shipped`]), named as its cache file.
+static SHIPPED_NPY: &[u8] = include_bytes!(
+    "../../../assets/cmr/cmr_crp_v2_items100_trials1000_recalls50_starts20_cf_seedc0ffeec3a5.npy"
+);
+
+/// A little-endian float64, C-order `.npy` held in memory: `(shape, values)`.
+fn parse_npy_f64(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f64>)> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" || bytes[6] != 1 {
+        bail!("not a version 1 .npy");
+    }
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = bytes
+        .get(10..10 + hlen)
+        .map(String::from_utf8_lossy)
+        .ok_or_else(|| Error::msg("truncated .npy header"))?;
+    if !header.contains("'descr': '<f8'") || !header.contains("'fortran_order': False") {
+        bail!("not a little-endian float64 C-order .npy ({header})");
+    }
+    let shape: Vec<usize> = header
+        .split("'shape':")
+        .nth(1)
+        .and_then(|r| r.split('(').nth(1))
+        .and_then(|r| r.split(')').next())
+        .ok_or_else(|| Error::msg("no shape in the .npy header"))?
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            d.parse()
+                .map_err(|_| Error::msg(format!("bad .npy dimension `{d}`")))
+        })
+        .collect::<Result<_>>()?;
+    let body = &bytes[10 + hlen..];
+    if body.len() != shape.iter().product::<usize>() * 8 {
+        bail!("the .npy holds {} bytes for shape {shape:?}", body.len());
+    }
+    let values = body
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    Ok((shape, values))
 }
 
 /// The default cache directory of the CMR table: `$ENGRAM_CACHE/cmr` when `ENGRAM_CACHE` is

@@ -41,7 +41,7 @@ pub struct HeadsParams {
     pub seed: u64,
     /// Sequences per forward pass (memory bound).
     pub chunk: usize,
-    /// Use this CMR lag-CRP table (.npy, [20,21,11,17]) instead of the simulated, cached one.
+    /// Use this CMR lag-CRP table (.npy, [20,21,11,17]) instead of engram's own simulation (shipped).
     pub cmr_table: Option<PathBuf>,
     /// Run the ablation experiment (top CMR-like heads vs random heads on a corpus).
     pub ablate: bool,
@@ -395,7 +395,8 @@ pub fn copying_scores(model: &Model) -> Result<Vec<Vec<f64>>> {
     Ok(out)
 }
 
-/// The CMR table: the given .npy, else the machine's cached simulation (computed once).
+/// The CMR table: the given .npy, else engram's own simulation ([`CrpTable::cached_or_simulate`]:
+/// the shipped table).
 pub fn cmr_table(path: Option<&Path>, progress: &Progress) -> Result<CrpTable> {
     match path {
         Some(p) => CrpTable::load_npy(crate::data::locate(p)),
@@ -468,7 +469,7 @@ pub fn run_with(
             params
                 .cmr_table
                 .as_ref()
-                .map_or("engram's own simulation (cached)".into(), |p| p.display().to_string())
+                .map_or("engram's own simulation (shipped)".into(), |p| p.display().to_string())
         ),
     ];
     let ablation = if params.ablate {
