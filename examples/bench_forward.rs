@@ -5,10 +5,13 @@
 //!
 //!     cargo run --release --example bench_forward -- [MODEL] [BATCH] [SEQ] [REPEATS]
 
+mod support;
+use support::*;
+
 use std::time::Instant;
 
 use engram::hooks::{HookFilter, Hooks};
-use engram::model::{Batch, LoadOptions, Model};
+use engram::model::{Batch, Model};
 use rand::{Rng, SeedableRng};
 
 #[global_allocator]
@@ -16,36 +19,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn peak_rss_mb() -> f64 {
     status_mb("VmHWM:")
-}
-
-/// A memory figure of /proc/self/status (VmHWM: peak RSS, VmRSS: current), in MB.
-fn status_mb(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with(key)).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-/// CPU seconds (user + system) this process has used so far, from /proc/self/stat.
-fn cpu_seconds() -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit(')').next()?.split_whitespace().collect::<Vec<_>>();
-            // Fields after the command: state is index 0, utime 11, stime 12.
-            let u: f64 = rest.get(11)?.parse().ok()?;
-            let k: f64 = rest.get(12)?.parse().ok()?;
-            Some((u + k) / ticks)
-        })
-        .unwrap_or(f64::NAN)
 }
 
 /// The machine's f32 FMA peak, measured: every thread runs independent AVX-512 (or AVX2) FMA
@@ -230,19 +203,10 @@ fn main() -> engram::Result<()> {
     let reps: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(3);
 
     let t0 = Instant::now();
-    // DTYPE=bf16|f16 benchmarks a half-precision path (default f32, as the reference).
-    let dtype = match std::env::var("DTYPE").as_deref() {
-        Ok("bf16") => candle_core::DType::BF16,
-        Ok("f16") => candle_core::DType::F16,
-        _ => candle_core::DType::F32,
-    };
-    // MATMUL=bf16 runs the linear layers' products in bf16 (AMX or AVX512-BF16), the rest in f32.
-    let bf16_matmul = std::env::var("MATMUL").as_deref() == Ok("bf16");
-    let opts = LoadOptions {
-        dtype,
-        bf16_matmul,
-        ..LoadOptions::default()
-    };
+    // DTYPE=bf16|f16 benchmarks a half-precision path (default f32, as the reference); MATMUL=bf16
+    // runs the linear layers' products in bf16, the rest in f32.
+    let opts = load_options();
+    let (dtype, bf16_matmul) = (opts.dtype, opts.bf16_matmul);
     let model = Model::load(spec, &opts)?;
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mb();

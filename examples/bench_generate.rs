@@ -9,23 +9,14 @@
 //! `MATMUL=bf16` on a bf16 safetensors checkpoint runs the mapped weights
 //! (`engram::model::mapped`); `ENGRAM_PACK_BF16=1` packs them instead.
 
+mod support;
+use support::*;
+
 use std::time::Instant;
 
 use engram::hooks::Hooks;
 use engram::model::transformer::KvCache;
-use engram::model::{Batch, LoadOptions, LogitsAt, Model, RunOptions};
-
-fn status_mb(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
+use engram::model::{Batch, LogitsAt, Model, RunOptions};
 
 /// Memory read bandwidth in GB/s over `threads` threads: the best of 3 passes summing a 2 GiB
 /// buffer (larger than any cache), each thread its own contiguous part. Decode streams every
@@ -67,15 +58,7 @@ fn main() -> engram::Result<()> {
     let spec = args.get(1).map(String::as_str).unwrap_or("smollm2");
     let p: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(16);
     let new: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(16);
-    let dtype = match std::env::var("DTYPE").as_deref() {
-        Ok("bf16") => candle_core::DType::BF16,
-        _ => candle_core::DType::F32,
-    };
-    let opts = LoadOptions {
-        dtype,
-        bf16_matmul: std::env::var("MATMUL").as_deref() == Ok("bf16"),
-        ..Default::default()
-    };
+    let opts = load_options();
     let t0 = Instant::now();
     let model = Model::load(spec, &opts)?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -128,7 +111,7 @@ fn main() -> engram::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "model": spec, "dtype": format!("{dtype:?}"), "matmul_bf16": opts.bf16_matmul,
+            "model": spec, "dtype": format!("{:?}", opts.dtype), "matmul_bf16": opts.bf16_matmul,
             "mapped_weights": model.mapped_weights(), "threads": rayon::current_num_threads(),
             "load_s": load_s, "rss_after_load_mb": rss_load,
             "prompt": p, "prefill_s": prefill_s, "new": new, "decode_s": decode_s,

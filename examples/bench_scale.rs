@@ -7,40 +7,17 @@
 //!
 //!     DTYPE=f32|bf16 MATMUL=f32|bf16 cargo run --release --example bench_scale -- MODEL [B T CB CT]
 
+mod support;
+use support::*;
+
 use std::time::Instant;
 
 use engram::hooks::{HookFilter, Hooks};
-use engram::model::{Batch, LoadOptions, Model};
+use engram::model::{Batch, Model};
 use rand::{Rng, SeedableRng};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// A memory figure of /proc/self/status (VmHWM: peak RSS, VmRSS: current), in MB.
-fn status_mb(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-/// CPU seconds (user + system) of this process so far (/proc/self/stat, USER_HZ = 100).
-fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit(')').next()?.split_whitespace().collect::<Vec<_>>();
-            let u: f64 = rest.get(11)?.parse().ok()?;
-            let k: f64 = rest.get(12)?.parse().ok()?;
-            Some((u + k) / 100.0)
-        })
-        .unwrap_or(f64::NAN)
-}
 
 fn main() -> engram::Result<()> {
     engram::alloc::keep_freed_pages();
@@ -48,15 +25,7 @@ fn main() -> engram::Result<()> {
     let spec = args.get(1).map(String::as_str).unwrap_or("smollm2");
     let num = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let (b, t, cb, ct) = (num(2, 8), num(3, 128), num(4, 4), num(5, 512));
-    let dtype = match std::env::var("DTYPE").as_deref() {
-        Ok("bf16") => candle_core::DType::BF16,
-        _ => candle_core::DType::F32,
-    };
-    let opts = LoadOptions {
-        dtype,
-        bf16_matmul: std::env::var("MATMUL").as_deref() == Ok("bf16"),
-        ..LoadOptions::default()
-    };
+    let opts = load_options();
     let t0 = Instant::now();
     let model = Model::load(spec, &opts)?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -90,7 +59,7 @@ fn main() -> engram::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "model": spec, "dtype": format!("{dtype:?}"), "matmul_bf16": model.bf16_matmul(),
+            "model": spec, "dtype": format!("{:?}", opts.dtype), "matmul_bf16": model.bf16_matmul(),
             "mapped_weights": model.mapped_weights(), "threads": rayon::current_num_threads(),
             "load_s": load_s, "rss_after_load_mb": rss_load,
             "batch": [b, t], "forward_s": fwd_s, "forward_tok_s": (b * t) as f64 / fwd_s,
