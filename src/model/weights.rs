@@ -327,8 +327,9 @@ impl SafetensorsWeights {
 }
 
 /// Asks the kernel to read a mapped shard ahead (`MADV_WILLNEED`): the load touches every page
-/// (the finiteness check, or the copy into f32), and on a cold page cache one asynchronous
-/// read of the whole file beats faulting it in page by page. Not for shards that would not fit
+/// (the finiteness check, or the copy into f32), and on a cold page cache an asynchronous read
+/// of the whole file can run ahead of faulting it in page by page (no difference measured on
+/// this project's VM disks: docs/performance.md). Not for shards that would not fit
 /// in half the machine's memory: reading those ahead would only push other pages out. The hint
 /// is advisory; a kernel that refuses it changes nothing.
 fn read_ahead(map: &memmap2::Mmap) {

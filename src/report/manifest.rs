@@ -78,6 +78,10 @@ pub struct Manifest {
     pub finished: Option<String>,
     #[serde(default)]
     pub timings: Vec<Timing>,
+    /// The process's peak resident memory (MB, `VmHWM`) when the manifest was finished, where
+    /// the platform reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
     /// Output files, relative to the run directory, in the order they were written.
     #[serde(default)]
     pub files: Vec<String>,
@@ -100,6 +104,7 @@ impl Manifest {
             started: now_rfc3339(),
             finished: None,
             timings: Vec::new(),
+            peak_rss_mb: None,
             files: Vec::new(),
             notes: Vec::new(),
         }
@@ -164,9 +169,10 @@ impl Manifest {
         self.notes.push(note.into());
     }
 
-    /// Stamp `finished` with the current time.
+    /// Stamp `finished` with the current time, and the peak RSS so far.
     pub fn finish(&mut self) {
         self.finished = Some(now_rfc3339());
+        self.peak_rss_mb = crate::alloc::peak_rss_bytes().map(|b| (b >> 10) as f64 / 1024.0);
     }
 
     /// Write `dir/manifest.json` atomically (pretty JSON), stamping `finished` first if unset.
