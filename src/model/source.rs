@@ -245,8 +245,13 @@ fn resolve_hub(repo_id: &str, revision: &str) -> Result<ResolvedSource> {
     }
 }
 
-/// Fetch config, tokenizer and weights of a repo into the cache through hf-hub.
-fn download(repo_id: &str, revision: &str, cache: &Path) -> Result<()> {
+/// A Hub model repo at `revision` through hf-hub, downloading into the cache `cache` (with
+/// progress): what [`download`] and the pretrained-SAE fetch both read files from.
+pub(crate) fn hub_repo(
+    repo_id: &str,
+    revision: &str,
+    cache: &Path,
+) -> Result<hf_hub::api::sync::ApiRepo> {
     use hf_hub::api::sync::ApiBuilder;
     use hf_hub::{Repo, RepoType};
     let api = ApiBuilder::from_env()
@@ -254,11 +259,16 @@ fn download(repo_id: &str, revision: &str, cache: &Path) -> Result<()> {
         .with_progress(true)
         .build()
         .map_err(|e| Error::msg(e.to_string()))?;
-    let repo = api.repo(Repo::with_revision(
+    Ok(api.repo(Repo::with_revision(
         repo_id.to_string(),
         RepoType::Model,
         revision.to_string(),
-    ));
+    )))
+}
+
+/// Fetch config, tokenizer and weights of a repo into the cache through hf-hub.
+fn download(repo_id: &str, revision: &str, cache: &Path) -> Result<()> {
+    let repo = hub_repo(repo_id, revision, cache)?;
     let err = |e: hf_hub::api::sync::ApiError| Error::msg(e.to_string());
     repo.get("config.json").map_err(err)?;
     for optional in [

@@ -1,7 +1,7 @@
 //! SAEs: recovery of a known sparse dictionary, SAELens round trip, metrics on hand cases,
 //! store resumption.
 
-use crate::common::write_char_tokenizer;
+use crate::common::{max_abs_diff, write_char_tokenizer};
 
 use candle_core::{Device, Tensor};
 use engram::probes::sae::store::{ActivationStore, StoreMeta};
@@ -268,16 +268,6 @@ fn saelens_written_jumprelu_loads_and_matches() {
     assert_eq!((sae.d_in(), sae.d_sae()), (16, 48));
     assert_eq!(sae.hook_name().as_deref(), Some("blocks.1.hook_resid_post"));
     let e = candle_core::safetensors::load(dir.join("expected.safetensors"), &dev).unwrap();
-    let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    };
     let z = sae.encode(&e["x"]).unwrap();
     // Same support (the thresholds are not within rounding of any pre-activation) ...
     let support = |t: &Tensor| -> Vec<f32> {
@@ -297,9 +287,9 @@ fn saelens_written_jumprelu_loads_and_matches() {
         "fixture should have partial support, L0 {l0}"
     );
     // ... and the same values.
-    assert!(max_diff(&z, &e["feature_acts"]) < 1e-5);
+    assert!(max_abs_diff(&z, &e["feature_acts"]) < 1e-5);
     let out = sae.reconstruct(&e["x"]).unwrap();
-    assert!(max_diff(&out, &e["sae_out"]) < 1e-5);
+    assert!(max_abs_diff(&out, &e["sae_out"]) < 1e-5);
     // Saved again by engram, it is still the same SAE, in SAELens 6's layout.
     let tmp = tempfile::tempdir().unwrap();
     sae.save(tmp.path()).unwrap();
@@ -310,7 +300,10 @@ fn saelens_written_jumprelu_loads_and_matches() {
     assert_eq!(cfg["apply_b_dec_to_input"], true);
     assert_eq!(cfg["metadata"]["hook_name"], "blocks.1.hook_resid_post");
     let again = Sae::load(tmp.path(), &dev).unwrap();
-    assert_eq!(max_diff(&again.reconstruct(&e["x"]).unwrap(), &out), 0.0);
+    assert_eq!(
+        max_abs_diff(&again.reconstruct(&e["x"]).unwrap(), &out),
+        0.0
+    );
     // Run-time normalisations engram does not implement are refused with a message.
     let mut cfg = cfg;
     cfg["normalize_activations"] = "layer_norm".into();

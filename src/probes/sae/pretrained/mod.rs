@@ -499,18 +499,7 @@ pub fn locate(r: &PretrainedRef, cache: &Path, offline: bool) -> Result<Located>
 
 /// Fetch the SAE's files into the cache through hf-hub (as `model::source` fetches models).
 fn download(r: &PretrainedRef, cache: &Path) -> Result<()> {
-    use hf_hub::api::sync::ApiBuilder;
-    use hf_hub::{Repo, RepoType};
-    let api = ApiBuilder::from_env()
-        .with_cache_dir(cache.to_path_buf())
-        .with_progress(true)
-        .build()
-        .map_err(|e| Error::msg(e.to_string()))?;
-    let repo = api.repo(Repo::with_revision(
-        r.repo.clone(),
-        RepoType::Model,
-        r.revision.clone(),
-    ));
+    let repo = crate::model::source::hub_repo(&r.repo, &r.revision, cache)?;
     for f in r.files() {
         repo.get(&f).map_err(|e| Error::msg(e.to_string()))?;
     }
